@@ -1,0 +1,315 @@
+package osl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+)
+
+// MaxNameLen is the longest interface name the kernel accepts (IFNAMSIZ - 1).
+const MaxNameLen = 15
+
+// Link describes one network interface.
+type Link struct {
+	Index       int
+	Name        string
+	Kind        string // "veth", "bridge", "device" for loopback, ...
+	MAC         net.HardwareAddr
+	MTU         int
+	Up          bool // administratively up (IFF_UP)
+	MasterIndex int  // index of the bridge it is a port of, 0 if none
+	Alias       string
+}
+
+func linkFrom(l netlink.Link) Link {
+	a := l.Attrs()
+	return Link{
+		Index:       a.Index,
+		Name:        a.Name,
+		Kind:        l.Type(),
+		MAC:         a.HardwareAddr,
+		MTU:         a.MTU,
+		Up:          a.Flags&net.FlagUp != 0,
+		MasterIndex: a.MasterIndex,
+		Alias:       a.Alias,
+	}
+}
+
+// ErrLinkNotFound reports that no link has the given name.
+var ErrLinkNotFound = errors.New("link not found")
+
+// LinkByName returns the link called name. A missing link is reported with
+// an error wrapping [ErrLinkNotFound].
+//
+// Equivalent to: `ip link show $name`.
+func (ns *Namespace) LinkByName(ctx context.Context, name string) (Link, error) {
+	if err := ctx.Err(); err != nil {
+		return Link{}, err
+	}
+	h, err := ns.h()
+	if err != nil {
+		return Link{}, err
+	}
+	l, err := retryDump("get link "+name, func() (netlink.Link, error) { return h.LinkByName(name) })
+	if err != nil {
+		if isLinkNotFound(err) {
+			return Link{}, fmt.Errorf("link %q in %s: %w", name, ns.path, ErrLinkNotFound)
+		}
+		return Link{}, fmt.Errorf("get link %q: %w", name, err)
+	}
+	return linkFrom(l), nil
+}
+
+func isLinkNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
+}
+
+// Links lists every link of the namespace.
+//
+// Equivalent to: `ip link show`.
+func (ns *Namespace) Links(ctx context.Context) ([]Link, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	h, err := ns.h()
+	if err != nil {
+		return nil, err
+	}
+	ls, err := retryDump("list links", h.LinkList)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Link, 0, len(ls))
+	for _, l := range ls {
+		out = append(out, linkFrom(l))
+	}
+	return out, nil
+}
+
+// BridgeSpec describes a bridge to make with [Namespace.AddBridge].
+type BridgeSpec struct {
+	Name  string
+	MTU   int              // 0: the kernel's default (1500)
+	MAC   net.HardwareAddr // nil: the kernel picks one; set one so the bridge's MAC does not change as ports come and go
+	Alias string           // free text (IFLA_IFALIAS), used to mark links as cnm's
+}
+
+// AddBridge makes a bridge, down, and returns its index. The caller brings it
+// up once its address is set. A bridge of that name that already exists is
+// reported with an error wrapping unix.EEXIST.
+//
+// Equivalent to: `ip link add $name mtu $mtu address $mac type bridge`.
+func (ns *Namespace) AddBridge(ctx context.Context, spec BridgeSpec) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	h, err := ns.h()
+	if err != nil {
+		return 0, err
+	}
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = spec.Name
+	attrs.MTU = spec.MTU
+	attrs.HardwareAddr = spec.MAC
+	br := &netlink.Bridge{LinkAttrs: attrs}
+	if err := h.LinkAdd(br); err != nil {
+		return 0, fmt.Errorf("add bridge %s: %w", spec.Name, err)
+	}
+	if spec.Alias != "" {
+		if err := h.LinkSetAlias(br, spec.Alias); err != nil {
+			_ = h.LinkDel(br)
+			return 0, fmt.Errorf("set alias of bridge %s: %w", spec.Name, err)
+		}
+	}
+	return br.Index, nil
+}
+
+// VethSpec describes a veth pair to make with [Namespace.AddVeth].
+type VethSpec struct {
+	HostName    string     // name of the end that stays in the receiving namespace
+	PeerName    string     // name of the other end, made directly inside PeerNS
+	PeerNS      *Namespace // namespace of the peer end
+	MasterIndex int        // bridge the host end is attached to; 0: none
+	MTU         int        // of both ends; 0: the kernel's default
+	PeerMAC     net.HardwareAddr
+}
+
+// AddVeth makes a veth pair in one RTM_NEWLINK request: the host end in ns,
+// already up and already a port of the bridge MasterIndex; the peer end
+// directly inside PeerNS, already named PeerName, with its MAC, and down (the
+// caller brings it up once it is configured, with [Namespace.SetLinkUp]). Nothing
+// is made and then moved: moving a link between namespaces costs ~20 times as
+// much as making it (DESIGN.md, "Where the time goes").
+//
+// Equivalent to: `ip link add $host mtu $mtu master $br up type veth peer
+// name $peer address $mac netns $peerns`.
+// The request is atomic: on error neither end exists.
+func (ns *Namespace) AddVeth(ctx context.Context, spec VethSpec) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if spec.PeerNS == nil {
+		return fmt.Errorf("add veth %s: no peer namespace", spec.HostName)
+	}
+	peerFD, err := spec.PeerNS.FD()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(peerFD)
+
+	req, err := ns.rawRequest(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+	if err != nil {
+		return err
+	}
+	host := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	host.Flags, host.Change = unix.IFF_UP, unix.IFF_UP
+	req.AddData(host)
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(spec.HostName)))
+	if spec.MTU > 0 {
+		req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(spec.MTU))))
+	}
+	if spec.MasterIndex > 0 {
+		req.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(spec.MasterIndex))))
+	}
+	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("veth"))
+	peer := info.AddRtAttr(nl.IFLA_INFO_DATA, nil).AddRtAttr(nl.VETH_INFO_PEER, nil)
+	// The peer cannot be made up in this request: the kernel configures it
+	// before the pair is linked, and veth_open then fails with ENOTCONN.
+	nl.NewIfInfomsgChild(peer, unix.AF_UNSPEC)
+	peer.AddRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(spec.PeerName))
+	if spec.MTU > 0 {
+		peer.AddRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(spec.MTU)))
+	}
+	if spec.PeerMAC != nil {
+		peer.AddRtAttr(unix.IFLA_ADDRESS, []byte(spec.PeerMAC))
+	}
+	peer.AddRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(peerFD)))
+	req.AddData(info)
+
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
+		return fmt.Errorf("add veth %s (peer %s in %s): %w", spec.HostName, spec.PeerName, spec.PeerNS.path, err)
+	}
+	return nil
+}
+
+// DeleteLink deletes the link called name; for a veth pair both ends go. A
+// link that does not exist is not an error.
+//
+// Equivalent to: `ip link del $name`.
+func (ns *Namespace) DeleteLink(ctx context.Context, name string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	// Delete by name in one request (netlink.Handle.LinkDel would first look
+	// the index up, a second round trip).
+	req, err := ns.rawRequest(unix.RTM_DELLINK, unix.NLM_F_ACK)
+	if err != nil {
+		return err
+	}
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil && !isLinkNotFound(err) {
+		return fmt.Errorf("delete link %s: %w", name, err)
+	}
+	return nil
+}
+
+// rawRequest starts a request on the namespace's own socket, for messages
+// netlink.Handle cannot build.
+func (ns *Namespace) rawRequest(typ, flags int) (*nl.NetlinkRequest, error) {
+	ns.mu.Lock()
+	raw := ns.raw
+	ns.mu.Unlock()
+	if raw == nil {
+		return nil, fmt.Errorf("namespace %s: %w", ns.path, ErrClosed)
+	}
+	return &nl.NetlinkRequest{
+		NlMsghdr: unix.NlMsghdr{
+			Len:   unix.SizeofNlMsghdr,
+			Type:  uint16(typ),
+			Flags: unix.NLM_F_REQUEST | uint16(flags),
+		},
+		Sockets: map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: raw},
+	}, nil
+}
+
+// SetLinkUp brings the link with the given index up.
+//
+// Equivalent to: `ip link set $link up`.
+func (ns *Namespace) SetLinkUp(ctx context.Context, index int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	h, err := ns.h()
+	if err != nil {
+		return err
+	}
+	if err := h.LinkSetUp(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: index}}); err != nil {
+		return fmt.Errorf("set link %d up: %w", index, err)
+	}
+	return nil
+}
+
+// MoveLink moves the link called name from ns into the namespace to, renames
+// it newName there and brings it up. It serves drivers that hand over an
+// interface they made elsewhere (remote plugins); drivers of this module make
+// interfaces in place instead. On error after the move, the link is moved back
+// under its old name so the caller's rollback finds it where it was.
+//
+// Equivalent to: `ip link set $name netns $to`, then inside
+// `ip link set $name name $newName up`.
+func (ns *Namespace) MoveLink(ctx context.Context, name string, to *Namespace, newName string) (retErr error) {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	h, err := ns.h()
+	if err != nil {
+		return err
+	}
+	th, err := to.h()
+	if err != nil {
+		return err
+	}
+	l, err := ns.LinkByName(ctx, name)
+	if err != nil {
+		return err
+	}
+	toFD, err := to.FD()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(toFD)
+	if err := h.LinkSetNsFd(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: l.Index}}, toFD); err != nil {
+		return fmt.Errorf("move link %s into %s: %w", name, to.path, err)
+	}
+	moved, err := to.LinkByName(ctx, name)
+	if err != nil {
+		return err
+	}
+	dev := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: moved.Index}}
+	defer func() {
+		if retErr != nil {
+			if fromFD, err := ns.FD(); err == nil {
+				_ = th.LinkSetName(dev, name)
+				_ = th.LinkSetNsFd(dev, fromFD)
+				unix.Close(fromFD)
+			}
+		}
+	}()
+	if newName != "" && newName != name {
+		if err := th.LinkSetName(dev, newName); err != nil {
+			return fmt.Errorf("rename link %s to %s: %w", name, newName, err)
+		}
+	}
+	if err := th.LinkSetUp(dev); err != nil {
+		return fmt.Errorf("set link %s up: %w", newName, err)
+	}
+	return nil
+}
