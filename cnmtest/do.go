@@ -1,0 +1,86 @@
+package cnmtest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/seed53641549/cnm/osl"
+)
+
+// Do runs fn with its thread inside the network namespace file path (a
+// sandbox's Key), and switches back afterwards. Sockets opened in fn belong
+// to that namespace.
+func Do(ctx context.Context, path string, fn func() error) error {
+	ns, err := osl.OpenNamespace(ctx, path)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	return ns.Do(fn)
+}
+
+// Listen opens a TCP listener on addr inside the namespace file path.
+func Listen(ctx context.Context, path string, addr netip.AddrPort) (net.Listener, error) {
+	var l net.Listener
+	err := Do(ctx, path, func() error {
+		var err error
+		l, err = net.Listen("tcp", addr.String())
+		return err
+	})
+	return l, err
+}
+
+// Dial opens a TCP connection to addr from inside the namespace file path.
+func Dial(ctx context.Context, path string, addr netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	var c net.Conn
+	err := Do(ctx, path, func() error {
+		// The socket is made (and so bound to the namespace) inside Do; the
+		// connect may finish later on any thread.
+		d := net.Dialer{Timeout: timeout}
+		var err error
+		c, err = d.DialContext(ctx, "tcp", addr.String())
+		return err
+	})
+	return c, err
+}
+
+// TCPExchange proves TCP connectivity: it listens on to inside the namespace
+// serverNS, connects from clientNS, sends a message and reads it echoed back.
+// It returns nil only if the bytes made the round trip.
+func TCPExchange(ctx context.Context, serverNS, clientNS string, to netip.AddrPort, timeout time.Duration) error {
+	l, err := Listen(ctx, serverNS, to)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", to, err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(timeout))
+		_, _ = io.CopyN(c, c, 5)
+	}()
+	c, err := Dial(ctx, clientNS, to, timeout)
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", to, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte("hello")); err != nil {
+		return fmt.Errorf("write to %s: %w", to, err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return fmt.Errorf("read echo from %s: %w", to, err)
+	}
+	if string(buf) != "hello" {
+		return fmt.Errorf("echo from %s: got %q", to, buf)
+	}
+	return nil
+}

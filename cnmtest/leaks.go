@@ -1,0 +1,83 @@
+package cnmtest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/seed53641549/cnm/firewall"
+)
+
+// leakWait bounds how long AssertNoLeaks waits for the kernel's asynchronous
+// cleanup: the host end of a veth whose sandbox namespace was dropped
+// disappears only when the kernel's cleanup_net work has run.
+const leakWait = 5 * time.Second
+
+// AssertNoLeaks fails the test if h still holds anything a controller made:
+// links other than those named in keep (loopback is always kept), nftables
+// rules in the controller's tables, namespace files or mounts under the run
+// dir, or sandbox files. Call it after deleting everything the test made.
+func AssertNoLeaks(t testing.TB, h *HostNS, keep ...string) {
+	t.Helper()
+	for _, l := range Leaks(h, keep...) {
+		t.Errorf("cnmtest: leak: %s", l)
+	}
+}
+
+// Leaks returns a description of each leftover that AssertNoLeaks reports.
+// It waits up to a few seconds for links to go, then reports what remains.
+func Leaks(h *HostNS, keep ...string) []string {
+	ctx := context.Background()
+	keep = append(keep, "lo")
+	var leaks []string
+	deadline := time.Now().Add(leakWait)
+	for {
+		leaks = leaks[:0]
+		links, err := h.NS.Links(ctx)
+		if err != nil {
+			return []string{"list links: " + err.Error()}
+		}
+		for _, l := range links {
+			if !slices.Contains(keep, l.Name) {
+				leaks = append(leaks, "link "+l.Name+" ("+l.Kind+")")
+			}
+		}
+		if len(leaks) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	if fd, err := h.NS.FD(); err == nil {
+		if fw, err := firewall.New(ctx, fd, "cnm"); err == nil {
+			if n, err := fw.RuleCount(ctx); err != nil || n != 0 {
+				leaks = append(leaks, fmt.Sprintf("nftables rules in table cnm: %d (err: %v)", n, err))
+			}
+			fw.Close()
+		}
+		unix.Close(fd)
+	}
+
+	for _, sub := range []string{"netns", "sandboxes"} {
+		entries, _ := os.ReadDir(filepath.Join(h.RunDir, sub))
+		for _, e := range entries {
+			leaks = append(leaks, "file "+filepath.Join(h.RunDir, sub, e.Name()))
+		}
+	}
+	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for _, line := range strings.Split(string(mi), "\n") {
+			f := strings.Fields(line)
+			if len(f) > 4 && strings.HasPrefix(f[4], h.RunDir+"/") {
+				leaks = append(leaks, "mount "+f[4])
+			}
+		}
+	}
+	return leaks
+}

@@ -1,0 +1,234 @@
+package cnm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+
+	"github.com/google/uuid"
+	"golang.org/x/sys/unix"
+
+	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/drivers/bridge"
+	"github.com/seed53641549/cnm/drivers/host"
+	"github.com/seed53641549/cnm/drivers/null"
+	"github.com/seed53641549/cnm/firewall"
+	"github.com/seed53641549/cnm/ipam"
+	"github.com/seed53641549/cnm/osl"
+)
+
+// firewallTable is the name of the controller's nftables tables in its host
+// namespace.
+const firewallTable = "cnm"
+
+// Controller manages the networks, endpoints and sandboxes of one host. Make
+// one per host namespace with [New]. It is safe for concurrent use.
+//
+// Lock order: Sandbox.joinMu, then Endpoint.mu, then Network.mu, then
+// Controller.mu. Locks are never held across kernel work except joinMu,
+// which serialises the joins and leaves of one sandbox only.
+type Controller struct {
+	id       string
+	cfg      config
+	hostNS   *osl.Namespace
+	firewall *firewall.Firewall
+	drivers  driverapi.Registry
+	ipam     ipam.Allocator
+
+	// faultHook fails a chosen step; set only by tests (export_test.go).
+	faultHook func(step string) error
+
+	// mu guards the fields below.
+	mu           sync.Mutex
+	closed       bool
+	networks     map[string]*Network // by ID, committed only
+	networkNames map[string]bool     // taken names, in-flight creations included
+	sandboxes    map[string]*Sandbox // by ID, committed only
+	containerIDs map[string]bool     // taken container IDs, in-flight included
+}
+
+// New makes a controller: it opens the host namespace, makes the data and
+// run directories, ensures the controller's nftables tables and registers
+// the bridge, null and host drivers. Close it when done; Close leaves the
+// data plane (bridges, sandboxes) running.
+func New(opts ...Option) (_ *Controller, retErr error) {
+	cfg := config{dataDir: DefaultDataDir, runDir: DefaultRunDir}
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	ctx := context.Background()
+	for _, d := range []string{cfg.dataDir, filepath.Join(cfg.runDir, "netns"), filepath.Join(cfg.runDir, "sandboxes")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("make directory %s: %w", d, err)
+		}
+	}
+	hostPath := cfg.hostNS
+	if hostPath == "" {
+		hostPath = "/proc/self/ns/net"
+	}
+	hostNS, err := osl.OpenNamespace(ctx, hostPath)
+	if err != nil {
+		return nil, fmt.Errorf("%w: host namespace %q: %w", ErrInvalid, hostPath, err)
+	}
+	defer func() {
+		if retErr != nil {
+			hostNS.Close()
+		}
+	}()
+	fd, err := hostNS.FD()
+	if err != nil {
+		return nil, err
+	}
+	fw, err := firewall.New(ctx, fd, firewallTable)
+	unix.Close(fd)
+	if err != nil {
+		return nil, fmt.Errorf("set up firewall in %s: %w", hostPath, err)
+	}
+	defer func() {
+		if retErr != nil {
+			fw.Close()
+		}
+	}()
+	alloc, err := ipam.New(ipam.Config{})
+	if err != nil {
+		return nil, err
+	}
+	c := &Controller{
+		id:           uuid.NewString(),
+		cfg:          cfg,
+		hostNS:       hostNS,
+		firewall:     fw,
+		ipam:         alloc,
+		networks:     map[string]*Network{},
+		networkNames: map[string]bool{},
+		sandboxes:    map[string]*Sandbox{},
+		containerIDs: map[string]bool{},
+	}
+	if err := errors.Join(
+		bridge.Register(&c.drivers, bridge.Config{HostNS: hostNS, Firewall: fw}),
+		null.Register(&c.drivers),
+		host.Register(&c.drivers, hostNS),
+	); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// ID returns the controller's ID, fresh for every New.
+func (c *Controller) ID() string { return c.id }
+
+// HostNamespace returns the path of the controller's host namespace.
+func (c *Controller) HostNamespace() string { return c.hostNS.Path() }
+
+// RunDir returns the controller's run directory.
+func (c *Controller) RunDir() string { return c.cfg.runDir }
+
+// Close stops the controller and releases its file descriptors and sockets.
+// It does not touch the data plane: networks and sandboxes keep working.
+// Every later call on the controller or its objects fails with [ErrClosed].
+// Safe to call twice.
+func (c *Controller) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	sandboxes := c.sandboxListLocked()
+	c.mu.Unlock()
+	for _, sb := range sandboxes {
+		sb.ns.Close()
+	}
+	return errors.Join(c.firewall.Close(), c.hostNS.Close())
+}
+
+func (c *Controller) checkOpen() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// Networks returns the controller's networks, sorted by name.
+func (c *Controller) Networks() []*Network {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]*Network, 0, len(c.networks))
+	for _, n := range c.networks {
+		out = append(out, n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}
+
+// NetworkByName returns the network called name, or an error wrapping
+// [ErrNotFound].
+func (c *Controller) NetworkByName(name string) (*Network, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, n := range c.networks {
+		if n.name == name {
+			return n, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: network %q", ErrNotFound, name)
+}
+
+// NetworkByID returns the network with that ID, or an error wrapping
+// [ErrNotFound].
+func (c *Controller) NetworkByID(id string) (*Network, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n, ok := c.networks[id]; ok {
+		return n, nil
+	}
+	return nil, fmt.Errorf("%w: network id %q", ErrNotFound, id)
+}
+
+// Sandboxes returns the controller's sandboxes, sorted by container ID.
+func (c *Controller) Sandboxes() []*Sandbox {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sandboxListLocked()
+}
+
+func (c *Controller) sandboxListLocked() []*Sandbox {
+	out := make([]*Sandbox, 0, len(c.sandboxes))
+	for _, s := range c.sandboxes {
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].containerID < out[j].containerID })
+	return out
+}
+
+// SandboxByID returns the sandbox with that ID, or an error wrapping
+// [ErrNotFound].
+func (c *Controller) SandboxByID(id string) (*Sandbox, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s, ok := c.sandboxes[id]; ok {
+		return s, nil
+	}
+	return nil, fmt.Errorf("%w: sandbox id %q", ErrNotFound, id)
+}
+
+// SandboxByContainerID returns the sandbox of a container, or an error
+// wrapping [ErrNotFound].
+func (c *Controller) SandboxByContainerID(containerID string) (*Sandbox, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.sandboxes {
+		if s.containerID == containerID {
+			return s, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: sandbox of container %q", ErrNotFound, containerID)
+}

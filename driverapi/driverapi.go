@@ -1,0 +1,172 @@
+// Package driverapi is the contract between cnm's controller and its network
+// drivers.
+//
+// A driver owns the data plane of its networks: it makes and removes every
+// kernel object of a network (bridges, host-side veth ends, VXLAN devices,
+// firewall rules). The controller owns names, IDs, addresses (IPAM), the
+// sandbox side of each interface (addresses, routes, the default gateway) and
+// rollback. Drivers never import the root package.
+//
+// [Driver] holds only what every driver does. Capabilities that only some
+// drivers have are optional interfaces ([ExternalConnector]) that the
+// controller detects with a type assertion.
+package driverapi
+
+import (
+	"context"
+	"net"
+	"net/netip"
+
+	"github.com/seed53641549/cnm/errdefs"
+	"github.com/seed53641549/cnm/osl"
+)
+
+// Sentinel errors, shared with the root package (which re-exports them), so
+// errors.Is(err, cnm.ErrInvalid) also matches errors that drivers return.
+var (
+	ErrInvalid      = errdefs.ErrInvalid
+	ErrNotFound     = errdefs.ErrNotFound
+	ErrExists       = errdefs.ErrExists
+	ErrInUse        = errdefs.ErrInUse
+	ErrNotSupported = errdefs.ErrNotSupported
+)
+
+// Scope says where a driver's networks live.
+type Scope string
+
+const (
+	// LocalScope networks exist on one host only (bridge, macvlan, host, null).
+	LocalScope Scope = "local"
+	// GlobalScope networks span every host sharing a global store (overlay).
+	GlobalScope Scope = "global"
+)
+
+// Capability describes what the controller must do around a driver.
+type Capability struct {
+	// Scope of the driver's networks. The zero value is not valid: drivers set it.
+	Scope Scope
+	// NoInterface is true for drivers whose endpoints get no interface and no
+	// addresses (null: loopback only; host: the sandbox is the host's own
+	// stack). The controller then asks IPAM for nothing and configures nothing
+	// inside the sandbox.
+	NoInterface bool
+}
+
+// Driver is a network driver. Every method may be called concurrently, for
+// different networks and endpoints; the controller never calls two methods
+// for the same endpoint at once. Each method is all or nothing: on error it
+// leaves no kernel object behind.
+type Driver interface {
+	// Type returns the driver's name ("bridge").
+	Type() string
+	// Capability returns the driver's capability; it never changes.
+	Capability() Capability
+	// CreateNetwork parses req.Options (rejecting keys it does not know with
+	// ErrInvalid naming the key) and makes the network's kernel objects.
+	CreateNetwork(ctx context.Context, req NetworkRequest) error
+	// DeleteNetwork removes every kernel object of the network. The controller
+	// calls it only when the network has no endpoints.
+	DeleteNetwork(ctx context.Context, networkID string) error
+	// CreateEndpoint prepares an endpoint. Addresses and MAC come from the
+	// controller; drivers of this module make no kernel object here: the
+	// interface is made at Join, directly inside the sandbox.
+	CreateEndpoint(ctx context.Context, req EndpointRequest) error
+	// DeleteEndpoint forgets an endpoint that is not joined.
+	DeleteEndpoint(ctx context.Context, networkID, endpointID string) error
+	// Join attaches the endpoint to a sandbox: it either makes the interface
+	// inside req.Sandbox, named req.InterfaceName, with req.MAC, and reports
+	// nothing in SrcName; or it makes a link in the host namespace and names it
+	// in JoinResponse.SrcName for the controller to move in. The controller then
+	// sets addresses, brings the interface up and installs routes.
+	Join(ctx context.Context, req JoinRequest) (JoinResponse, error)
+	// Leave undoes Join. With req.SandboxGone the sandbox's namespace is about
+	// to be destroyed (with every link in it): the driver then deletes no link
+	// that the kernel will delete anyway, and only forgets state.
+	Leave(ctx context.Context, req LeaveRequest) error
+}
+
+// ExternalConnector is implemented by drivers that give an endpoint a way in
+// from outside the host (published ports). The controller calls
+// ProgramExternalConnectivity after a successful Join of an endpoint that has
+// port mappings, and RevokeExternalConnectivity before its Leave.
+type ExternalConnector interface {
+	ProgramExternalConnectivity(ctx context.Context, networkID, endpointID string, ports []PortMapping) error
+	RevokeExternalConnectivity(ctx context.Context, networkID, endpointID string) error
+}
+
+// PortMapping publishes one container port on the host.
+type PortMapping struct {
+	Proto         string     // "tcp", "udp" or "sctp"
+	ContainerPort uint16     // port inside the sandbox
+	HostIP        netip.Addr // zero: every host address
+	HostPort      uint16     // port on the host
+}
+
+// IPAMData is one address family's addressing of a network.
+type IPAMData struct {
+	Pool         netip.Prefix          // the subnet
+	Gateway      netip.Prefix          // gateway address with the subnet's prefix length; zero if none
+	AuxAddresses map[string]netip.Addr // reserved addresses, by name
+}
+
+// NetworkRequest asks a driver to make a network.
+type NetworkRequest struct {
+	ID       string
+	Name     string
+	Options  map[string]string // driver options, keys as Docker names them
+	Labels   map[string]string
+	Internal bool // no route out of the network: no gateway route, no masquerade
+	IPv4     *IPAMData
+	IPv6     *IPAMData // nil: IPv4 only
+}
+
+// EndpointRequest asks a driver to prepare an endpoint.
+type EndpointRequest struct {
+	NetworkID  string
+	EndpointID string
+	MAC        net.HardwareAddr
+	IPv4       netip.Prefix // zero when the network has no IPv4
+	IPv6       netip.Prefix // zero when the network has no IPv6
+}
+
+// JoinRequest asks a driver to attach an endpoint to a sandbox.
+type JoinRequest struct {
+	NetworkID     string
+	EndpointID    string
+	Sandbox       *osl.Namespace // the sandbox's network namespace
+	InterfaceName string         // name of the interface inside the sandbox ("eth0")
+	MAC           net.HardwareAddr
+	IPv4          netip.Prefix
+	IPv6          netip.Prefix
+}
+
+// StaticRoute is a route the driver wants inside the sandbox through the
+// endpoint's interface.
+type StaticRoute struct {
+	Destination netip.Prefix
+	NextHop     netip.Addr // zero: directly connected
+}
+
+// JoinResponse is what a driver reports after Join.
+type JoinResponse struct {
+	// SrcName names a link in the host namespace that the controller moves
+	// into the sandbox and renames to InterfaceName. Empty: the driver made
+	// the interface inside the sandbox itself (or the driver has none).
+	SrcName string
+	// Gateway and GatewayIPv6 are the next hops of a default route through
+	// this endpoint; zero: the endpoint offers no way out (internal networks).
+	Gateway     netip.Addr
+	GatewayIPv6 netip.Addr
+	// StaticRoutes are installed through the endpoint's interface.
+	StaticRoutes []StaticRoute
+}
+
+// LeaveRequest asks a driver to detach an endpoint from a sandbox.
+type LeaveRequest struct {
+	NetworkID  string
+	EndpointID string
+	Sandbox    *osl.Namespace
+	// SandboxGone: the sandbox's namespace is being destroyed with its links;
+	// delete no link, forget state only.
+	SandboxGone bool
+}

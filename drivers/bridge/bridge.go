@@ -1,0 +1,108 @@
+// Package bridge is cnm's bridge driver: one Linux bridge per network in the
+// controller's host namespace, a veth pair per joined endpoint, and nftables
+// rules for masquerade and isolation. It keeps Docker's option keys so that
+// users' habits carry over.
+//
+// Kernel objects and their names:
+//   - the bridge: the com.docker.network.bridge.name option, or "br-" and the
+//     first 12 characters of the network ID (as Docker names them); it carries
+//     the gateway addresses and the alias "cnm:<network ID>";
+//   - per joined endpoint, a veth pair made at Join in one netlink request:
+//     the host end "veth" and 7 random hex digits, fresh at every Join so an
+//     asynchronous kernel cleanup never collides with a new endpoint, already
+//     a port of the bridge and up; the peer made directly inside the sandbox,
+//     already named eth0, eth1, ...;
+//   - nftables rules tagged with the network ID in the controller's table.
+package bridge
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"sync"
+
+	"net/netip"
+
+	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/firewall"
+	"github.com/seed53641549/cnm/osl"
+)
+
+// NetworkType is the driver's name.
+const NetworkType = "bridge"
+
+// Config is what the driver needs from its controller.
+type Config struct {
+	// HostNS is the namespace the bridges and host veth ends live in. Required.
+	HostNS *osl.Namespace
+	// Firewall programs the controller's nftables table in HostNS. Required.
+	Firewall *firewall.Firewall
+}
+
+// Register makes a bridge driver and registers it under [NetworkType].
+func Register(r driverapi.Registerer, cfg Config) error {
+	d, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	return r.RegisterDriver(NetworkType, d)
+}
+
+// New returns a bridge driver. Most programs call [Register] instead.
+func New(cfg Config) (driverapi.Driver, error) {
+	if cfg.HostNS == nil || cfg.Firewall == nil {
+		return nil, fmt.Errorf("%w: bridge driver: HostNS and Firewall are required", driverapi.ErrInvalid)
+	}
+	return &driver{cfg: cfg, networks: map[string]*network{}}, nil
+}
+
+type driver struct {
+	cfg Config
+
+	// mu guards networks.
+	mu       sync.Mutex
+	networks map[string]*network // by network ID
+}
+
+var _ driverapi.Driver = (*driver)(nil)
+
+// network is the driver's state of one network. Its fields are set once at
+// creation, except endpoints.
+type network struct {
+	id       string
+	opts     options
+	internal bool
+	bridge   int        // bridge ifindex
+	gw4, gw6 netip.Addr // gateway addresses on the bridge; zero if none
+
+	// mu guards endpoints.
+	mu        sync.Mutex
+	endpoints map[string]*endpoint
+}
+
+type endpoint struct {
+	hostIf string // host end of the veth while joined, "" otherwise
+}
+
+func (d *driver) Type() string { return NetworkType }
+
+func (d *driver) Capability() driverapi.Capability {
+	return driverapi.Capability{Scope: driverapi.LocalScope}
+}
+
+func (d *driver) network(id string) (*network, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n, ok := d.networks[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: bridge network %s", driverapi.ErrNotFound, id)
+	}
+	return n, nil
+}
+
+// hostIfName returns a fresh name for the host end of a veth pair.
+func hostIfName() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return "veth" + hex.EncodeToString(b[:])[:7]
+}

@@ -1,0 +1,284 @@
+package cnm
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/google/uuid"
+
+	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/ipam"
+)
+
+// Endpoint attaches one sandbox to one network. Its addresses and MAC are
+// reserved when it is made and kept across Leave and a later Join, until
+// Delete. It is safe for concurrent use.
+type Endpoint struct {
+	nw      *Network
+	id      string
+	name    string
+	mac     net.HardwareAddr
+	ipv4    netip.Prefix
+	ipv6    netip.Prefix
+	aliases []string
+	ports   []PortMapping
+
+	// mu guards the fields below.
+	mu         sync.Mutex
+	busy       bool // a Join, Leave or Delete is in flight
+	deleted    bool
+	sandbox    *Sandbox
+	ifName     string     // inside the sandbox, while joined
+	ifIndex    int        // inside the sandbox, while joined; 0 without interface
+	gw4, gw6   netip.Addr // next hops this endpoint offers, while joined
+	gwPriority int
+	external   bool // external connectivity programmed
+}
+
+// EndpointInfo describes an endpoint. Interface fields are zero while the
+// endpoint is not joined.
+type EndpointInfo struct {
+	// InterfaceName inside the sandbox ("eth0"); empty while not joined.
+	InterfaceName string
+	MAC           net.HardwareAddr
+	// IPv4 and IPv6 are the addresses with the subnet's prefix length; zero
+	// for a family the network does not have.
+	IPv4 netip.Prefix
+	IPv6 netip.Prefix
+	// Gateway and GatewayIPv6 are the next hops this endpoint offers while
+	// joined (zero on internal networks), whether or not the sandbox chose
+	// this endpoint for its default route.
+	Gateway     netip.Addr
+	GatewayIPv6 netip.Addr
+	// SandboxID is the sandbox it is joined to, empty if none.
+	SandboxID    string
+	Aliases      []string
+	PortMappings []PortMapping
+}
+
+// ID returns the endpoint's ID, a UUID.
+func (ep *Endpoint) ID() string { return ep.id }
+
+// Name returns the endpoint's name, unique within its network.
+func (ep *Endpoint) Name() string { return ep.name }
+
+// Network returns the endpoint's network.
+func (ep *Endpoint) Network() *Network { return ep.nw }
+
+// String returns the endpoint's name.
+func (ep *Endpoint) String() string { return ep.name }
+
+// Info returns a snapshot of the endpoint's addresses and interface.
+func (ep *Endpoint) Info() EndpointInfo {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	info := EndpointInfo{
+		InterfaceName: ep.ifName,
+		MAC:           slices.Clone(ep.mac),
+		IPv4:          ep.ipv4,
+		IPv6:          ep.ipv6,
+		Aliases:       slices.Clone(ep.aliases),
+		PortMappings:  slices.Clone(ep.ports),
+	}
+	if ep.sandbox != nil {
+		info.SandboxID = ep.sandbox.id
+		info.Gateway, info.GatewayIPv6 = ep.gw4, ep.gw6
+	}
+	return info
+}
+
+// CreateEndpoint makes an endpoint on the network named name: it reserves its
+// addresses (the next free ones, or those asked for with [WithIPv4Address]
+// and [WithIPv6Address]) and its MAC. No kernel object is made until Join.
+// On error nothing stays reserved.
+func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...EndpointOption) (_ *Endpoint, retErr error) {
+	c := n.ctrl
+	if err := validateName("endpoint name", name); err != nil {
+		return nil, err
+	}
+	var cfg endpointConfig
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, fmt.Errorf("endpoint %q: %w", name, err)
+		}
+	}
+	if err := n.checkAddress("ipv4", cfg.ipv4, n.ipv4); err != nil {
+		return nil, fmt.Errorf("endpoint %q: %w", name, err)
+	}
+	if err := n.checkAddress("ipv6", cfg.ipv6, n.ipv6); err != nil {
+		return nil, fmt.Errorf("endpoint %q: %w", name, err)
+	}
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
+
+	n.mu.Lock()
+	switch {
+	case n.deleting:
+		n.mu.Unlock()
+		return nil, fmt.Errorf("%w: network %q is being deleted", ErrNotFound, n.name)
+	case n.epNames[name]:
+		n.mu.Unlock()
+		return nil, fmt.Errorf("%w: endpoint name %q on network %q", ErrExists, name, n.name)
+	}
+	n.epNames[name] = true
+	n.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			n.mu.Lock()
+			delete(n.epNames, name)
+			n.mu.Unlock()
+		}
+	}()
+
+	ep := &Endpoint{nw: n, id: uuid.NewString(), name: name, mac: cfg.mac, aliases: cfg.aliases, ports: cfg.ports}
+	if ep.mac == nil {
+		ep.mac = randomMAC()
+	}
+	if err := c.step(ctx, stepEndpointIPv4); err != nil {
+		return nil, err
+	}
+	var err error
+	if ep.ipv4, err = n.requestAddress(ctx, n.ipv4, cfg.ipv4); err != nil {
+		return nil, fmt.Errorf("endpoint %q: ipv4 address: %w", name, err)
+	}
+	defer func() {
+		if retErr != nil {
+			n.releaseAddress(ctx, n.ipv4, ep.ipv4)
+		}
+	}()
+	if err := c.step(ctx, stepEndpointIPv6); err != nil {
+		return nil, err
+	}
+	if ep.ipv6, err = n.requestAddress(ctx, n.ipv6, cfg.ipv6); err != nil {
+		return nil, fmt.Errorf("endpoint %q: ipv6 address: %w", name, err)
+	}
+	defer func() {
+		if retErr != nil {
+			n.releaseAddress(ctx, n.ipv6, ep.ipv6)
+		}
+	}()
+
+	if err := c.step(ctx, stepEndpointDriver); err != nil {
+		return nil, err
+	}
+	err = n.driver.CreateEndpoint(ctx, driverapi.EndpointRequest{NetworkID: n.id, EndpointID: ep.id, MAC: ep.mac, IPv4: ep.ipv4, IPv6: ep.ipv6})
+	if err != nil {
+		return nil, fmt.Errorf("endpoint %q: %w", name, err)
+	}
+	defer func() {
+		if retErr != nil {
+			if err := n.driver.DeleteEndpoint(context.WithoutCancel(ctx), n.id, ep.id); err != nil {
+				slog.Warn("cnm: rollback: delete endpoint in driver", "endpoint", name, "err", err)
+			}
+		}
+	}()
+
+	if err := c.step(ctx, stepEndpointCommit); err != nil {
+		return nil, err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.endpoints[ep.id] = ep
+	return ep, nil
+}
+
+// checkAddress validates a preferred address against the network, before
+// anything is reserved.
+func (n *Network) checkAddress(field string, want netip.Addr, fam *networkIPAM) error {
+	if !want.IsValid() {
+		return nil
+	}
+	if fam == nil {
+		return fmt.Errorf("%w: %s address %s: network %q has no %s", ErrInvalid, field, want, n.name, field)
+	}
+	if !fam.subnet.Contains(want) {
+		return fmt.Errorf("%w: %s address %s is outside subnet %s", ErrInvalid, field, want, fam.subnet)
+	}
+	return nil
+}
+
+// requestAddress reserves want, or the next free address when want is zero.
+// A network without the family gets the zero prefix.
+func (n *Network) requestAddress(ctx context.Context, fam *networkIPAM, want netip.Addr) (netip.Prefix, error) {
+	if fam == nil {
+		return netip.Prefix{}, nil
+	}
+	a, err := n.ctrl.ipam.RequestAddress(ctx, fam.poolID, ipam.AddressRequest{Preferred: want})
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a, fam.subnet.Bits()), nil
+}
+
+func (n *Network) releaseAddress(ctx context.Context, fam *networkIPAM, a netip.Prefix) {
+	if fam == nil || !a.IsValid() {
+		return
+	}
+	if err := n.ctrl.ipam.ReleaseAddress(context.WithoutCancel(ctx), fam.poolID, a.Addr()); err != nil {
+		slog.Warn("cnm: release address", "address", a, "err", err)
+	}
+}
+
+// Delete removes an endpoint that is not joined and releases its addresses.
+// A joined endpoint is not deleted: the error wraps [ErrInUse].
+func (ep *Endpoint) Delete(ctx context.Context) error {
+	if err := ep.nw.ctrl.checkOpen(); err != nil {
+		return err
+	}
+	ep.mu.Lock()
+	switch {
+	case ep.deleted:
+		ep.mu.Unlock()
+		return fmt.Errorf("%w: endpoint %q was deleted", ErrNotFound, ep.name)
+	case ep.busy:
+		ep.mu.Unlock()
+		return fmt.Errorf("%w: endpoint %q: a join or leave is in progress", ErrInUse, ep.name)
+	case ep.sandbox != nil:
+		sb := ep.sandbox.containerID
+		ep.mu.Unlock()
+		return fmt.Errorf("%w: endpoint %q is joined to sandbox %q: leave first", ErrInUse, ep.name, sb)
+	}
+	ep.busy = true
+	ep.mu.Unlock()
+
+	err := ep.remove(ctx)
+	ep.mu.Lock()
+	ep.busy = false
+	ep.mu.Unlock()
+	return err
+}
+
+// remove deletes the endpoint from its driver, releases its addresses and
+// drops its record. The caller holds ep.busy and the endpoint is not joined.
+func (ep *Endpoint) remove(ctx context.Context) error {
+	n := ep.nw
+	if err := n.driver.DeleteEndpoint(ctx, n.id, ep.id); err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("delete endpoint %q: %w", ep.name, err)
+	}
+	n.releaseAddress(ctx, n.ipv4, ep.ipv4)
+	n.releaseAddress(ctx, n.ipv6, ep.ipv6)
+	n.mu.Lock()
+	delete(n.endpoints, ep.id)
+	delete(n.epNames, ep.name)
+	n.mu.Unlock()
+	ep.mu.Lock()
+	ep.deleted = true
+	ep.mu.Unlock()
+	return nil
+}
+
+// randomMAC returns a random locally administered unicast MAC address.
+func randomMAC() net.HardwareAddr {
+	m := make(net.HardwareAddr, 6)
+	_, _ = rand.Read(m)
+	m[0] = m[0]&0xfe | 0x02
+	return m
+}

@@ -1,0 +1,101 @@
+package cnm
+
+import (
+	"context"
+	"net/netip"
+	"sort"
+
+	"github.com/seed53641549/cnm/osl"
+)
+
+var (
+	defaultV4 = netip.MustParsePrefix("0.0.0.0/0")
+	defaultV6 = netip.MustParsePrefix("::/0")
+)
+
+// gatewayCandidate is an endpoint's offer of a default route.
+type gatewayCandidate struct {
+	ep       *Endpoint
+	gw       netip.Addr
+	ifIndex  int
+	priority int
+	internal bool
+	network  string
+}
+
+// bestGateway picks the endpoint that holds a family's default route:
+// highest priority, then non-internal before internal, then network name.
+func bestGateway(eps []*Endpoint, v6 bool) (gatewayCandidate, bool) {
+	var cands []gatewayCandidate
+	for _, ep := range eps {
+		ep.mu.Lock()
+		gw := ep.gw4
+		if v6 {
+			gw = ep.gw6
+		}
+		c := gatewayCandidate{ep: ep, gw: gw, ifIndex: ep.ifIndex, priority: ep.gwPriority, internal: ep.nw.internal, network: ep.nw.name}
+		ep.mu.Unlock()
+		if c.gw.IsValid() && c.ifIndex > 0 {
+			cands = append(cands, c)
+		}
+	}
+	if len(cands) == 0 {
+		return gatewayCandidate{}, false
+	}
+	sort.Slice(cands, func(i, j int) bool {
+		a, b := cands[i], cands[j]
+		if a.priority != b.priority {
+			return a.priority > b.priority
+		}
+		if a.internal != b.internal {
+			return !a.internal
+		}
+		return a.network < b.network
+	})
+	return cands[0], true
+}
+
+// updateGateways makes the sandbox's default routes match the best choice
+// among eps, one family at a time. A moving route is replaced atomically
+// (RTM_NEWROUTE with NLM_F_REPLACE), so there is no moment without one.
+// The caller holds sb.joinMu.
+func (sb *Sandbox) updateGateways(ctx context.Context, eps []*Endpoint) error {
+	for _, v6 := range []bool{false, true} {
+		best, ok := bestGateway(eps, v6)
+		sb.mu.Lock()
+		cur := sb.gw4
+		if v6 {
+			cur = sb.gw6
+		}
+		sb.mu.Unlock()
+		dst := defaultV4
+		if v6 {
+			dst = defaultV6
+		}
+		switch {
+		case ok && best.ep == cur:
+			continue
+		case ok:
+			if err := sb.ns.ReplaceRoute(ctx, osl.Route{Dst: dst, Gateway: best.gw, LinkIndex: best.ifIndex}); err != nil {
+				return err
+			}
+		case cur != nil:
+			cur.mu.Lock()
+			idx := cur.ifIndex
+			cur.mu.Unlock()
+			if err := sb.ns.DeleteRoute(ctx, osl.Route{Dst: dst, LinkIndex: idx}); err != nil {
+				return err
+			}
+		default:
+			continue
+		}
+		sb.mu.Lock()
+		if v6 {
+			sb.gw6 = best.ep
+		} else {
+			sb.gw4 = best.ep
+		}
+		sb.mu.Unlock()
+	}
+	return nil
+}

@@ -1,0 +1,107 @@
+package cnm
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+)
+
+// hostsHeader is what every sandbox's hosts file starts with (as Docker's).
+const hostsHeader = `127.0.0.1	localhost
+::1	localhost ip6-localhost ip6-loopback
+fe00::0	ip6-localnet
+ff00::0	ip6-mcastprefix
+ff02::1	ip6-allnodes
+ff02::2	ip6-allrouters
+`
+
+// writeHosts writes the sandbox's hosts file for the endpoints eps: the
+// loopback names, the extra hosts, and the sandbox's host name on each of
+// its addresses. The file is rewritten in place (not replaced by a rename),
+// so a bind mount of it into a container sees every update.
+func (sb *Sandbox) writeHosts(eps []*Endpoint) error {
+	var b bytes.Buffer
+	b.WriteString(hostsHeader)
+	for _, h := range sb.cfg.extraHosts {
+		fmt.Fprintf(&b, "%s\t%s\n", h.IP, h.Name)
+	}
+	if name := sb.cfg.hostname; name != "" {
+		names := name
+		if sb.cfg.domainname != "" {
+			names = name + "." + sb.cfg.domainname + " " + name
+		}
+		for _, ep := range eps {
+			for _, a := range []netip.Prefix{ep.ipv4, ep.ipv6} {
+				if a.IsValid() {
+					fmt.Fprintf(&b, "%s\t%s\n", a.Addr(), names)
+				}
+			}
+		}
+	}
+	if err := os.WriteFile(sb.hostsPath, b.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("write hosts file: %w", err)
+	}
+	return nil
+}
+
+// Fallback name servers when the host has none a sandbox can reach, as Docker.
+var fallbackDNS = []netip.Addr{netip.MustParseAddr("8.8.8.8"), netip.MustParseAddr("8.8.4.4")}
+
+// hostResolvConf is read for the default name servers.
+const hostResolvConf = "/etc/resolv.conf"
+
+// writeResolvConf writes the sandbox's resolv.conf: the servers given with
+// WithDNS, or else the host's servers minus loopback ones (a sandbox cannot
+// reach the host's 127.0.0.53) with the host's search and options lines, or
+// else the fallback servers.
+func (sb *Sandbox) writeResolvConf() error {
+	servers := sb.cfg.dns
+	var extra []string
+	if len(servers) == 0 {
+		servers, extra = readHostResolvConf(hostResolvConf)
+	}
+	if len(servers) == 0 {
+		servers = fallbackDNS
+	}
+	var b bytes.Buffer
+	for _, s := range servers {
+		fmt.Fprintf(&b, "nameserver %s\n", s)
+	}
+	for _, l := range extra {
+		b.WriteString(l + "\n")
+	}
+	if err := os.WriteFile(sb.resolvPath, b.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("write resolv.conf: %w", err)
+	}
+	return nil
+}
+
+// readHostResolvConf returns the non-loopback name servers of a resolv.conf
+// and its search and options lines. A missing file yields nothing.
+func readHostResolvConf(path string) (servers []netip.Addr, extra []string) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 2 {
+			continue
+		}
+		switch fields[0] {
+		case "nameserver":
+			a, err := netip.ParseAddr(fields[1])
+			if err == nil && !a.IsLoopback() {
+				servers = append(servers, a.WithZone(""))
+			}
+		case "search", "domain", "options":
+			extra = append(extra, strings.Join(fields, " "))
+		}
+	}
+	return servers, extra
+}

@@ -1,0 +1,339 @@
+package cnm
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strconv"
+
+	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/osl"
+)
+
+// Join attaches the endpoint to the sandbox. The driver makes the interface
+// directly inside the sandbox's namespace, named eth0, eth1, ... (the lowest
+// free number); cnm gives it the endpoint's addresses and MAC, brings it up,
+// installs the driver's routes and, if this endpoint wins the gateway choice
+// (see [WithGatewayPriority]), the sandbox's default route. On error nothing
+// of the join is left.
+//
+// A sandbox holds at most one endpoint per network; an endpoint is joined to
+// at most one sandbox.
+func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) (retErr error) {
+	var cfg joinConfig
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return fmt.Errorf("join endpoint %q: %w", ep.name, err)
+		}
+	}
+	n := ep.nw
+	c := n.ctrl
+	if sb == nil || sb.ctrl != c {
+		return fmt.Errorf("%w: join endpoint %q: sandbox belongs to another controller", ErrInvalid, ep.name)
+	}
+	if err := c.checkOpen(); err != nil {
+		return err
+	}
+	noIf := n.driver.Capability().NoInterface
+
+	sb.joinMu.Lock()
+	defer sb.joinMu.Unlock()
+	if err := sb.checkJoin(ep, noIf); err != nil {
+		return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+	}
+	if err := ep.claim(); err != nil {
+		return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+	}
+	joined := false
+	defer func() { ep.release(joined) }()
+
+	ifName := ""
+	if !noIf {
+		ifName = sb.nextIfName()
+	}
+	if err := c.step(ctx, stepJoinDriver); err != nil {
+		return err
+	}
+	resp, err := n.driver.Join(ctx, driverapi.JoinRequest{
+		NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns, InterfaceName: ifName,
+		MAC: ep.mac, IPv4: ep.ipv4, IPv6: ep.ipv6,
+	})
+	if err != nil {
+		return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+	}
+	defer func() {
+		if retErr != nil {
+			err := n.driver.Leave(context.WithoutCancel(ctx), driverapi.LeaveRequest{NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns})
+			if err != nil {
+				slog.Warn("cnm: rollback: leave in driver", "endpoint", ep.name, "err", err)
+			}
+		}
+	}()
+
+	ifIndex := 0
+	if !noIf {
+		if err := c.step(ctx, stepJoinInterface); err != nil {
+			return err
+		}
+		if ifIndex, err = sb.configureInterface(ctx, ep, ifName, resp.SrcName); err != nil {
+			return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+		}
+		if err := c.step(ctx, stepJoinRoutes); err != nil {
+			return err
+		}
+		for _, r := range resp.StaticRoutes {
+			if err := sb.ns.AddRoute(ctx, osl.Route{Dst: r.Destination, Gateway: r.NextHop, LinkIndex: ifIndex}); err != nil {
+				return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+			}
+		}
+	}
+
+	// From here on the endpoint takes part in the sandbox's choices.
+	ep.mu.Lock()
+	ep.ifName, ep.ifIndex, ep.gw4, ep.gw6, ep.gwPriority = ifName, ifIndex, resp.Gateway, resp.GatewayIPv6, cfg.gatewayPriority
+	ep.mu.Unlock()
+	others := sb.Endpoints()
+	with := append(slices.Clone(others), ep)
+
+	if err := c.step(ctx, stepJoinGateway); err != nil {
+		return err
+	}
+	if err := sb.updateGateways(ctx, with); err != nil {
+		return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+	}
+	defer func() {
+		if retErr != nil {
+			if err := sb.updateGateways(context.WithoutCancel(ctx), others); err != nil {
+				slog.Warn("cnm: rollback: restore default routes", "sandbox", sb.containerID, "err", err)
+			}
+		}
+	}()
+
+	if err := c.step(ctx, stepJoinHosts); err != nil {
+		return err
+	}
+	if err := sb.writeHosts(with); err != nil {
+		return err
+	}
+	defer func() {
+		if retErr != nil {
+			_ = sb.writeHosts(others)
+		}
+	}()
+
+	if err := c.step(ctx, stepJoinExternal); err != nil {
+		return err
+	}
+	if err := ep.programExternal(ctx); err != nil {
+		return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+	}
+	defer func() {
+		if retErr != nil {
+			_ = ep.revokeExternal(context.WithoutCancel(ctx))
+		}
+	}()
+
+	if err := c.step(ctx, stepJoinCommit); err != nil {
+		return err
+	}
+	sb.mu.Lock()
+	sb.endpoints = append(sb.endpoints, ep)
+	sb.mu.Unlock()
+	ep.mu.Lock()
+	ep.sandbox = sb
+	ep.mu.Unlock()
+	joined = true
+	return nil
+}
+
+// checkJoin refuses joins to deleted sandboxes, a second endpoint of one
+// network, and mixing host-network sandboxes with interface endpoints.
+func (sb *Sandbox) checkJoin(ep *Endpoint, noIf bool) error {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	if sb.deleted {
+		return fmt.Errorf("%w: sandbox %q was deleted", ErrNotFound, sb.containerID)
+	}
+	for _, other := range sb.endpoints {
+		if other == ep {
+			return fmt.Errorf("%w: endpoint %q is already joined to this sandbox", ErrExists, ep.name)
+		}
+		if other.nw == ep.nw {
+			return fmt.Errorf("%w: sandbox already has endpoint %q on network %q", ErrExists, other.name, ep.nw.name)
+		}
+	}
+	if sb.cfg.hostNetwork && !noIf {
+		return fmt.Errorf("%w: sandbox shares the host namespace: only endpoints without interface (host, null) can join it, not %s network %q",
+			ErrInvalid, ep.nw.driver.Type(), ep.nw.name)
+	}
+	return nil
+}
+
+// claim marks the endpoint busy for a join; release ends that.
+func (ep *Endpoint) claim() error {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	switch {
+	case ep.deleted:
+		return fmt.Errorf("%w: endpoint %q was deleted", ErrNotFound, ep.name)
+	case ep.sandbox != nil:
+		return fmt.Errorf("%w: endpoint %q is already joined to sandbox %q", ErrExists, ep.name, ep.sandbox.containerID)
+	case ep.busy:
+		return fmt.Errorf("%w: endpoint %q: another join, leave or delete is in progress", ErrInUse, ep.name)
+	}
+	ep.busy = true
+	return nil
+}
+
+func (ep *Endpoint) release(joined bool) {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	ep.busy = false
+	if !joined {
+		ep.ifName, ep.ifIndex, ep.gw4, ep.gw6, ep.gwPriority = "", 0, netip.Addr{}, netip.Addr{}, 0
+	}
+}
+
+// nextIfName returns the lowest ethN not used by a joined endpoint.
+func (sb *Sandbox) nextIfName() string {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	used := map[string]bool{}
+	for _, ep := range sb.endpoints {
+		ep.mu.Lock()
+		used[ep.ifName] = true
+		ep.mu.Unlock()
+	}
+	for i := 0; ; i++ {
+		if name := "eth" + strconv.Itoa(i); !used[name] {
+			return name
+		}
+	}
+}
+
+// configureInterface moves in the driver's link if it made one in the host
+// namespace, then gives the interface its addresses and brings it up. It
+// returns the interface's index.
+func (sb *Sandbox) configureInterface(ctx context.Context, ep *Endpoint, ifName, srcName string) (int, error) {
+	if srcName != "" {
+		if err := sb.ctrl.hostNS.MoveLink(ctx, srcName, sb.ns, ifName); err != nil {
+			return 0, err
+		}
+	}
+	link, err := sb.ns.LinkByName(ctx, ifName)
+	if err != nil {
+		return 0, err
+	}
+	for _, a := range []netip.Prefix{ep.ipv4, ep.ipv6} {
+		if a.IsValid() {
+			if err := sb.ns.AddAddress(ctx, link.Index, a); err != nil {
+				return 0, err
+			}
+		}
+	}
+	if err := sb.ns.SetLinkUp(ctx, link.Index); err != nil {
+		return 0, err
+	}
+	return link.Index, nil
+}
+
+// Leave detaches the endpoint from the sandbox: its interface is deleted
+// (one link deletion), its default route, if it held one, moves to the next
+// best endpoint first, so the sandbox is never without one while another
+// endpoint offers it. The endpoint keeps its addresses for a later Join.
+func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) (retErr error) {
+	n := ep.nw
+	c := n.ctrl
+	if sb == nil || sb.ctrl != c {
+		return fmt.Errorf("%w: leave endpoint %q: sandbox belongs to another controller", ErrInvalid, ep.name)
+	}
+	if err := c.checkOpen(); err != nil {
+		return err
+	}
+	sb.joinMu.Lock()
+	defer sb.joinMu.Unlock()
+
+	ep.mu.Lock()
+	switch {
+	case ep.sandbox != sb:
+		ep.mu.Unlock()
+		return fmt.Errorf("%w: endpoint %q is not joined to sandbox %q", ErrNotFound, ep.name, sb.containerID)
+	case ep.busy:
+		ep.mu.Unlock()
+		return fmt.Errorf("%w: endpoint %q: another operation is in progress", ErrInUse, ep.name)
+	}
+	ep.busy = true
+	ep.mu.Unlock()
+	left := false
+	defer func() {
+		ep.mu.Lock()
+		ep.busy = false
+		if left {
+			ep.sandbox, ep.ifName, ep.ifIndex, ep.gw4, ep.gw6, ep.gwPriority = nil, "", 0, netip.Addr{}, netip.Addr{}, 0
+		}
+		ep.mu.Unlock()
+	}()
+
+	all := sb.Endpoints()
+	rest := slices.DeleteFunc(slices.Clone(all), func(e *Endpoint) bool { return e == ep })
+
+	if err := ep.revokeExternal(ctx); err != nil {
+		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
+	}
+	if err := sb.updateGateways(ctx, rest); err != nil {
+		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
+	}
+	if err := n.driver.Leave(ctx, driverapi.LeaveRequest{NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns}); err != nil {
+		if rerr := sb.updateGateways(context.WithoutCancel(ctx), all); rerr != nil {
+			slog.Warn("cnm: rollback: restore default routes", "sandbox", sb.containerID, "err", rerr)
+		}
+		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
+	}
+	if err := sb.writeHosts(rest); err != nil {
+		slog.Warn("cnm: rewrite hosts file", "sandbox", sb.containerID, "err", err)
+	}
+	sb.mu.Lock()
+	sb.endpoints = slices.DeleteFunc(sb.endpoints, func(e *Endpoint) bool { return e == ep })
+	sb.mu.Unlock()
+	left = true
+	return nil
+}
+
+// programExternal publishes the endpoint's ports through its driver.
+func (ep *Endpoint) programExternal(ctx context.Context) error {
+	if len(ep.ports) == 0 {
+		return nil
+	}
+	n := ep.nw
+	ec, ok := n.driver.(driverapi.ExternalConnector)
+	if !ok {
+		return fmt.Errorf("%w: port mappings: the %s driver cannot publish ports", ErrNotSupported, n.driver.Type())
+	}
+	if err := ec.ProgramExternalConnectivity(ctx, n.id, ep.id, ep.ports); err != nil {
+		return err
+	}
+	ep.mu.Lock()
+	ep.external = true
+	ep.mu.Unlock()
+	return nil
+}
+
+// revokeExternal withdraws published ports, if any were programmed.
+func (ep *Endpoint) revokeExternal(ctx context.Context) error {
+	ep.mu.Lock()
+	programmed := ep.external
+	ep.mu.Unlock()
+	if !programmed {
+		return nil
+	}
+	n := ep.nw
+	if err := n.driver.(driverapi.ExternalConnector).RevokeExternalConnectivity(ctx, n.id, ep.id); err != nil {
+		return err
+	}
+	ep.mu.Lock()
+	ep.external = false
+	ep.mu.Unlock()
+	return nil
+}

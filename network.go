@@ -1,0 +1,328 @@
+package cnm
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"sort"
+	"sync"
+
+	"github.com/google/uuid"
+
+	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/ipam"
+)
+
+// Network is a group of endpoints that can talk to each other and are
+// isolated from everything else, owned by one driver. It is safe for
+// concurrent use.
+type Network struct {
+	ctrl     *Controller
+	id       string
+	name     string
+	driver   driverapi.Driver
+	internal bool
+	labels   map[string]string
+	options  map[string]string
+	ipv4     *networkIPAM // nil: no IPv4 (drivers without interfaces)
+	ipv6     *networkIPAM // nil: no IPv6
+
+	// mu guards the fields below.
+	mu        sync.Mutex
+	deleting  bool
+	endpoints map[string]*Endpoint // by ID, committed only
+	epNames   map[string]bool      // taken names, in-flight creations included
+}
+
+// networkIPAM is a network's addressing in one family, as IPAM resolved it.
+type networkIPAM struct {
+	poolID  string
+	subnet  netip.Prefix
+	ipRange netip.Prefix
+	gateway netip.Addr
+	aux     map[string]netip.Addr
+}
+
+// NetworkIPAM reports a network's addressing in one family.
+type NetworkIPAM struct {
+	Subnet       netip.Prefix
+	IPRange      netip.Prefix
+	Gateway      netip.Addr
+	AuxAddresses map[string]netip.Addr
+}
+
+// ID returns the network's ID, a UUID.
+func (n *Network) ID() string { return n.id }
+
+// Name returns the network's name, unique per controller.
+func (n *Network) Name() string { return n.name }
+
+// Type returns the name of the network's driver.
+func (n *Network) Type() string { return n.driver.Type() }
+
+// Internal reports whether the network is internal (no way out).
+func (n *Network) Internal() bool { return n.internal }
+
+// Labels returns a copy of the network's labels.
+func (n *Network) Labels() map[string]string { return maps.Clone(n.labels) }
+
+// DriverOptions returns a copy of the options given to the driver.
+func (n *Network) DriverOptions() map[string]string { return maps.Clone(n.options) }
+
+// IPv4 returns the network's IPv4 addressing; ok is false if it has none.
+func (n *Network) IPv4() (cfg NetworkIPAM, ok bool) { return n.ipv4.report() }
+
+// IPv6 returns the network's IPv6 addressing; ok is false if it has none.
+func (n *Network) IPv6() (cfg NetworkIPAM, ok bool) { return n.ipv6.report() }
+
+func (i *networkIPAM) report() (NetworkIPAM, bool) {
+	if i == nil {
+		return NetworkIPAM{}, false
+	}
+	return NetworkIPAM{Subnet: i.subnet, IPRange: i.ipRange, Gateway: i.gateway, AuxAddresses: maps.Clone(i.aux)}, true
+}
+
+// String returns the network's name.
+func (n *Network) String() string { return n.name }
+
+// NewNetwork makes a network named name with the driver driverName
+// ("bridge", "null", "host"). Addresses come from IPAM: the subnet given with
+// [WithIPv4] or [WithIPv6], or a free one from the default pools, chosen so
+// that it overlaps no other network. On error nothing is left: no kernel
+// object, no address pool, no record.
+func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, opts ...NetworkOption) (_ *Network, retErr error) {
+	if err := validateName("network name", name); err != nil {
+		return nil, err
+	}
+	var cfg networkConfig
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, fmt.Errorf("network %q: %w", name, err)
+		}
+	}
+	drv, err := c.drivers.Driver(driverName)
+	if err != nil {
+		return nil, fmt.Errorf("network %q: %w", name, err)
+	}
+	if drv.Capability().NoInterface && (cfg.ipv4 != nil || cfg.ipv6 != nil) {
+		return nil, fmt.Errorf("%w: network %q: %s networks take no addressing", ErrInvalid, name, driverName)
+	}
+
+	c.mu.Lock()
+	switch {
+	case c.closed:
+		c.mu.Unlock()
+		return nil, ErrClosed
+	case c.networkNames[name]:
+		c.mu.Unlock()
+		return nil, fmt.Errorf("%w: network name %q", ErrExists, name)
+	}
+	c.networkNames[name] = true
+	c.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			c.mu.Lock()
+			delete(c.networkNames, name)
+			c.mu.Unlock()
+		}
+	}()
+
+	n := &Network{
+		ctrl:      c,
+		id:        uuid.NewString(),
+		name:      name,
+		driver:    drv,
+		internal:  cfg.internal,
+		labels:    cfg.labels,
+		options:   cfg.driverOpts,
+		endpoints: map[string]*Endpoint{},
+		epNames:   map[string]bool{},
+	}
+	if err := c.step(ctx, stepNetworkIPAM); err != nil {
+		return nil, err
+	}
+	if !drv.Capability().NoInterface {
+		v4 := cfg.ipv4
+		if v4 == nil {
+			v4 = &IPAMConfig{}
+		}
+		if n.ipv4, err = c.requestNetworkIPAM(ctx, *v4, false); err != nil {
+			return nil, fmt.Errorf("network %q: %w", name, err)
+		}
+		defer func() {
+			if retErr != nil {
+				c.releaseNetworkIPAM(ctx, n.ipv4)
+			}
+		}()
+		if cfg.ipv6 != nil {
+			if n.ipv6, err = c.requestNetworkIPAM(ctx, *cfg.ipv6, true); err != nil {
+				return nil, fmt.Errorf("network %q: %w", name, err)
+			}
+			defer func() {
+				if retErr != nil {
+					c.releaseNetworkIPAM(ctx, n.ipv6)
+				}
+			}()
+		}
+	}
+
+	if err := c.step(ctx, stepNetworkDriver); err != nil {
+		return nil, err
+	}
+	req := driverapi.NetworkRequest{
+		ID: n.id, Name: name, Options: cfg.driverOpts, Labels: cfg.labels, Internal: cfg.internal,
+		IPv4: n.ipv4.driverData(), IPv6: n.ipv6.driverData(),
+	}
+	if err := drv.CreateNetwork(ctx, req); err != nil {
+		return nil, fmt.Errorf("network %q: %w", name, err)
+	}
+	defer func() {
+		if retErr != nil {
+			if err := drv.DeleteNetwork(context.WithoutCancel(ctx), n.id); err != nil {
+				slog.Warn("cnm: rollback: delete network in driver", "network", name, "err", err)
+			}
+		}
+	}()
+
+	if err := c.step(ctx, stepNetworkCommit); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	c.networks[n.id] = n
+	return n, nil
+}
+
+// requestNetworkIPAM reserves a pool, its gateway and aux addresses. On error
+// nothing stays reserved.
+func (c *Controller) requestNetworkIPAM(ctx context.Context, cfg IPAMConfig, v6 bool) (_ *networkIPAM, retErr error) {
+	pool, err := c.ipam.RequestPool(ctx, ipam.PoolRequest{Subnet: cfg.Subnet, IPRange: cfg.IPRange, V6: v6})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			_ = c.ipam.ReleasePool(context.WithoutCancel(ctx), pool.ID)
+		}
+	}()
+	gw := cfg.Gateway
+	if !gw.IsValid() {
+		gw = firstUsable(pool.Subnet)
+	}
+	if _, err := c.ipam.RequestAddress(ctx, pool.ID, ipam.AddressRequest{Preferred: gw}); err != nil {
+		return nil, fmt.Errorf("gateway %s: %w", gw, err)
+	}
+	names := make([]string, 0, len(cfg.AuxAddresses))
+	for k := range cfg.AuxAddresses {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		if _, err := c.ipam.RequestAddress(ctx, pool.ID, ipam.AddressRequest{Preferred: cfg.AuxAddresses[k]}); err != nil {
+			return nil, fmt.Errorf("aux address %s=%s: %w", k, cfg.AuxAddresses[k], err)
+		}
+	}
+	return &networkIPAM{poolID: pool.ID, subnet: pool.Subnet, ipRange: pool.IPRange, gateway: gw, aux: cfg.AuxAddresses}, nil
+}
+
+func (c *Controller) releaseNetworkIPAM(ctx context.Context, i *networkIPAM) {
+	if i == nil {
+		return
+	}
+	if err := c.ipam.ReleasePool(context.WithoutCancel(ctx), i.poolID); err != nil {
+		slog.Warn("cnm: release address pool", "subnet", i.subnet, "err", err)
+	}
+}
+
+func (i *networkIPAM) driverData() *driverapi.IPAMData {
+	if i == nil {
+		return nil
+	}
+	return &driverapi.IPAMData{Pool: i.subnet, Gateway: netip.PrefixFrom(i.gateway, i.subnet.Bits()), AuxAddresses: maps.Clone(i.aux)}
+}
+
+// firstUsable is the default gateway: the first address after the network
+// address (for /31 and /32, the first address).
+func firstUsable(p netip.Prefix) netip.Addr {
+	if p.Bits() >= p.Addr().BitLen()-1 {
+		return p.Addr()
+	}
+	return p.Addr().Next()
+}
+
+// Endpoints returns the network's endpoints, sorted by name.
+func (n *Network) Endpoints() []*Endpoint {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]*Endpoint, 0, len(n.endpoints))
+	for _, e := range n.endpoints {
+		out = append(out, e)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}
+
+// EndpointByName returns the endpoint called name, or an error wrapping
+// [ErrNotFound].
+func (n *Network) EndpointByName(name string) (*Endpoint, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, e := range n.endpoints {
+		if e.name == name {
+			return e, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: endpoint %q on network %q", ErrNotFound, name, n.name)
+}
+
+// EndpointByID returns the endpoint with that ID, or an error wrapping
+// [ErrNotFound].
+func (n *Network) EndpointByID(id string) (*Endpoint, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if e, ok := n.endpoints[id]; ok {
+		return e, nil
+	}
+	return nil, fmt.Errorf("%w: endpoint id %q on network %q", ErrNotFound, id, n.name)
+}
+
+// Delete removes the network: its driver's kernel objects, its address pools
+// and its record. A network that still has endpoints is not deleted: the
+// error wraps [ErrInUse].
+func (n *Network) Delete(ctx context.Context) error {
+	c := n.ctrl
+	if err := c.checkOpen(); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	switch {
+	case n.deleting:
+		n.mu.Unlock()
+		return fmt.Errorf("%w: network %q is being deleted", ErrNotFound, n.name)
+	case len(n.epNames) > 0:
+		count := len(n.epNames)
+		n.mu.Unlock()
+		return fmt.Errorf("%w: network %q has %d endpoints", ErrInUse, n.name, count)
+	}
+	n.deleting = true
+	n.mu.Unlock()
+
+	if err := n.driver.DeleteNetwork(ctx, n.id); err != nil {
+		n.mu.Lock()
+		n.deleting = false
+		n.mu.Unlock()
+		return fmt.Errorf("delete network %q: %w", n.name, err)
+	}
+	c.releaseNetworkIPAM(ctx, n.ipv4)
+	c.releaseNetworkIPAM(ctx, n.ipv6)
+	c.mu.Lock()
+	delete(c.networks, n.id)
+	delete(c.networkNames, n.name)
+	c.mu.Unlock()
+	return nil
+}

@@ -1,0 +1,241 @@
+package cnm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+
+	"github.com/google/uuid"
+
+	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/osl"
+)
+
+// Sandbox is one isolated network stack: a network namespace with its
+// interfaces, routes, hosts file and resolv.conf. It is safe for concurrent
+// use; the joins and leaves of one sandbox are serialised, those of
+// different sandboxes run in parallel.
+type Sandbox struct {
+	ctrl        *Controller
+	id          string
+	containerID string
+	cfg         sandboxConfig
+	ns          *osl.Namespace
+	owned       bool   // cnm made the namespace: deleting drops it whole
+	dir         string // run dir of the sandbox's files
+	hostsPath   string
+	resolvPath  string
+
+	// joinMu serialises Join, Leave and Delete on this sandbox. Acquire it
+	// before any Endpoint, Network or Controller lock.
+	joinMu sync.Mutex
+
+	// mu guards the fields below. Writers also hold joinMu.
+	mu        sync.Mutex
+	deleted   bool
+	endpoints []*Endpoint // in join order
+	gw4, gw6  *Endpoint   // holders of the default routes
+}
+
+// ID returns the sandbox's ID, a UUID.
+func (sb *Sandbox) ID() string { return sb.id }
+
+// ContainerID returns the container ID the sandbox was made for.
+func (sb *Sandbox) ContainerID() string { return sb.containerID }
+
+// Name returns the container ID: sandboxes are named by their container.
+func (sb *Sandbox) Name() string { return sb.containerID }
+
+// String returns the container ID.
+func (sb *Sandbox) String() string { return sb.containerID }
+
+// Key returns the path of the sandbox's network namespace file: the file a
+// runtime hands to its container (setns, or `nsenter --net=KEY`). For a
+// [WithHostNetwork] sandbox it is the host namespace.
+func (sb *Sandbox) Key() string { return sb.ns.Path() }
+
+// HostsPath returns the path of the sandbox's hosts file.
+func (sb *Sandbox) HostsPath() string { return sb.hostsPath }
+
+// ResolvConfPath returns the path of the sandbox's resolv.conf.
+func (sb *Sandbox) ResolvConfPath() string { return sb.resolvPath }
+
+// Hostname returns the host name given with [WithHostname].
+func (sb *Sandbox) Hostname() string { return sb.cfg.hostname }
+
+// Endpoints returns the endpoints joined to the sandbox, in join order.
+func (sb *Sandbox) Endpoints() []*Endpoint {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	return slices.Clone(sb.endpoints)
+}
+
+// NewSandbox makes the sandbox of a container: a new network namespace with
+// its loopback up, bind-mounted under the run dir (or the namespace given
+// with [WithNetnsPath], or the host's with [WithHostNetwork]), and its hosts
+// file and resolv.conf. Container IDs are unique per controller. On error
+// nothing is left.
+func (c *Controller) NewSandbox(ctx context.Context, containerID string, opts ...SandboxOption) (_ *Sandbox, retErr error) {
+	if err := validateName("container id", containerID); err != nil {
+		return nil, err
+	}
+	var cfg sandboxConfig
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, fmt.Errorf("sandbox %q: %w", containerID, err)
+		}
+	}
+	if cfg.hostNetwork && cfg.netnsPath != "" {
+		return nil, fmt.Errorf("%w: sandbox %q: host network and netns path %q exclude each other", ErrInvalid, containerID, cfg.netnsPath)
+	}
+
+	c.mu.Lock()
+	switch {
+	case c.closed:
+		c.mu.Unlock()
+		return nil, ErrClosed
+	case c.containerIDs[containerID]:
+		c.mu.Unlock()
+		return nil, fmt.Errorf("%w: sandbox for container id %q", ErrExists, containerID)
+	}
+	c.containerIDs[containerID] = true
+	c.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			c.mu.Lock()
+			delete(c.containerIDs, containerID)
+			c.mu.Unlock()
+		}
+	}()
+
+	sb := &Sandbox{ctrl: c, id: uuid.NewString(), containerID: containerID, cfg: cfg}
+	sb.dir = filepath.Join(c.cfg.runDir, "sandboxes", sb.id)
+	if err := c.step(ctx, stepSandboxNamespace); err != nil {
+		return nil, err
+	}
+	var err error
+	switch {
+	case cfg.hostNetwork:
+		sb.ns, err = osl.OpenNamespace(ctx, c.hostNS.Path())
+	case cfg.netnsPath != "":
+		sb.ns, err = osl.OpenNamespace(ctx, cfg.netnsPath)
+		if err != nil {
+			err = fmt.Errorf("%w: netns path %q: %w", ErrInvalid, cfg.netnsPath, err)
+		}
+	default:
+		sb.ns, err = osl.NewNamespace(ctx, filepath.Join(c.cfg.runDir, "netns", sb.id))
+		sb.owned = true
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %q: %w", containerID, err)
+	}
+	defer func() {
+		if retErr != nil {
+			if err := sb.ns.Delete(); err != nil {
+				slog.Warn("cnm: rollback: delete namespace", "sandbox", containerID, "err", err)
+			}
+		}
+	}()
+
+	if err := c.step(ctx, stepSandboxFiles); err != nil {
+		return nil, err
+	}
+	if err := os.Mkdir(sb.dir, 0o755); err != nil {
+		return nil, fmt.Errorf("sandbox %q: %w", containerID, err)
+	}
+	defer func() {
+		if retErr != nil {
+			_ = os.RemoveAll(sb.dir)
+		}
+	}()
+	sb.hostsPath, sb.resolvPath = cfg.hostsPath, cfg.resolv
+	if sb.hostsPath == "" {
+		sb.hostsPath = filepath.Join(sb.dir, "hosts")
+	}
+	if sb.resolvPath == "" {
+		sb.resolvPath = filepath.Join(sb.dir, "resolv.conf")
+	}
+	if err := sb.writeHosts(nil); err != nil {
+		return nil, err
+	}
+	if err := sb.writeResolvConf(); err != nil {
+		return nil, err
+	}
+
+	if err := c.step(ctx, stepSandboxCommit); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	c.sandboxes[sb.id] = sb
+	return sb, nil
+}
+
+// Delete removes the sandbox: every endpoint still joined leaves and is
+// deleted (its addresses released), then the namespace is dropped whole,
+// so the kernel removes its interfaces in one go instead of one link at a
+// time. An adopted namespace ([WithNetnsPath], [WithHostNetwork]) is kept:
+// cnm's interfaces are deleted from it one by one instead. Deleting a
+// deleted sandbox is an error wrapping [ErrNotFound].
+func (sb *Sandbox) Delete(ctx context.Context) error {
+	c := sb.ctrl
+	if err := c.checkOpen(); err != nil {
+		return err
+	}
+	sb.joinMu.Lock()
+	defer sb.joinMu.Unlock()
+	sb.mu.Lock()
+	if sb.deleted {
+		sb.mu.Unlock()
+		return fmt.Errorf("%w: sandbox %q was deleted", ErrNotFound, sb.containerID)
+	}
+	sb.deleted = true
+	eps := slices.Clone(sb.endpoints)
+	sb.mu.Unlock()
+
+	var errs []error
+	for _, ep := range eps {
+		ep.mu.Lock()
+		ep.busy = true
+		ep.mu.Unlock()
+		n := ep.nw
+		if err := ep.revokeExternal(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		err := n.driver.Leave(ctx, driverapi.LeaveRequest{NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns, SandboxGone: sb.owned})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("leave endpoint %q: %w", ep.name, err))
+		}
+		ep.mu.Lock()
+		ep.sandbox, ep.ifName, ep.ifIndex = nil, "", 0
+		ep.mu.Unlock()
+		if err := ep.remove(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		ep.mu.Lock()
+		ep.busy = false
+		ep.mu.Unlock()
+	}
+	if err := sb.ns.Delete(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.RemoveAll(sb.dir); err != nil {
+		errs = append(errs, err)
+	}
+	c.mu.Lock()
+	delete(c.sandboxes, sb.id)
+	delete(c.containerIDs, sb.containerID)
+	c.mu.Unlock()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("delete sandbox %q: %w", sb.containerID, err)
+	}
+	return nil
+}

@@ -1,0 +1,41 @@
+package cnm
+
+import "context"
+
+// Names of the steps of multi-step operations. A fault hook (tests only, see
+// export_test.go) can fail any of them to prove that the operation rolls
+// back completely.
+const (
+	stepNetworkIPAM   = "network:ipam"
+	stepNetworkDriver = "network:driver"
+	stepNetworkCommit = "network:commit"
+
+	stepEndpointIPv4   = "endpoint:ipv4"
+	stepEndpointIPv6   = "endpoint:ipv6"
+	stepEndpointDriver = "endpoint:driver"
+	stepEndpointCommit = "endpoint:commit"
+
+	stepJoinDriver    = "join:driver"
+	stepJoinInterface = "join:interface"
+	stepJoinRoutes    = "join:routes"
+	stepJoinGateway   = "join:gateway"
+	stepJoinHosts     = "join:hosts"
+	stepJoinExternal  = "join:external"
+	stepJoinCommit    = "join:commit"
+
+	stepSandboxNamespace = "sandbox:namespace"
+	stepSandboxFiles     = "sandbox:files"
+	stepSandboxCommit    = "sandbox:commit"
+)
+
+// step is called before each step of a multi-step operation. In production
+// it only checks the context; tests set faultHook to fail a chosen step.
+func (c *Controller) step(ctx context.Context, name string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if c.faultHook != nil {
+		return c.faultHook(name)
+	}
+	return nil
+}
