@@ -326,3 +326,6 @@ func (n *Network) Delete(ctx context.Context) error {
 	c.mu.Unlock()
 	return nil
 }
+
+// Controller returns the controller that owns the network.
+func (n *Network) Controller() *Controller { return n.ctrl }

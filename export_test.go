@@ -1,0 +1,13 @@
+package cnm
+
+// SetFaultHook makes step fail the named steps of multi-step operations.
+// Tests only.
+func SetFaultHook(c *Controller, fn func(step string) error) { c.faultHook = fn }
+
+// Steps lists the names of the steps a fault hook can fail, by operation.
+var Steps = map[string][]string{
+	"network":  {stepNetworkIPAM, stepNetworkDriver, stepNetworkCommit},
+	"endpoint": {stepEndpointIPv4, stepEndpointIPv6, stepEndpointDriver, stepEndpointCommit},
+	"join":     {stepJoinDriver, stepJoinInterface, stepJoinRoutes, stepJoinGateway, stepJoinHosts, stepJoinExternal, stepJoinCommit},
+	"sandbox":  {stepSandboxNamespace, stepSandboxFiles, stepSandboxCommit},
+}
