@@ -63,11 +63,6 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 		}
 	}
 	ctx := context.Background()
-	for _, d := range []string{cfg.dataDir, filepath.Join(cfg.runDir, "netns"), filepath.Join(cfg.runDir, "sandboxes")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, fmt.Errorf("make directory %s: %w", d, err)
-		}
-	}
 	hostPath := cfg.hostNS
 	if hostPath == "" {
 		hostPath = "/proc/self/ns/net"
@@ -81,6 +76,11 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 			hostNS.Close()
 		}
 	}()
+	for _, d := range []string{cfg.dataDir, filepath.Join(cfg.runDir, "netns"), filepath.Join(cfg.runDir, "sandboxes")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("make directory %s: %w", d, err)
+		}
+	}
 	fd, err := hostNS.FD()
 	if err != nil {
 		return nil, err
