@@ -1,0 +1,265 @@
+package firewall
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strings"
+
+	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
+
+	"github.com/seed53641549/cnm/errdefs"
+)
+
+// Network is what the firewall needs to know about one bridge network.
+type Network struct {
+	// ID identifies the network; every rule of the network carries it (as the
+	// rule comment "cnm:<ID>") so the rules can be found and removed. 1 to 64
+	// characters of [a-zA-Z0-9_.-].
+	ID string
+	// Bridge is the bridge interface name in the host namespace: 1 to 15
+	// printable ASCII characters, no '/', ':' or space, not "." or "..". Each
+	// network needs its own bridge.
+	Bridge string
+	// Subnets are the network's IPv4 and/or IPv6 subnets, without host bits
+	// (10.0.0.0/24, not 10.0.0.1/24). They are used only for Masquerade; none is
+	// fine for a network that does not masquerade.
+	Subnets []netip.Prefix
+	// Masquerade masquerades traffic from Subnets leaving through any interface
+	// other than Bridge. Ignored for an Internal network.
+	Masquerade bool
+	// ICC allows inter-container communication on the same bridge. Without it
+	// containers on the bridge reach the gateway (the host) but not each other.
+	ICC bool
+	// Internal allows no traffic in or out of the bridge except between its own
+	// ports (if ICC) and to/from the host itself.
+	Internal bool
+	// PortsIsolated says the caller isolates the bridge's ports at layer 2
+	// (IFLA_BRPORT_ISOLATED on every port) when ICC is false, so frames
+	// between ports never reach the forward hook and no br_netfilter or
+	// bridge-family rule is needed.
+	PortsIsolated bool
+}
+
+const maxIDLen = 64
+
+var idRE = regexp.MustCompile(`^[a-zA-Z0-9_.-]+$`)
+
+// validateID checks a network ID. The length limit keeps the rule comment
+// well under nft's 128 characters.
+func validateID(id string) error {
+	if len(id) == 0 || len(id) > maxIDLen || !idRE.MatchString(id) {
+		return fmt.Errorf("%w: network id %q: must be 1 to %d characters of [a-zA-Z0-9_.-]", errdefs.ErrInvalid, id, maxIDLen)
+	}
+	return nil
+}
+
+// validate checks n as the kernel's dev_valid_name and nft would, so that bad
+// input is reported before anything is sent.
+func (n Network) validate() error {
+	if err := validateID(n.ID); err != nil {
+		return err
+	}
+	if len(n.Bridge) == 0 || len(n.Bridge) >= unix.IFNAMSIZ || n.Bridge == "." || n.Bridge == ".." ||
+		strings.ContainsFunc(n.Bridge, func(r rune) bool {
+			return r == '/' || r == ':' || r <= ' ' || r == 0x7f || r > 0x7e
+		}) {
+		return fmt.Errorf("%w: network %s: bridge %q: must be 1 to %d printable ASCII characters without '/', ':' or space",
+			errdefs.ErrInvalid, n.ID, n.Bridge, unix.IFNAMSIZ-1)
+	}
+	seen := make(map[netip.Prefix]bool, len(n.Subnets))
+	for _, p := range n.Subnets {
+		switch {
+		case !p.IsValid():
+			return fmt.Errorf("%w: network %s: subnet %s", errdefs.ErrInvalid, n.ID, p)
+		case p.Addr().Is4In6():
+			return fmt.Errorf("%w: network %s: subnet %s: IPv4-mapped IPv6 subnet", errdefs.ErrInvalid, n.ID, p)
+		case p.Addr().Zone() != "":
+			return fmt.Errorf("%w: network %s: subnet %s: has a zone", errdefs.ErrInvalid, n.ID, p)
+		case p != p.Masked():
+			return fmt.Errorf("%w: network %s: subnet %s: has host bits set, use %s", errdefs.ErrInvalid, n.ID, p, p.Masked())
+		case seen[p]:
+			return fmt.Errorf("%w: network %s: subnet %s: listed twice", errdefs.ErrInvalid, n.ID, p)
+		}
+		seen[p] = true
+	}
+	return nil
+}
+
+// AddNetwork installs all rules of one network in a single netlink batch: all
+// or nothing. Adding an ID that is already present returns an error wrapping
+// errdefs.ErrExists, and so does a bridge that another network already uses.
+// Invalid input (empty ID, empty/too long bridge name, invalid subnet) returns
+// errdefs.ErrInvalid naming the field and value, before anything is sent.
+//
+// A network with ICC=false needs the kernel to see frames between two ports
+// of the bridge (see the package doc); when it cannot, AddNetwork returns an
+// error wrapping errdefs.ErrNotSupported and installs nothing.
+//
+// The context is checked before the request is sent; the kernel applies a
+// batch synchronously and it cannot be interrupted.
+func (f *Firewall) AddNetwork(ctx context.Context, n Network) error {
+	if err := n.validate(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.usableLocked(); err != nil {
+		return fmt.Errorf("add network %s: %w", n.ID, err)
+	}
+	if !n.ICC && !f.bridgeMeta && !n.PortsIsolated {
+		if err := f.checkBrNetfilter(); err != nil {
+			return fmt.Errorf("add network %s: icc=false: %w", n.ID, err)
+		}
+	}
+	if err := f.checkUnusedLocked(n); err != nil {
+		return fmt.Errorf("add network %s: %w", n.ID, err)
+	}
+
+	c, err := f.connLocked()
+	if err != nil {
+		return fmt.Errorf("add network %s: %w", n.ID, err)
+	}
+	for _, r := range f.networkRules(n, f.bridgeMeta) {
+		c.AddRule(r)
+	}
+	if err := f.flushLocked(); err != nil {
+		err = fmt.Errorf("add network %s: %w", n.ID, err)
+		// A failed batch has no effect, unless the failure was in reading the
+		// acknowledgements (e.g. ENOBUFS) after the kernel had committed it.
+		// Make sure nothing of the network stays.
+		if rerr := f.removeLocked(n.ID); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("roll back network %s: %w", n.ID, rerr))
+		}
+		return err
+	}
+	return nil
+}
+
+// checkBrNetfilter returns nil if br_netfilter passes bridged IPv4 and IPv6
+// traffic to the inet hooks of the firewall's namespace, where isolate-in
+// drops traffic between two ports of a bridge without ICC.
+func (f *Firewall) checkBrNetfilter() error {
+	for _, key := range []string{"net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables"} {
+		v, ok, err := readSysctl(f.nsFD, key)
+		if err != nil {
+			return err
+		}
+		if !ok || v != "1" {
+			name := strings.ReplaceAll(key, "/", ".")
+			if !ok {
+				v = "absent"
+			}
+			return fmt.Errorf("%w: blocking traffic between ports of a bridge needs nftables bridge meta "+
+				"(CONFIG_NFT_BRIDGE_META, missing in this kernel) or br_netfilter with %s=1 (it is %s)",
+				errdefs.ErrNotSupported, name, v)
+		}
+	}
+	return nil
+}
+
+// checkUnusedLocked returns an error wrapping errdefs.ErrExists if the kernel
+// already has network n.ID, or a network on the same bridge. Every network has
+// exactly one isolate-out rule (`iifname <br> accept|drop`), and networks are
+// added and removed whole, so isolate-out alone is the index of networks: the
+// check costs one rule per network, not all of them.
+func (f *Firewall) checkUnusedLocked(n Network) error {
+	rules, err := f.getRulesLocked(f.isolateOut)
+	if err != nil {
+		return err
+	}
+	for _, r := range rules {
+		id, ok := tagOf(r)
+		if !ok {
+			continue
+		}
+		if id == n.ID {
+			return fmt.Errorf("network %s: %w", n.ID, errdefs.ErrExists)
+		}
+		if br, ok := ruleBridge(r); ok && br == n.Bridge {
+			return fmt.Errorf("bridge %q is used by network %s: %w", n.Bridge, id, errdefs.ErrExists)
+		}
+	}
+	return nil
+}
+
+// RemoveNetwork removes every rule tagged with the network ID, in one batch.
+// Removing an unknown ID is not an error (idempotent); an invalid ID returns
+// errdefs.ErrInvalid. After Delete it does nothing.
+func (f *Firewall) RemoveNetwork(ctx context.Context, id string) error {
+	if err := validateID(id); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return fmt.Errorf("remove network %s: %w", id, f.usableLocked())
+	}
+	if f.deleted {
+		return nil
+	}
+	if err := f.removeLocked(id); err != nil {
+		return fmt.Errorf("remove network %s: %w", id, err)
+	}
+	return nil
+}
+
+// removeLocked deletes the rules tagged with id by handle, in one batch. If a
+// rule vanished between listing and deleting (ENOENT, someone else removed
+// it) the whole batch fails, so it lists and tries again.
+func (f *Firewall) removeLocked(id string) error {
+	const attempts = 3
+	var err error
+	for range attempts {
+		var rules []*nftables.Rule
+		rules, err = f.taggedLocked(id)
+		if err != nil {
+			return err
+		}
+		if len(rules) == 0 {
+			return nil
+		}
+		var c *nftables.Conn
+		c, err = f.connLocked()
+		if err != nil {
+			return err
+		}
+		for _, r := range rules {
+			if err = c.DelRule(r); err != nil {
+				f.dropConnLocked() // discard the partial batch
+				return err
+			}
+		}
+		err = f.flushLocked()
+		if !errors.Is(err, unix.ENOENT) {
+			return err
+		}
+	}
+	return err
+}
+
+// taggedLocked lists the rules of network id in every per-network chain.
+func (f *Firewall) taggedLocked(id string) ([]*nftables.Rule, error) {
+	var tagged []*nftables.Rule
+	for _, ch := range f.networkChainsLocked() {
+		rules, err := f.getRulesLocked(ch)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range rules {
+			if got, ok := tagOf(r); ok && got == id {
+				tagged = append(tagged, r)
+			}
+		}
+	}
+	return tagged, nil
+}
