@@ -129,26 +129,36 @@ func TestBridgeIsolationBetweenNetworks(t *testing.T) {
 	cnmtest.AssertNoLeaks(t, host)
 }
 
+// TestBridgeICCDisabled checks icc=false with br_netfilter on (bridged
+// frames also pass the nftables forward hook) and off (only the bridge's
+// port isolation stands between the containers).
 func TestBridgeICCDisabled(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	ctrl, host := cnmtest.NewController(t)
-	nw, err := ctrl.NewNetwork(ctx, "bridge", "noicc",
-		cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.3.0.0/24")}),
-		cnm.WithDriverOptions(map[string]string{"com.docker.network.bridge.enable_icc": "false"}))
-	require.NoError(t, err)
-	a, _ := container(t, nw, "a")
-	b, epB := container(t, nw, "b")
+	for _, brNetfilter := range []string{"1", "0"} {
+		t.Run("bridge-nf-call="+brNetfilter, func(t *testing.T) {
+			ctx := context.Background()
+			ctrl, host := cnmtest.NewController(t)
+			for _, k := range []string{"net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables"} {
+				require.NoError(t, host.NS.SetSysctl(k, brNetfilter))
+			}
+			nw, err := ctrl.NewNetwork(ctx, "bridge", "noicc",
+				cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.3.0.0/24")}),
+				cnm.WithDriverOptions(map[string]string{"com.docker.network.bridge.enable_icc": "false"}))
+			require.NoError(t, err)
+			a, _ := container(t, nw, "a")
+			b, epB := container(t, nw, "b")
 
-	err = cnmtest.TCPExchange(ctx, b.Key(), a.Key(), addrPort(epB.Info().IPv4, 80), blockedTimeout)
-	assert.Error(t, err, "icc=false must block container to container")
-	require.NoError(t, cnmtest.TCPExchange(ctx, host.Path, a.Key(), netip.MustParseAddrPort("10.3.0.1:80"), tcpTimeout),
-		"icc=false still lets a container reach its gateway")
+			err = cnmtest.TCPExchange(ctx, b.Key(), a.Key(), addrPort(epB.Info().IPv4, 80), blockedTimeout)
+			assert.Error(t, err, "icc=false must block container to container")
+			require.NoError(t, cnmtest.TCPExchange(ctx, host.Path, a.Key(), netip.MustParseAddrPort("10.3.0.1:80"), tcpTimeout),
+				"icc=false still lets a container reach its gateway")
 
-	require.NoError(t, a.Delete(ctx))
-	require.NoError(t, b.Delete(ctx))
-	require.NoError(t, nw.Delete(ctx))
-	cnmtest.AssertNoLeaks(t, host)
+			require.NoError(t, a.Delete(ctx))
+			require.NoError(t, b.Delete(ctx))
+			require.NoError(t, nw.Delete(ctx))
+			cnmtest.AssertNoLeaks(t, host)
+		})
+	}
 }
 
 func TestBridgeInternalHasNoWayOut(t *testing.T) {

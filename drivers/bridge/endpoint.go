@@ -82,6 +82,14 @@ func (d *driver) Join(ctx context.Context, req driverapi.JoinRequest) (driverapi
 	if err != nil {
 		return driverapi.JoinResponse{}, err
 	}
+	if !n.opts.icc {
+		// No inter-container traffic: isolated ports reach the bridge (the
+		// gateway) but never each other, without any netfilter help.
+		if err := d.cfg.HostNS.SetBridgePortIsolated(ctx, hostIf, true); err != nil {
+			_ = d.cfg.HostNS.DeleteLink(context.WithoutCancel(ctx), hostIf)
+			return driverapi.JoinResponse{}, err
+		}
+	}
 	n.mu.Lock()
 	ep.hostIf = hostIf
 	n.mu.Unlock()

@@ -112,6 +112,8 @@ func (d *driver) CreateNetwork(ctx context.Context, req driverapi.NetworkRequest
 		Masquerade: opts.masquerade,
 		ICC:        opts.icc,
 		Internal:   req.Internal,
+		// Join isolates every port of a network without ICC.
+		PortsIsolated: true,
 	})
 }
 

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Builds and runs cnm's main demo (examples/bridge) inside a fresh network
+# namespace (unshare --net); the demo then makes its own throwaway host
+# namespace inside that. Nothing touches the machine's real network.
+#
+#   sudo ./scripts/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "scripts/demo.sh: run as root (the demo makes network namespaces): sudo $0" >&2
+	exit 1
+fi
+mkdir -p bin
+go build -o bin/cnm-demo ./examples/bridge
+exec unshare --net -- bin/cnm-demo "$@"
