@@ -3,6 +3,6 @@ package cnm_test
 import "time"
 
 const (
-	leakWait  = 5 * time.Second
+	leakWait  = 10 * time.Second
 	pollEvery = 20 * time.Millisecond
 )
