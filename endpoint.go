@@ -2,7 +2,6 @@ package cnm
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/internal/mac"
 	"github.com/seed53641549/cnm/ipam"
 )
 
@@ -140,7 +140,7 @@ func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...Endpo
 
 	ep := &Endpoint{nw: n, id: uuid.NewString(), name: name, mac: cfg.mac, aliases: cfg.aliases, ports: cfg.ports}
 	if ep.mac == nil {
-		ep.mac = randomMAC()
+		ep.mac = mac.Random()
 	}
 	if err := c.step(ctx, stepEndpointIPv4); err != nil {
 		return nil, err
@@ -273,12 +273,4 @@ func (ep *Endpoint) remove(ctx context.Context) error {
 	ep.deleted = true
 	ep.mu.Unlock()
 	return nil
-}
-
-// randomMAC returns a random locally administered unicast MAC address.
-func randomMAC() net.HardwareAddr {
-	m := make(net.HardwareAddr, 6)
-	_, _ = rand.Read(m)
-	m[0] = m[0]&0xfe | 0x02
-	return m
 }

@@ -2,15 +2,14 @@ package bridge
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/firewall"
+	"github.com/seed53641549/cnm/internal/mac"
 	"github.com/seed53641549/cnm/osl"
 	"golang.org/x/sys/unix"
 )
@@ -56,7 +55,7 @@ func (d *driver) CreateNetwork(ctx context.Context, req driverapi.NetworkRequest
 	}()
 
 	host := d.cfg.HostNS
-	br, err := host.AddBridge(ctx, osl.BridgeSpec{Name: opts.bridgeName, MTU: opts.mtu, MAC: randomMAC(), Alias: "cnm:" + req.ID})
+	br, err := host.AddBridge(ctx, osl.BridgeSpec{Name: opts.bridgeName, MTU: opts.mtu, MAC: mac.Random(), Alias: "cnm:" + req.ID})
 	if err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("%w: option %s=%q: a link of that name exists in the host namespace", driverapi.ErrExists, OptionBridgeName, opts.bridgeName)
@@ -139,12 +138,4 @@ func (d *driver) DeleteNetwork(ctx context.Context, id string) error {
 	delete(d.networks, id)
 	d.mu.Unlock()
 	return nil
-}
-
-// randomMAC returns a random locally administered unicast MAC address.
-func randomMAC() net.HardwareAddr {
-	m := make(net.HardwareAddr, 6)
-	_, _ = rand.Read(m)
-	m[0] = m[0]&0xfe | 0x02
-	return m
 }
