@@ -21,7 +21,8 @@ ff02::2	ip6-allrouters
 // writeHosts writes the sandbox's hosts file for the endpoints eps: the
 // loopback names, the extra hosts, and the sandbox's host name on each of
 // its addresses. The file is rewritten in place (not replaced by a rename),
-// so a bind mount of it into a container sees every update.
+// so a bind mount of it into a container sees every update; it is not
+// rewritten when its content would not change.
 func (sb *Sandbox) writeHosts(eps []*Endpoint) error {
 	var b bytes.Buffer
 	b.WriteString(hostsHeader)
@@ -41,9 +42,18 @@ func (sb *Sandbox) writeHosts(eps []*Endpoint) error {
 			}
 		}
 	}
+	sb.mu.Lock()
+	same := sb.hostsWritten != nil && bytes.Equal(sb.hostsWritten, b.Bytes())
+	sb.mu.Unlock()
+	if same {
+		return nil // a sandbox without a host name: joins do not change the file
+	}
 	if err := os.WriteFile(sb.hostsPath, b.Bytes(), 0o644); err != nil {
 		return fmt.Errorf("write hosts file: %w", err)
 	}
+	sb.mu.Lock()
+	sb.hostsWritten = b.Bytes()
+	sb.mu.Unlock()
 	return nil
 }
 

@@ -40,6 +40,8 @@ type Sandbox struct {
 	deleted   bool
 	endpoints []*Endpoint // in join order
 	gw4, gw6  *Endpoint   // holders of the default routes
+	// hostsWritten is the hosts file's content as last written.
+	hostsWritten []byte
 }
 
 // ID returns the sandbox's ID, a UUID.
