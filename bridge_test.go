@@ -245,3 +245,33 @@ func TestBridgeMasqueradeToUpstream(t *testing.T) {
 	require.NoError(t, host.NS.DeleteLink(ctx, "uplink"))
 	cnmtest.AssertNoLeaks(t, host)
 }
+
+func TestBridgeMTUAndGeneratedName(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ctrl, host := cnmtest.NewController(t)
+	nw, err := ctrl.NewNetwork(ctx, "bridge", "jumbo",
+		cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.7.0.0/24")}),
+		cnm.WithDriverOptions(map[string]string{"com.docker.network.driver.mtu": "1400"}))
+	require.NoError(t, err)
+	a, _ := container(t, nw, "a")
+
+	brName := "br-" + nw.ID()[:12] // Docker's naming when no name is given
+	br, err := host.NS.LinkByName(ctx, brName)
+	require.NoError(t, err)
+	assert.Equal(t, 1400, br.MTU)
+	assert.Equal(t, "cnm:"+nw.ID(), br.Alias, "the bridge is marked as this network's")
+	ns, err := osl.OpenNamespace(ctx, a.Key())
+	require.NoError(t, err)
+	eth0, err := ns.LinkByName(ctx, "eth0")
+	ns.Close()
+	require.NoError(t, err)
+	assert.Equal(t, 1400, eth0.MTU)
+	fwd, err := host.NS.Sysctl("net.ipv4.ip_forward")
+	require.NoError(t, err)
+	assert.Equal(t, "1", fwd, "a non-internal bridge network turns forwarding on")
+
+	require.NoError(t, a.Delete(ctx))
+	require.NoError(t, nw.Delete(ctx))
+	cnmtest.AssertNoLeaks(t, host)
+}
