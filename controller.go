@@ -21,9 +21,9 @@ import (
 	"github.com/seed53641549/cnm/osl"
 )
 
-// firewallTable is the name of the controller's nftables tables in its host
-// namespace.
-const firewallTable = "cnm"
+// FirewallTable is the name of the controller's nftables tables (inet, and
+// bridge where the kernel needs one) in its host namespace.
+const FirewallTable = "cnm"
 
 // Controller manages the networks, endpoints and sandboxes of one host. Make
 // one per host namespace with [New]. It is safe for concurrent use.
@@ -41,6 +41,11 @@ type Controller struct {
 
 	// faultHook fails a chosen step; set only by tests (export_test.go).
 	faultHook func(step string) error
+
+	// opMu is held for reading by every operation in flight and for writing
+	// by Close, so Close waits for them and none starts afterwards. An
+	// operation takes it once, at its entry point, never again inside.
+	opMu sync.RWMutex
 
 	// mu guards the fields below.
 	mu           sync.Mutex
@@ -85,7 +90,7 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	fw, err := firewall.New(ctx, fd, firewallTable)
+	fw, err := firewall.New(ctx, fd, FirewallTable)
 	unix.Close(fd)
 	if err != nil {
 		return nil, fmt.Errorf("set up firewall in %s: %w", hostPath, err)
@@ -129,11 +134,15 @@ func (c *Controller) HostNamespace() string { return c.hostNS.Path() }
 // RunDir returns the controller's run directory.
 func (c *Controller) RunDir() string { return c.cfg.runDir }
 
-// Close stops the controller and releases its file descriptors and sockets.
-// It does not touch the data plane: networks and sandboxes keep working.
-// Every later call on the controller or its objects fails with [ErrClosed].
-// Safe to call twice.
+// Close stops the controller: it waits for operations in flight to finish,
+// then releases its file descriptors and sockets. It does not touch the data
+// plane: networks and sandboxes keep working. Afterwards every operation
+// that would change something (create, delete, join, leave) fails with
+// [ErrClosed]; lookups and Info keep answering from memory. Safe to call
+// twice.
 func (c *Controller) Close() error {
+	c.opMu.Lock()
+	defer c.opMu.Unlock()
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -148,13 +157,18 @@ func (c *Controller) Close() error {
 	return errors.Join(c.firewall.Close(), c.hostNS.Close())
 }
 
-func (c *Controller) checkOpen() error {
+// begin starts an operation: it fails with ErrClosed after Close, and
+// otherwise returns the function that ends the operation.
+func (c *Controller) begin() (end func(), err error) {
+	c.opMu.RLock()
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		return ErrClosed
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		c.opMu.RUnlock()
+		return nil, ErrClosed
 	}
-	return nil
+	return c.opMu.RUnlock, nil
 }
 
 // Networks returns the controller's networks, sorted by name.

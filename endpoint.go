@@ -109,15 +109,21 @@ func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...Endpo
 			return nil, fmt.Errorf("endpoint %q: %w", name, err)
 		}
 	}
+	if n.driver.Capability().NoInterface && (cfg.mac != nil || len(cfg.ports) > 0) {
+		return nil, fmt.Errorf("%w: endpoint %q: %s network %q gives endpoints no interface: no mac address or port mappings",
+			ErrInvalid, name, n.driver.Type(), n.name)
+	}
 	if err := n.checkAddress("ipv4", cfg.ipv4, n.ipv4); err != nil {
 		return nil, fmt.Errorf("endpoint %q: %w", name, err)
 	}
 	if err := n.checkAddress("ipv6", cfg.ipv6, n.ipv6); err != nil {
 		return nil, fmt.Errorf("endpoint %q: %w", name, err)
 	}
-	if err := c.checkOpen(); err != nil {
+	end, err := c.begin()
+	if err != nil {
 		return nil, err
 	}
+	defer end()
 
 	n.mu.Lock()
 	switch {
@@ -139,18 +145,20 @@ func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...Endpo
 	}()
 
 	ep := &Endpoint{nw: n, id: uuid.NewString(), name: name, mac: cfg.mac, aliases: cfg.aliases, ports: cfg.ports}
+	// If a driver rollback fails, its kernel objects may still hold the
+	// addresses: then they stay reserved rather than be handed out twice.
+	keepAddresses := false
 	if ep.mac == nil {
 		ep.mac = mac.Random()
 	}
 	if err := c.step(ctx, stepEndpointIPv4); err != nil {
 		return nil, err
 	}
-	var err error
 	if ep.ipv4, err = n.requestAddress(ctx, n.ipv4, cfg.ipv4); err != nil {
 		return nil, fmt.Errorf("endpoint %q: ipv4 address: %w", name, err)
 	}
 	defer func() {
-		if retErr != nil {
+		if retErr != nil && !keepAddresses {
 			n.releaseAddress(ctx, n.ipv4, ep.ipv4)
 		}
 	}()
@@ -161,7 +169,7 @@ func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...Endpo
 		return nil, fmt.Errorf("endpoint %q: ipv6 address: %w", name, err)
 	}
 	defer func() {
-		if retErr != nil {
+		if retErr != nil && !keepAddresses {
 			n.releaseAddress(ctx, n.ipv6, ep.ipv6)
 		}
 	}()
@@ -176,7 +184,8 @@ func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...Endpo
 	defer func() {
 		if retErr != nil {
 			if err := n.driver.DeleteEndpoint(context.WithoutCancel(ctx), n.id, ep.id); err != nil {
-				slog.Warn("cnm: rollback: delete endpoint in driver", "endpoint", name, "err", err)
+				keepAddresses = true
+				slog.Warn("cnm: rollback: delete endpoint in driver; its addresses stay reserved", "endpoint", name, "err", err)
 			}
 		}
 	}()
@@ -230,9 +239,12 @@ func (n *Network) releaseAddress(ctx context.Context, fam *networkIPAM, a netip.
 // Delete removes an endpoint that is not joined and releases its addresses.
 // A joined endpoint is not deleted: the error wraps [ErrInUse].
 func (ep *Endpoint) Delete(ctx context.Context) error {
-	if err := ep.nw.ctrl.checkOpen(); err != nil {
+	end, err := ep.nw.ctrl.begin()
+	if err != nil {
 		return err
 	}
+	defer end()
+	ctx = context.WithoutCancel(ctx) // a delete, once begun, is finished
 	ep.mu.Lock()
 	switch {
 	case ep.deleted:
@@ -249,7 +261,7 @@ func (ep *Endpoint) Delete(ctx context.Context) error {
 	ep.busy = true
 	ep.mu.Unlock()
 
-	err := ep.remove(ctx)
+	err = ep.remove(ctx)
 	ep.mu.Lock()
 	ep.busy = false
 	ep.mu.Unlock()

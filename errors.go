@@ -1,10 +1,6 @@
 package cnm
 
-import (
-	"errors"
-
-	"github.com/seed53641549/cnm/errdefs"
-)
+import "github.com/seed53641549/cnm/errdefs"
 
 // Sentinel errors. Every error of this package and of its drivers and IPAM
 // wraps one of them, together with what failed and why.
@@ -21,5 +17,5 @@ var (
 	// ErrNotSupported: the driver or the kernel lacks the feature asked for.
 	ErrNotSupported = errdefs.ErrNotSupported
 	// ErrClosed: the controller was closed.
-	ErrClosed = errors.New("controller closed")
+	ErrClosed = errdefs.ErrClosed
 )

@@ -8,6 +8,6 @@ func SetFaultHook(c *Controller, fn func(step string) error) { c.faultHook = fn 
 var Steps = map[string][]string{
 	"network":  {stepNetworkIPAM, stepNetworkDriver, stepNetworkCommit},
 	"endpoint": {stepEndpointIPv4, stepEndpointIPv6, stepEndpointDriver, stepEndpointCommit},
-	"join":     {stepJoinDriver, stepJoinInterface, stepJoinRoutes, stepJoinGateway, stepJoinHosts, stepJoinExternal, stepJoinCommit},
+	"join":     {stepJoinDriver, stepJoinInterface, stepJoinRoutes, stepJoinGateway, stepGatewayIPv6, stepJoinHosts, stepJoinExternal, stepJoinCommit},
 	"sandbox":  {stepSandboxNamespace, stepSandboxFiles, stepSandboxCommit},
 }

@@ -61,6 +61,11 @@ func bestGateway(eps []*Endpoint, v6 bool) (gatewayCandidate, bool) {
 // The caller holds sb.joinMu.
 func (sb *Sandbox) updateGateways(ctx context.Context, eps []*Endpoint) error {
 	for _, v6 := range []bool{false, true} {
+		if v6 {
+			if err := sb.ctrl.step(ctx, stepGatewayIPv6); err != nil {
+				return err
+			}
+		}
 		best, ok := bestGateway(eps, v6)
 		sb.mu.Lock()
 		cur := sb.gw4

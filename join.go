@@ -33,9 +33,11 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) (
 	if sb == nil || sb.ctrl != c {
 		return fmt.Errorf("%w: join endpoint %q: sandbox belongs to another controller", ErrInvalid, ep.name)
 	}
-	if err := c.checkOpen(); err != nil {
+	end, err := c.begin()
+	if err != nil {
 		return err
 	}
+	defer end()
 	noIf := n.driver.Capability().NoInterface
 
 	sb.joinMu.Lock()
@@ -51,7 +53,9 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) (
 
 	ifName := ""
 	if !noIf {
-		ifName = sb.nextIfName()
+		if ifName, err = sb.nextIfName(ctx); err != nil {
+			return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+		}
 	}
 	if err := c.step(ctx, stepJoinDriver); err != nil {
 		return err
@@ -100,9 +104,8 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) (
 	if err := c.step(ctx, stepJoinGateway); err != nil {
 		return err
 	}
-	if err := sb.updateGateways(ctx, with); err != nil {
-		return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
-	}
+	// Registered before the change: updateGateways may fail after moving one
+	// family's route, and the restore recomputes both.
 	defer func() {
 		if retErr != nil {
 			if err := sb.updateGateways(context.WithoutCancel(ctx), others); err != nil {
@@ -110,6 +113,9 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) (
 			}
 		}
 	}()
+	if err := sb.updateGateways(ctx, with); err != nil {
+		return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+	}
 
 	if err := c.step(ctx, stepJoinHosts); err != nil {
 		return err
@@ -196,19 +202,29 @@ func (ep *Endpoint) release(joined bool) {
 	}
 }
 
-// nextIfName returns the lowest ethN not used by a joined endpoint.
-func (sb *Sandbox) nextIfName() string {
-	sb.mu.Lock()
-	defer sb.mu.Unlock()
+// nextIfName returns the lowest ethN not used by a joined endpoint. In a
+// namespace cnm did not make, the links already there count as used too.
+func (sb *Sandbox) nextIfName(ctx context.Context) (string, error) {
 	used := map[string]bool{}
+	if !sb.owned {
+		links, err := sb.ns.Links(ctx)
+		if err != nil {
+			return "", err
+		}
+		for _, l := range links {
+			used[l.Name] = true
+		}
+	}
+	sb.mu.Lock()
 	for _, ep := range sb.endpoints {
 		ep.mu.Lock()
 		used[ep.ifName] = true
 		ep.mu.Unlock()
 	}
+	sb.mu.Unlock()
 	for i := 0; ; i++ {
 		if name := "eth" + strconv.Itoa(i); !used[name] {
-			return name
+			return name, nil
 		}
 	}
 }
@@ -249,9 +265,11 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) (retErr error) {
 	if sb == nil || sb.ctrl != c {
 		return fmt.Errorf("%w: leave endpoint %q: sandbox belongs to another controller", ErrInvalid, ep.name)
 	}
-	if err := c.checkOpen(); err != nil {
+	end, err := c.begin()
+	if err != nil {
 		return err
 	}
+	defer end()
 	sb.joinMu.Lock()
 	defer sb.joinMu.Unlock()
 
@@ -286,8 +304,12 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) (retErr error) {
 		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
 	}
 	if err := n.driver.Leave(ctx, driverapi.LeaveRequest{NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns}); err != nil {
-		if rerr := sb.updateGateways(context.WithoutCancel(ctx), all); rerr != nil {
+		rctx := context.WithoutCancel(ctx)
+		if rerr := sb.updateGateways(rctx, all); rerr != nil {
 			slog.Warn("cnm: rollback: restore default routes", "sandbox", sb.containerID, "err", rerr)
+		}
+		if rerr := ep.programExternal(rctx); rerr != nil {
+			slog.Warn("cnm: rollback: republish ports", "endpoint", ep.name, "err", rerr)
 		}
 		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
 	}

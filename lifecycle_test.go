@@ -2,12 +2,14 @@ package cnm_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -196,6 +198,12 @@ func TestAdoptedNamespaceIsKept(t *testing.T) {
 	require.NoError(t, err)
 	defer mine.Delete()
 
+	// The runtime already put its own eth0 there.
+	other, err := osl.NewNamespace(ctx, filepath.Join(t.TempDir(), "other"))
+	require.NoError(t, err)
+	defer other.Delete()
+	require.NoError(t, other.AddVeth(ctx, osl.VethSpec{HostName: "x", PeerName: "eth0", PeerNS: mine}))
+
 	nw, err := ctrl.NewNetwork(ctx, "bridge", "n", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.72.0.0/24")}))
 	require.NoError(t, err)
 	sb, err := ctrl.NewSandbox(ctx, "c", cnm.WithNetnsPath(mine.Path()))
@@ -204,10 +212,14 @@ func TestAdoptedNamespaceIsKept(t *testing.T) {
 	ep, err := nw.CreateEndpoint(ctx, "c")
 	require.NoError(t, err)
 	require.NoError(t, ep.Join(ctx, sb))
-	assert.Equal(t, "eth0,lo", linkNames(t, mine.Path()))
+	assert.Equal(t, "eth1", ep.Info().InterfaceName, "the runtime's eth0 is skipped")
+	assert.Equal(t, "eth0,eth1,lo", linkNames(t, mine.Path()))
 
-	require.NoError(t, sb.Delete(ctx))
-	assert.Equal(t, "lo", linkNames(t, mine.Path()), "cnm's interface is gone, the namespace stays")
+	// A cancelled context does not stop a delete halfway.
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	require.NoError(t, sb.Delete(cancelled))
+	assert.Equal(t, "eth0,lo", linkNames(t, mine.Path()), "cnm's interface is gone, the runtime's and the namespace stay")
 	var st unix.Stat_t
 	require.NoError(t, unix.Stat(mine.Path(), &st))
 
@@ -368,4 +380,55 @@ func TestLookupsAndClose(t *testing.T) {
 	require.NoError(t, osl.RemoveNamespaceFile(sb.Key()))
 	require.NoError(t, os.RemoveAll(filepath.Join(host.RunDir, "sandboxes", sb.ID())))
 	_ = host
+}
+
+// TestCloseWaitsForOperations closes the controller while joins run: every
+// operation either completes or fails with ErrClosed, and nothing changes in
+// the kernel once Close has returned.
+func TestCloseWaitsForOperations(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ctrl, host := cnmtest.NewController(t)
+	nw, err := ctrl.NewNetwork(ctx, "bridge", "n", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.75.0.0/24")}))
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				name := fmt.Sprintf("c-%d-%d", w, i)
+				sb, err := ctrl.NewSandbox(ctx, name)
+				if err == nil {
+					var ep *cnm.Endpoint
+					if ep, err = nw.CreateEndpoint(ctx, name); err == nil {
+						err = ep.Join(ctx, sb)
+					}
+				}
+				if err != nil {
+					if !errors.Is(err, cnm.ErrClosed) {
+						errs <- err
+					}
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(50 * time.Millisecond)
+	require.NoError(t, ctrl.Close())
+	before := linkNames(t, host.Path)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	assert.Equal(t, before, linkNames(t, host.Path), "no kernel change after Close returned")
+
+	// Close keeps the data plane; this test removes it by hand.
+	entries, err := os.ReadDir(filepath.Join(host.RunDir, "netns"))
+	require.NoError(t, err)
+	for _, e := range entries {
+		require.NoError(t, osl.RemoveNamespaceFile(filepath.Join(host.RunDir, "netns", e.Name())))
+	}
 }

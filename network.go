@@ -110,12 +110,13 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 		return nil, fmt.Errorf("%w: network %q: %s networks take no addressing", ErrInvalid, name, driverName)
 	}
 
+	end, err := c.begin()
+	if err != nil {
+		return nil, err
+	}
+	defer end()
 	c.mu.Lock()
-	switch {
-	case c.closed:
-		c.mu.Unlock()
-		return nil, ErrClosed
-	case c.networkNames[name]:
+	if c.networkNames[name] {
 		c.mu.Unlock()
 		return nil, fmt.Errorf("%w: network name %q", ErrExists, name)
 	}
@@ -140,6 +141,9 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 		endpoints: map[string]*Endpoint{},
 		epNames:   map[string]bool{},
 	}
+	// If the driver's rollback fails, its kernel objects may still hold the
+	// subnet: then the pools stay reserved rather than be handed out twice.
+	keepPools := false
 	if err := c.step(ctx, stepNetworkIPAM); err != nil {
 		return nil, err
 	}
@@ -152,7 +156,7 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 			return nil, fmt.Errorf("network %q: %w", name, err)
 		}
 		defer func() {
-			if retErr != nil {
+			if retErr != nil && !keepPools {
 				c.releaseNetworkIPAM(ctx, n.ipv4)
 			}
 		}()
@@ -161,7 +165,7 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 				return nil, fmt.Errorf("network %q: %w", name, err)
 			}
 			defer func() {
-				if retErr != nil {
+				if retErr != nil && !keepPools {
 					c.releaseNetworkIPAM(ctx, n.ipv6)
 				}
 			}()
@@ -181,7 +185,8 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 	defer func() {
 		if retErr != nil {
 			if err := drv.DeleteNetwork(context.WithoutCancel(ctx), n.id); err != nil {
-				slog.Warn("cnm: rollback: delete network in driver", "network", name, "err", err)
+				keepPools = true
+				slog.Warn("cnm: rollback: delete network in driver; its subnets stay reserved", "network", name, "err", err)
 			}
 		}
 	}()
@@ -191,9 +196,6 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
-		return nil, ErrClosed
-	}
 	c.networks[n.id] = n
 	return n, nil
 }
@@ -296,9 +298,12 @@ func (n *Network) EndpointByID(id string) (*Endpoint, error) {
 // error wraps [ErrInUse].
 func (n *Network) Delete(ctx context.Context) error {
 	c := n.ctrl
-	if err := c.checkOpen(); err != nil {
+	end, err := c.begin()
+	if err != nil {
 		return err
 	}
+	defer end()
+	ctx = context.WithoutCancel(ctx) // a delete, once begun, is finished
 	n.mu.Lock()
 	switch {
 	case n.deleting:

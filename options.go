@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -29,6 +30,19 @@ const (
 func absDir(field, dir string) error {
 	if dir == "" || !filepath.IsAbs(dir) {
 		return fmt.Errorf("%w: %s %q: must be an absolute path", ErrInvalid, field, dir)
+	}
+	return nil
+}
+
+// fileInDir checks that path is absolute and its directory exists, so that
+// writing the file later cannot fail for want of it.
+func fileInDir(field, path string) error {
+	if err := absDir(field, path); err != nil {
+		return err
+	}
+	st, err := os.Stat(filepath.Dir(path))
+	if err != nil || !st.IsDir() {
+		return fmt.Errorf("%w: %s %q: directory %s does not exist", ErrInvalid, field, path, filepath.Dir(path))
 	}
 	return nil
 }
@@ -94,7 +108,7 @@ func (c IPAMConfig) validate(family string, v6 bool) error {
 	}
 	if !c.Subnet.IsValid() {
 		if c.IPRange.IsValid() || c.Gateway.IsValid() || len(c.AuxAddresses) > 0 {
-			return fmt.Errorf("%w: %s: ip-range, gateway and aux addresses need a subnet", ErrInvalid, field)
+			return fmt.Errorf("%w: %s: ip-range %v, gateway %v and aux addresses %v need a subnet", ErrInvalid, field, c.IPRange, c.Gateway, c.AuxAddresses)
 		}
 		return nil
 	}
@@ -368,7 +382,7 @@ func WithNetnsPath(path string) SandboxOption {
 // run dir.
 func WithHostsPath(path string) SandboxOption {
 	return func(o *sandboxConfig) error {
-		if err := absDir("hosts path", path); err != nil {
+		if err := fileInDir("hosts path", path); err != nil {
 			return err
 		}
 		o.hostsPath = path
@@ -380,7 +394,7 @@ func WithHostsPath(path string) SandboxOption {
 // under the run dir.
 func WithResolvConfPath(path string) SandboxOption {
 	return func(o *sandboxConfig) error {
-		if err := absDir("resolv.conf path", path); err != nil {
+		if err := fileInDir("resolv.conf path", path); err != nil {
 			return err
 		}
 		o.resolv = path
@@ -438,7 +452,8 @@ type joinConfig struct {
 
 // WithGatewayPriority ranks the endpoint when the sandbox chooses its default
 // gateway: the highest priority wins, then endpoints of non-internal networks
-// before internal ones, then the network name. Default 0.
+// before internal ones (for drivers that offer a gateway on internal
+// networks; the bridge driver does not), then the network name. Default 0.
 func WithGatewayPriority(n int) JoinOption {
 	return func(o *joinConfig) error {
 		o.gatewayPriority = n

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -23,6 +24,22 @@ var errInjected = errors.New("injected fault")
 func failAt(step string) func(string) error {
 	return func(s string) error {
 		if s == step {
+			return errInjected
+		}
+		return nil
+	}
+}
+
+// failOnce returns a fault hook that fails the named step the first time
+// only, so that a rollback passing the same step again succeeds.
+func failOnce(step string) func(string) error {
+	var mu sync.Mutex
+	failed := false
+	return func(s string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if s == step && !failed {
+			failed = true
 			return errInjected
 		}
 		return nil
@@ -159,7 +176,7 @@ func TestRollbackJoin(t *testing.T) {
 		t.Run(step, func(t *testing.T) {
 			// Gateway priority makes ep2 take over the default route, so the
 			// gateway step has something to undo.
-			cnm.SetFaultHook(ctrl, failAt(step))
+			cnm.SetFaultHook(ctrl, failOnce(step))
 			err := ep2.Join(ctx, sb, cnm.WithGatewayPriority(10))
 			require.ErrorIs(t, err, errInjected)
 			cnm.SetFaultHook(ctrl, nil)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -96,12 +97,13 @@ func (c *Controller) NewSandbox(ctx context.Context, containerID string, opts ..
 		return nil, fmt.Errorf("%w: sandbox %q: host network and netns path %q exclude each other", ErrInvalid, containerID, cfg.netnsPath)
 	}
 
+	end, err := c.begin()
+	if err != nil {
+		return nil, err
+	}
+	defer end()
 	c.mu.Lock()
-	switch {
-	case c.closed:
-		c.mu.Unlock()
-		return nil, ErrClosed
-	case c.containerIDs[containerID]:
+	if c.containerIDs[containerID] {
 		c.mu.Unlock()
 		return nil, fmt.Errorf("%w: sandbox for container id %q", ErrExists, containerID)
 	}
@@ -120,7 +122,6 @@ func (c *Controller) NewSandbox(ctx context.Context, containerID string, opts ..
 	if err := c.step(ctx, stepSandboxNamespace); err != nil {
 		return nil, err
 	}
-	var err error
 	switch {
 	case cfg.hostNetwork:
 		sb.ns, err = osl.OpenNamespace(ctx, c.hostNS.Path())
@@ -148,7 +149,7 @@ func (c *Controller) NewSandbox(ctx context.Context, containerID string, opts ..
 		return nil, err
 	}
 	if err := os.Mkdir(sb.dir, 0o755); err != nil {
-		return nil, fmt.Errorf("sandbox %q: %w", containerID, err)
+		return nil, fmt.Errorf("sandbox %q: make run directory: %w", containerID, err)
 	}
 	defer func() {
 		if retErr != nil {
@@ -163,10 +164,10 @@ func (c *Controller) NewSandbox(ctx context.Context, containerID string, opts ..
 		sb.resolvPath = filepath.Join(sb.dir, "resolv.conf")
 	}
 	if err := sb.writeHosts(nil); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("sandbox %q: %w", containerID, err)
 	}
 	if err := sb.writeResolvConf(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("sandbox %q: %w", containerID, err)
 	}
 
 	if err := c.step(ctx, stepSandboxCommit); err != nil {
@@ -174,24 +175,30 @@ func (c *Controller) NewSandbox(ctx context.Context, containerID string, opts ..
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
-		return nil, ErrClosed
-	}
 	c.sandboxes[sb.id] = sb
 	return sb, nil
 }
 
 // Delete removes the sandbox: every endpoint still joined leaves and is
-// deleted (its addresses released), then the namespace is dropped whole,
-// so the kernel removes its interfaces in one go instead of one link at a
-// time. An adopted namespace ([WithNetnsPath], [WithHostNetwork]) is kept:
-// cnm's interfaces are deleted from it one by one instead. Deleting a
-// deleted sandbox is an error wrapping [ErrNotFound].
+// deleted (its addresses released), then the namespace is dropped whole, so
+// the kernel removes its interfaces in one go instead of one link at a time.
+// Call it after the container's processes have exited: a namespace that a
+// process (or an open file) still holds outlives Delete, with its interfaces.
+// An adopted namespace ([WithNetnsPath], [WithHostNetwork]) is kept: cnm's
+// interfaces are deleted from it one by one instead.
+//
+// Once begun, Delete runs to the end even if ctx is cancelled. If a driver
+// fails to detach an endpoint, Delete stops there and returns the error; the
+// sandbox stays, with the endpoints not yet detached, and Delete can be
+// called again. Deleting a deleted sandbox is an error wrapping [ErrNotFound].
 func (sb *Sandbox) Delete(ctx context.Context) error {
 	c := sb.ctrl
-	if err := c.checkOpen(); err != nil {
+	end, err := c.begin()
+	if err != nil {
 		return err
 	}
+	defer end()
+	ctx = context.WithoutCancel(ctx)
 	sb.joinMu.Lock()
 	defer sb.joinMu.Unlock()
 	sb.mu.Lock()
@@ -199,36 +206,37 @@ func (sb *Sandbox) Delete(ctx context.Context) error {
 		sb.mu.Unlock()
 		return fmt.Errorf("%w: sandbox %q was deleted", ErrNotFound, sb.containerID)
 	}
-	sb.deleted = true
 	eps := slices.Clone(sb.endpoints)
 	sb.mu.Unlock()
 
-	var errs []error
+	var errs []error // errors that do not stop the deletion
 	for _, ep := range eps {
+		// busy keeps a concurrent Join or Delete of the endpoint out while it
+		// is between detached and removed. No Join or Leave of it is in
+		// flight: those hold sb.joinMu.
 		ep.mu.Lock()
 		ep.busy = true
 		ep.mu.Unlock()
-		n := ep.nw
-		if err := ep.revokeExternal(ctx); err != nil {
-			errs = append(errs, err)
-		}
-		err := n.driver.Leave(ctx, driverapi.LeaveRequest{NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns, SandboxGone: sb.owned})
-		if err != nil {
-			errs = append(errs, fmt.Errorf("leave endpoint %q: %w", ep.name, err))
-		}
-		ep.mu.Lock()
-		ep.sandbox, ep.ifName, ep.ifIndex = nil, "", 0
-		ep.mu.Unlock()
-		if err := ep.remove(ctx); err != nil {
-			errs = append(errs, err)
+		err := sb.detachForDelete(ctx, ep)
+		if err == nil {
+			if rerr := ep.remove(ctx); rerr != nil {
+				errs = append(errs, rerr) // left, not deleted: ep.Delete can retry
+			}
 		}
 		ep.mu.Lock()
 		ep.busy = false
 		ep.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("delete sandbox %q: %w", sb.containerID, err)
+		}
 	}
 	if err := sb.ns.Delete(); err != nil {
-		errs = append(errs, err)
+		return fmt.Errorf("delete sandbox %q: %w", sb.containerID, err)
 	}
+	sb.mu.Lock()
+	sb.deleted = true
+	sb.gw4, sb.gw6 = nil, nil
+	sb.mu.Unlock()
 	if err := os.RemoveAll(sb.dir); err != nil {
 		errs = append(errs, err)
 	}
@@ -239,5 +247,33 @@ func (sb *Sandbox) Delete(ctx context.Context) error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("delete sandbox %q: %w", sb.containerID, err)
 	}
+	return nil
+}
+
+// detachForDelete takes one endpoint out of a sandbox being deleted. For a
+// namespace cnm made, the driver deletes no link: dropping the namespace
+// removes them all at once. The caller holds sb.joinMu.
+func (sb *Sandbox) detachForDelete(ctx context.Context, ep *Endpoint) error {
+	n := ep.nw
+	if err := ep.revokeExternal(ctx); err != nil {
+		return err
+	}
+	err := n.driver.Leave(ctx, driverapi.LeaveRequest{NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns, SandboxGone: sb.owned})
+	if err != nil {
+		_ = ep.programExternal(ctx)
+		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
+	}
+	sb.mu.Lock()
+	sb.endpoints = slices.DeleteFunc(sb.endpoints, func(e *Endpoint) bool { return e == ep })
+	if sb.gw4 == ep {
+		sb.gw4 = nil
+	}
+	if sb.gw6 == ep {
+		sb.gw6 = nil
+	}
+	sb.mu.Unlock()
+	ep.mu.Lock()
+	ep.sandbox, ep.ifName, ep.ifIndex, ep.gw4, ep.gw6, ep.gwPriority = nil, "", 0, netip.Addr{}, netip.Addr{}, 0
+	ep.mu.Unlock()
 	return nil
 }

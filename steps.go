@@ -19,6 +19,7 @@ const (
 	stepJoinInterface = "join:interface"
 	stepJoinRoutes    = "join:routes"
 	stepJoinGateway   = "join:gateway"
+	stepGatewayIPv6   = "join:gateway-ipv6" // inside the gateway update, between families
 	stepJoinHosts     = "join:hosts"
 	stepJoinExternal  = "join:external"
 	stepJoinCommit    = "join:commit"

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/seed53641549/cnm"
 	"github.com/seed53641549/cnm/firewall"
 )
 
@@ -58,11 +59,8 @@ func Leaks(h *HostNS, keep ...string) []string {
 	}
 
 	if fd, err := h.NS.FD(); err == nil {
-		if fw, err := firewall.New(ctx, fd, "cnm"); err == nil {
-			if n, err := fw.RuleCount(ctx); err != nil || n != 0 {
-				leaks = append(leaks, fmt.Sprintf("nftables rules in table cnm: %d (err: %v)", n, err))
-			}
-			fw.Close()
+		if n, err := firewall.CountRules(ctx, fd, cnm.FirewallTable); err != nil || n != 0 {
+			leaks = append(leaks, fmt.Sprintf("nftables rules in table %s: %d (err: %v)", cnm.FirewallTable, n, err))
 		}
 		unix.Close(fd)
 	}

@@ -20,4 +20,6 @@ var (
 	ErrInUse = errors.New("in use")
 	// ErrNotSupported reports that the kernel or the driver lacks a feature.
 	ErrNotSupported = errors.New("not supported")
+	// ErrClosed reports use of a controller (or a part of it) after Close.
+	ErrClosed = errors.New("closed")
 )

@@ -424,3 +424,26 @@ func familyName(fam nftables.TableFamily) string {
 		return fmt.Sprintf("family(%d)", fam)
 	}
 }
+
+// CountRules returns the number of per-network rules in the tables called
+// name in the namespace nsFD, like [Firewall.RuleCount], without making the
+// tables if they are missing (then the count is 0): a read-only look for
+// leak checks.
+func CountRules(ctx context.Context, nsFD int, name string) (int, error) {
+	if !nameRE.MatchString(name) {
+		return 0, fmt.Errorf("%w: firewall name %q: must be 1 to 32 characters of [a-zA-Z0-9_-]", errdefs.ErrInvalid, name)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	fd, err := unix.FcntlInt(uintptr(nsFD), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("duplicate namespace fd %d: %w", nsFD, err)
+	}
+	f := newFirewall(name, fd)
+	defer f.Close()
+	f.mu.Lock()
+	f.bridgeMeta = true // also look at the bridge table; a missing chain lists no rules
+	f.mu.Unlock()
+	return f.RuleCount(ctx)
+}

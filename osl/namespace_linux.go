@@ -62,9 +62,12 @@ func NewNamespace(ctx context.Context, path string) (*Namespace, error) {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 			return fmt.Errorf("unshare network namespace: %w", err)
 		}
-		// From here on the thread is in the new namespace: go back whatever happens.
+		// From here on the thread is in the new namespace: go back whatever
+		// happens, and if that fails, undo what was made.
 		defer func() {
 			if err := back(); err != nil && retErr == nil {
+				ns.closeLocked()
+				_ = unix.Unmount(path, unix.MNT_DETACH)
 				retErr = err
 			}
 		}()

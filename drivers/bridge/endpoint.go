@@ -2,10 +2,12 @@ package bridge
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/osl"
+	"golang.org/x/sys/unix"
 )
 
 // CreateEndpoint records the endpoint; its interface is made at Join.
@@ -79,6 +81,9 @@ func (d *driver) Join(ctx context.Context, req driverapi.JoinRequest) (driverapi
 		MTU:         n.opts.mtu,
 		PeerMAC:     req.MAC,
 	})
+	if errors.Is(err, unix.EEXIST) {
+		return driverapi.JoinResponse{}, fmt.Errorf("%w: interface %s or %s: %w", driverapi.ErrExists, req.InterfaceName, hostIf, err)
+	}
 	if err != nil {
 		return driverapi.JoinResponse{}, err
 	}

@@ -128,10 +128,15 @@ func (d *driver) DeleteNetwork(ctx context.Context, id string) error {
 	if busy > 0 {
 		return fmt.Errorf("%w: bridge network %s has %d endpoints", driverapi.ErrInUse, id, busy)
 	}
-	if err := d.cfg.Firewall.RemoveNetwork(ctx, id); err != nil {
+	// The bridge goes first: rules naming a bridge that no longer exists
+	// match nothing, while a bridge without its rules would be a live network
+	// without isolation. Both steps are idempotent, so a failed delete can be
+	// retried.
+	ctx = context.WithoutCancel(ctx)
+	if err := d.cfg.HostNS.DeleteLink(ctx, n.opts.bridgeName); err != nil {
 		return err
 	}
-	if err := d.cfg.HostNS.DeleteLink(ctx, n.opts.bridgeName); err != nil {
+	if err := d.cfg.Firewall.RemoveNetwork(ctx, id); err != nil {
 		return err
 	}
 	d.mu.Lock()
