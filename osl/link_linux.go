@@ -23,7 +23,10 @@ type Link struct {
 	MTU         int
 	Up          bool // administratively up (IFF_UP)
 	MasterIndex int  // index of the bridge it is a port of, 0 if none
-	Alias       string
+	// PeerIndex is, for one end of a veth pair, the index of the other end
+	// in the other end's namespace (IFLA_LINK); 0 if unknown.
+	PeerIndex int
+	Alias     string
 }
 
 func linkFrom(l netlink.Link) Link {
@@ -36,6 +39,7 @@ func linkFrom(l netlink.Link) Link {
 		MTU:         a.MTU,
 		Up:          a.Flags&net.FlagUp != 0,
 		MasterIndex: a.MasterIndex,
+		PeerIndex:   a.ParentIndex,
 		Alias:       a.Alias,
 	}
 }
@@ -68,6 +72,28 @@ func (ns *Namespace) LinkByName(ctx context.Context, name string) (Link, error) 
 func isLinkNotFound(err error) bool {
 	var nf netlink.LinkNotFoundError
 	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
+}
+
+// LinkByIndex returns the link with the given index. A missing link is
+// reported with an error wrapping [ErrLinkNotFound].
+//
+// Equivalent to: `ip link show` filtered by index.
+func (ns *Namespace) LinkByIndex(ctx context.Context, index int) (Link, error) {
+	if err := ctx.Err(); err != nil {
+		return Link{}, err
+	}
+	h, err := ns.h()
+	if err != nil {
+		return Link{}, err
+	}
+	l, err := h.LinkByIndex(index)
+	if err != nil {
+		if isLinkNotFound(err) {
+			return Link{}, fmt.Errorf("link %d in %s: %w", index, ns.path, ErrLinkNotFound)
+		}
+		return Link{}, fmt.Errorf("get link %d: %w", index, err)
+	}
+	return linkFrom(l), nil
 }
 
 // Links lists every link of the namespace.

@@ -111,6 +111,12 @@ func TestAddVethOneRequest(t *testing.T) {
 
 	pl, err := sb.LinkByName(ctx, "eth0")
 	require.NoError(t, err)
+	assert.Equal(t, hl.Index, pl.PeerIndex, "the peer names the host end")
+	byIndex, err := host.LinkByIndex(ctx, pl.PeerIndex)
+	require.NoError(t, err)
+	assert.Equal(t, "vethA", byIndex.Name)
+	_, err = host.LinkByIndex(ctx, 9999)
+	assert.ErrorIs(t, err, ErrLinkNotFound)
 	assert.False(t, pl.Up, "peer is down until configured")
 	require.NoError(t, sb.SetLinkUp(ctx, pl.Index))
 	assert.Equal(t, mac, pl.MAC)
