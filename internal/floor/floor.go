@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"sync"
 
 	"github.com/seed53641549/cnm/osl"
 )
@@ -20,7 +21,9 @@ type Network struct {
 	index   int
 	Gateway netip.Prefix // gateway address with the subnet's length
 	dir     string
-	next    netip.Addr
+
+	mu   sync.Mutex // guards next
+	next netip.Addr
 }
 
 // Container is one container made by [Network.Setup].
@@ -52,10 +55,12 @@ func (n *Network) Delete(ctx context.Context) error { return n.Host.DeleteLink(c
 // Setup makes container number i: a namespace, one RTM_NEWLINK for the veth
 // pair (peer made inside, named eth0; host end on the bridge and up), the
 // address, link up and the default route. Addresses are handed out in
-// order, with no reuse.
+// order, with no reuse. Safe for concurrent use with distinct i.
 func (n *Network) Setup(ctx context.Context, i int) (*Container, error) {
+	n.mu.Lock()
 	n.next = n.next.Next()
 	addr := netip.PrefixFrom(n.next, n.Gateway.Bits())
+	n.mu.Unlock()
 	ns, err := osl.NewNamespace(ctx, filepath.Join(n.dir, fmt.Sprintf("floor-%d", i)))
 	if err != nil {
 		return nil, err

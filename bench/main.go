@@ -1,0 +1,376 @@
+// Command bench measures cnm against the least kernel work that gives the
+// same result (the floor) and against the CNI reference bridge plugin, in
+// the same run, inside a throwaway host namespace. It prints a Markdown
+// report and writes an SVG plot of the scaling series.
+//
+//	sudo ./scripts/bench.sh    # installs the CNI plugins, builds, runs in unshare --net
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/seed53641549/cnm"
+	"github.com/seed53641549/cnm/osl"
+)
+
+type config struct {
+	cniDir      string
+	rounds      int
+	batch       int
+	scale       int
+	parallel    int
+	throughput  time.Duration
+	outDir      string
+	brNetfilter string
+}
+
+func main() {
+	var cfg config
+	flag.StringVar(&cfg.cniDir, "cni", "", "directory with the CNI bridge and host-local plugins; empty: leave CNI out")
+	flag.IntVar(&cfg.rounds, "rounds", 30, "interleaved rounds of setup and teardown")
+	flag.IntVar(&cfg.batch, "batch", 10, "containers per contender per round")
+	flag.IntVar(&cfg.scale, "scale", 1000, "containers on one network in the scaling series")
+	flag.IntVar(&cfg.parallel, "parallel", 200, "containers per parallel-setup run")
+	flag.DurationVar(&cfg.throughput, "throughput", 3*time.Second, "length of one throughput run")
+	flag.StringVar(&cfg.outDir, "out", "bench/out", "directory for report.md and scaling.svg")
+	flag.StringVar(&cfg.brNetfilter, "br-netfilter", "", "set net.bridge.bridge-nf-call-ip{,6}tables in the throwaway host namespace to this (0 or 1); empty: the kernel's default")
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		log.Fatal("bench makes network namespaces and links: run it as root (scripts/bench.sh)")
+	}
+	if err := run(context.Background(), cfg); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// harness holds the contenders and everything measured.
+type harness struct {
+	cfg  config
+	host *osl.Namespace
+	ctrl *cnm.Controller
+	dir  string
+	cs   []contender
+	next map[string]int // next container number per contender
+	r    *report
+	mu   sync.Mutex // guards next
+}
+
+func run(ctx context.Context, cfg config) error {
+	dir, err := os.MkdirTemp("", "cnm-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	host, err := osl.NewNamespace(ctx, filepath.Join(dir, "host"))
+	if err != nil {
+		return err
+	}
+	defer host.Delete()
+	if cfg.brNetfilter != "" {
+		for _, k := range []string{"net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables"} {
+			if err := host.SetSysctl(k, cfg.brNetfilter); err != nil {
+				return err
+			}
+		}
+	}
+	ctrl, err := cnm.New(cnm.WithHostNamespace(host.Path()), cnm.WithRunDir(filepath.Join(dir, "run")), cnm.WithDataDir(filepath.Join(dir, "data")))
+	if err != nil {
+		return err
+	}
+	defer ctrl.Close()
+
+	h := &harness{cfg: cfg, host: host, ctrl: ctrl, dir: dir, next: map[string]int{}, r: newReport(cfg)}
+	c, err := newCNM(ctx, ctrl, "bench", "br-cnm", netip.MustParsePrefix("10.200.0.0/16"))
+	if err != nil {
+		return err
+	}
+	f, err := newFloor(ctx, host, "br-floor", netip.MustParsePrefix("10.201.0.1/16"), dir)
+	if err != nil {
+		return err
+	}
+	h.cs = []contender{c, f}
+	if cfg.cniDir != "" {
+		cni, err := newCNI(host, cfg.cniDir, "br-cni", netip.MustParsePrefix("10.202.0.0/16"), dir)
+		if err != nil {
+			return err
+		}
+		h.cs = append(h.cs, cni)
+	}
+	defer func() {
+		for _, c := range h.cs {
+			if err := c.close(ctx); err != nil {
+				log.Printf("close %s: %v", c.name(), err)
+			}
+		}
+	}()
+
+	for _, phase := range []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"interleaved setup and teardown", h.setupTeardown},
+		{"leave", h.leave},
+		{"scaling", h.scaling},
+		{"parallel setup", h.parallelSetup},
+		{"throughput", h.throughput},
+	} {
+		start := time.Now()
+		log.Printf("phase: %s", phase.name)
+		if err := phase.fn(ctx); err != nil {
+			return fmt.Errorf("%s: %w", phase.name, err)
+		}
+		log.Printf("phase: %s done in %v", phase.name, time.Since(start).Round(time.Millisecond))
+	}
+	return h.r.write(cfg.outDir)
+}
+
+// number returns the next container number of contender c.
+func (h *harness) number(c contender) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.next[c.name()]++
+	return h.next[c.name()]
+}
+
+// teardownAll tears boxes down back to back and returns when the kernel has
+// removed every host end: the batched teardown a runtime does when many
+// containers stop.
+func (h *harness) teardownAll(ctx context.Context, boxes []*box) (time.Duration, error) {
+	ends := make([]string, 0, len(boxes))
+	for _, b := range boxes {
+		e, err := hostEnd(ctx, h.host, b.key)
+		if err != nil {
+			return 0, err
+		}
+		ends = append(ends, e)
+	}
+	start := time.Now()
+	for _, b := range boxes {
+		if err := b.teardown(ctx); err != nil {
+			return 0, err
+		}
+	}
+	if err := waitGone(ctx, h.host, ends); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+// setupTeardown runs interleaved rounds: in each, every contender (in a
+// random order) sets up a batch of containers, each timed, then tears the
+// batch down, timed until the kernel removed the host ends.
+func (h *harness) setupTeardown(ctx context.Context) error {
+	for range h.cfg.rounds {
+		order := append([]contender(nil), h.cs...)
+		rand.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+		for _, c := range order {
+			boxes := make([]*box, 0, h.cfg.batch)
+			for range h.cfg.batch {
+				start := time.Now()
+				b, err := c.setup(ctx, h.number(c))
+				if err != nil {
+					return err
+				}
+				h.r.add(c.name(), "setup", time.Since(start))
+				boxes = append(boxes, b)
+			}
+			d, err := h.teardownAll(ctx, boxes)
+			if err != nil {
+				return err
+			}
+			h.r.add(c.name(), "teardown", d/time.Duration(len(boxes)))
+		}
+	}
+	return nil
+}
+
+// leave times detaching one interface from a living container: cnm's Leave
+// against the floor's single link deletion.
+func (h *harness) leave(ctx context.Context) error {
+	for range h.cfg.rounds {
+		for _, c := range h.cs {
+			b, err := c.setup(ctx, h.number(c))
+			if err != nil {
+				return err
+			}
+			if b.leave != nil {
+				start := time.Now()
+				if err := b.leave(ctx); err != nil {
+					return err
+				}
+				h.r.add(c.name(), "leave", time.Since(start))
+			}
+			if err := b.teardown(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// scaling grows one network per contender to cfg.scale containers, timing
+// each setup, then tears all down in one batch. For cnm it also reads the Go
+// heap and the RSS per live container.
+func (h *harness) scaling(ctx context.Context) error {
+	for _, c := range h.cs {
+		var before runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		rssBefore := rss()
+		boxes := make([]*box, 0, h.cfg.scale)
+		series := make(samples, 0, h.cfg.scale)
+		for range h.cfg.scale {
+			start := time.Now()
+			b, err := c.setup(ctx, h.number(c))
+			if err != nil {
+				return fmt.Errorf("%s container %d: %w", c.name(), len(boxes)+1, err)
+			}
+			series = append(series, time.Since(start))
+			boxes = append(boxes, b)
+		}
+		h.r.scaling[c.name()] = series
+		if c.name() == "cnm" {
+			var after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&after)
+			h.r.heapPerContainer = float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(len(boxes))
+			h.r.rssPerContainer = float64(rss()-rssBefore) / float64(len(boxes))
+		}
+		d, err := h.teardownAll(ctx, boxes)
+		if err != nil {
+			return err
+		}
+		h.r.add(c.name(), fmt.Sprintf("teardown of %d", len(boxes)), d/time.Duration(len(boxes)))
+	}
+	return nil
+}
+
+// parallelSetup sets up cfg.parallel containers with 1, 2 and 8 workers on
+// cnm and on the floor, and reports the wall time of each run.
+func (h *harness) parallelSetup(ctx context.Context) error {
+	for _, c := range h.cs[:2] { // cnm and floor
+		for _, workers := range []int{1, 2, 8} {
+			var (
+				mu    sync.Mutex
+				boxes []*box
+				errs  int
+				wg    sync.WaitGroup
+			)
+			jobs := make(chan int)
+			start := time.Now()
+			for range workers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := range jobs {
+						b, err := c.setup(ctx, i)
+						mu.Lock()
+						if err != nil {
+							errs++
+							log.Printf("parallel %s: %v", c.name(), err)
+						} else {
+							boxes = append(boxes, b)
+						}
+						mu.Unlock()
+					}
+				}()
+			}
+			for range h.cfg.parallel {
+				jobs <- h.number(c)
+			}
+			close(jobs)
+			wg.Wait()
+			h.r.parallel = append(h.r.parallel, parallelRun{c.name(), workers, time.Since(start), errs})
+			if _, err := h.teardownAll(ctx, boxes); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// throughput streams TCP between two cnm sandboxes over the bridge, between
+// two floor containers over the floor's bridge, and between the two ends of
+// a bare veth pair, alternately, three times each; once with the host
+// namespace's br_netfilter switches as they are and once with them off.
+func (h *harness) throughput(ctx context.Context) error {
+	var pairs [][2]*box
+	for _, c := range h.cs[:2] { // cnm and floor
+		a, err := c.setup(ctx, h.number(c))
+		if err != nil {
+			return err
+		}
+		b, err := c.setup(ctx, h.number(c))
+		if err != nil {
+			return err
+		}
+		defer func() { _, _ = h.teardownAll(ctx, []*box{a, b}) }()
+		pairs = append(pairs, [2]*box{a, b})
+	}
+	va, vb, cleanup, err := vethPair(ctx, h.dir)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	keys := []string{"net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables"}
+	orig, err := h.host.Sysctl(keys[0])
+	if err != nil {
+		return err
+	}
+	for _, setting := range []string{orig, "0"} {
+		for _, k := range keys {
+			if err := h.host.SetSysctl(k, setting); err != nil {
+				return err
+			}
+		}
+		for range 3 {
+			for i, pair := range pairs {
+				a, b := pair[0], pair[1]
+				rate, err := measureTCP(ctx, b.key, a.key, netip.AddrPortFrom(b.addr.Addr(), 5201), h.cfg.throughput)
+				if err != nil {
+					return fmt.Errorf("%s bridge: %w", h.cs[i].name(), err)
+				}
+				h.r.addRate(setting, h.cs[i].name()+" bridge", rate)
+			}
+			rate, err := measureTCP(ctx, vb.Path(), va.Path(), netip.MustParseAddrPort("10.210.0.2:5201"), h.cfg.throughput)
+			if err != nil {
+				return fmt.Errorf("veth: %w", err)
+			}
+			h.r.addRate(setting, "bare veth", rate)
+		}
+	}
+	for _, k := range keys {
+		if err := h.host.SetSysctl(k, orig); err != nil {
+			return err
+		}
+	}
+	h.r.brNetfilterDefault = orig
+	return nil
+}
+
+// rss returns the process's resident set size in bytes.
+func rss() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			var kb int64
+			fmt.Sscan(f[1], &kb)
+			return kb * 1024
+		}
+	}
+	return 0
+}

@@ -1,0 +1,245 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// report collects the measurements and renders them.
+type report struct {
+	cfg     config
+	start   time.Time
+	ops     map[string]map[string]samples // contender -> operation -> samples
+	scaling map[string]samples            // contender -> setup of container k
+
+	heapPerContainer float64 // bytes of Go heap per live cnm container
+	rssPerContainer  float64 // bytes of RSS per live cnm container
+	parallel         []parallelRun
+	// rates holds TCP throughputs in bytes/s by br_netfilter setting, then path.
+	rates              map[string]map[string][]float64
+	brNetfilterDefault string
+}
+
+type parallelRun struct {
+	contender string
+	workers   int
+	total     time.Duration
+	errors    int
+}
+
+func newReport(cfg config) *report {
+	return &report{cfg: cfg, start: time.Now(), ops: map[string]map[string]samples{}, scaling: map[string]samples{},
+		rates: map[string]map[string][]float64{}}
+}
+
+func (r *report) addRate(setting, path string, bytesPerSec float64) {
+	if r.rates[setting] == nil {
+		r.rates[setting] = map[string][]float64{}
+	}
+	r.rates[setting][path] = append(r.rates[setting][path], bytesPerSec)
+}
+
+func (r *report) rate(setting, path string) float64 { return medianFloat(r.rates[setting][path]) }
+
+func (r *report) add(contender, op string, d time.Duration) {
+	if r.ops[contender] == nil {
+		r.ops[contender] = map[string]samples{}
+	}
+	r.ops[contender][op] = append(r.ops[contender][op], d)
+}
+
+func (r *report) median(contender, op string) time.Duration { return r.ops[contender][op].median() }
+
+func ratio(a, b time.Duration) float64 {
+	if b == 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}
+
+func medianFloat(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	c := slices.Clone(v)
+	slices.Sort(c)
+	return c[len(c)/2]
+}
+
+// machine describes where the figures come from.
+func machine() string {
+	var u unix.Utsname
+	_ = unix.Uname(&u)
+	cpu := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				cpu = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%s, %d CPUs, Linux %s, %s", cpu, runtime.NumCPU(), unix.ByteSliceToString(u.Release[:]), runtime.Version())
+}
+
+// scalingAt is the median setup cost around container k.
+func (r *report) scalingAt(contender string, k int) time.Duration {
+	return r.scaling[contender].window(k, 10).median()
+}
+
+func (r *report) markdown() string {
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	contenders := []string{"cnm", "floor", "CNI bridge"}
+	have := func(c string) bool { return r.ops[c] != nil }
+
+	p("## cnm bench, %s\n\n", r.start.UTC().Format("2006-01-02 15:04 MST"))
+	p("Machine: %s. One run of `scripts/bench.sh`, inside a throwaway host namespace; %d interleaved rounds of %d containers per contender (the order shuffled each round).\n\n",
+		machine(), r.cfg.rounds, r.cfg.batch)
+
+	p("### Per container\n\n| operation | contender | median | p95 | samples |\n|---|---|---|---|---|\n")
+	for _, op := range []string{"setup", "teardown", "leave"} {
+		for _, c := range contenders {
+			if s := r.ops[c][op]; len(s) > 0 {
+				p("| %s | %s | %s | %s | %d |\n", op, c, ms(s.median()), ms(s.p95()), len(s))
+			}
+		}
+	}
+	p("\nsetup: NewSandbox + CreateEndpoint + Join (floor: namespace, one RTM_NEWLINK, address, up, route; CNI: namespace + bridge plugin ADD with host-local IPAM). ")
+	p("teardown: the whole container, batched per round, timed until the kernel removed every host-side veth end, divided by the batch. ")
+	p("leave: cnm's Leave of one endpoint from a living sandbox; floor: one RTM_DELLINK.\n\n")
+
+	p("### Ratios (medians, same run)\n\n| ratio | value |\n|---|---|\n")
+	p("| setup cnm / floor | %.2f× |\n", ratio(r.median("cnm", "setup"), r.median("floor", "setup")))
+	if have("CNI bridge") {
+		p("| setup CNI / cnm | %.2f× |\n", ratio(r.median("CNI bridge", "setup"), r.median("cnm", "setup")))
+		p("| teardown CNI / cnm | %.2f× |\n", ratio(r.median("CNI bridge", "teardown"), r.median("cnm", "teardown")))
+	}
+	p("| teardown cnm / floor | %.2f× |\n", ratio(r.median("cnm", "teardown"), r.median("floor", "teardown")))
+	p("| leave cnm / floor (one link deletion) | %.2f× |\n\n", ratio(r.median("cnm", "leave"), r.median("floor", "leave")))
+
+	p("### Scaling: setup cost of container k on one network (median of k±10)\n\n| k |")
+	for _, c := range contenders {
+		if len(r.scaling[c]) > 0 {
+			p(" %s |", c)
+		}
+	}
+	p("\n|---|")
+	for _, c := range contenders {
+		if len(r.scaling[c]) > 0 {
+			p("---|")
+		}
+	}
+	p("\n")
+	ks := []int{10, 100, 500, 1000}
+	for _, k := range ks {
+		if k > r.cfg.scale {
+			continue
+		}
+		p("| %d |", k)
+		for _, c := range contenders {
+			if len(r.scaling[c]) > 0 {
+				p(" %s |", ms(r.scalingAt(c, k)))
+			}
+		}
+		p("\n")
+	}
+	last := min(1000, r.cfg.scale)
+	p("| container %d / container 10 |", last)
+	for _, c := range contenders {
+		if len(r.scaling[c]) > 0 {
+			p(" %.2f× |", ratio(r.scalingAt(c, last), r.scalingAt(c, 10)))
+		}
+	}
+	p("\n\n![setup cost of container k](scaling.svg)\n\n")
+	for _, c := range contenders {
+		if s, ok := r.ops[c][fmt.Sprintf("teardown of %d", r.cfg.scale)]; ok {
+			p("Teardown of all %d %s containers in one batch: %s per container.  \n", r.cfg.scale, c, ms(s.median()))
+		}
+	}
+
+	p("\n### Parallel setup (%d containers)\n\n| contender | workers | total | per container | errors |\n|---|---|---|---|---|\n", r.cfg.parallel)
+	for _, pr := range r.parallel {
+		p("| %s | %d | %s | %s | %d |\n", pr.contender, pr.workers, ms(pr.total), ms(pr.total/time.Duration(r.cfg.parallel)), pr.errors)
+	}
+
+	p("\n### Memory (cnm, %d live containers)\n\n", r.cfg.scale)
+	p("Go heap: %.1f KiB per live container. Process RSS: %.1f KiB per live container (kernel memory for namespaces and links not included).\n\n",
+		r.heapPerContainer/1024, r.rssPerContainer/1024)
+
+	def := r.brNetfilterDefault
+	p("### TCP throughput (one connection, %v per run, median of 3 runs per cell)\n\n", r.cfg.throughput)
+	p("| path | br_netfilter as the kernel sets it (%s) | br_netfilter off |\n|---|---|---|\n", def)
+	for _, path := range []string{"cnm bridge", "floor bridge", "bare veth"} {
+		p("| %s | %.2f Gbit/s | %.2f Gbit/s |\n", path, r.rate(def, path)*8/1e9, r.rate("0", path)*8/1e9)
+	}
+	p("| cnm bridge / bare veth | %.1f%% | %.1f%% |\n", 100*r.rate(def, "cnm bridge")/r.rate(def, "bare veth"), 100*r.rate("0", "cnm bridge")/r.rate("0", "bare veth"))
+	p("| cnm bridge / floor bridge | %.1f%% | %.1f%% |\n\n", 100*r.rate(def, "cnm bridge")/r.rate(def, "floor bridge"), 100*r.rate("0", "cnm bridge")/r.rate("0", "floor bridge"))
+	p("The bridge path crosses two veth pairs and the bridge, the bare path one veth pair. With br_netfilter on, every bridged frame also passes conntrack and the forward hook.\n\n")
+	br, ve := r.rate(def, "cnm bridge"), r.rate(def, "bare veth")
+
+	p("### Targets\n\n| target | measured | |\n|---|---|---|\n")
+	check := func(name, measured string, ok bool) {
+		mark := "met"
+		if !ok {
+			mark = "**missed**"
+		}
+		p("| %s | %s | %s |\n", name, measured, mark)
+	}
+	sr := ratio(r.median("cnm", "setup"), r.median("floor", "setup"))
+	check("setup ≤ 1.5× floor", fmt.Sprintf("%.2f×", sr), sr <= 1.5)
+	if have("CNI bridge") {
+		cr := ratio(r.median("CNI bridge", "setup"), r.median("cnm", "setup"))
+		check("setup ≥ 5× faster than CNI", fmt.Sprintf("%.2f×", cr), cr >= 5)
+	}
+	tr := ratio(r.median("cnm", "teardown"), r.median("floor", "teardown"))
+	check("teardown ≤ 2× floor", fmt.Sprintf("%.2f×", tr), tr <= 2)
+	lr := ratio(r.median("cnm", "leave"), r.median("floor", "leave"))
+	check("leave ≈ one link deletion (≤ 1.2×)", fmt.Sprintf("%.2f×", lr), lr <= 1.2)
+	if r.cfg.scale >= 1000 {
+		k := ratio(r.scalingAt("cnm", 1000), r.scalingAt("cnm", 10))
+		check("container 1000 ≤ 1.3× container 10", fmt.Sprintf("%.2f×", k), k <= 1.3)
+	}
+	var one, eight parallelRun
+	for _, pr := range r.parallel {
+		if pr.contender == "cnm" && pr.workers == 1 {
+			one = pr
+		}
+		if pr.contender == "cnm" && pr.workers == 8 {
+			eight = pr
+		}
+	}
+	check("8 workers no slower in total than 1, no error", fmt.Sprintf("%s vs %s, %d errors", ms(eight.total), ms(one.total), eight.errors),
+		eight.total <= one.total && eight.errors == 0)
+	check("Go heap < 16 KiB per live container", fmt.Sprintf("%.1f KiB", r.heapPerContainer/1024), r.heapPerContainer < 16*1024)
+	check("bridge throughput ≥ 95% of bare veth", fmt.Sprintf("%.1f%%", 100*br/ve), br >= 0.95*ve)
+	return b.String()
+}
+
+// write prints the report and saves it with the plot in dir.
+func (r *report) write(dir string) error {
+	md := r.markdown()
+	fmt.Print(md)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "report.md"), []byte(md), 0o644); err != nil {
+		return err
+	}
+	colors := map[string]string{"cnm": "#1f77b4", "floor": "#2ca02c", "CNI bridge": "#d62728"}
+	var ss []series
+	for _, c := range []string{"cnm", "floor", "CNI bridge"} {
+		if s := r.scaling[c]; len(s) > 0 {
+			ss = append(ss, series{name: c, color: colors[c], ys: rollingMedian(s, 10)})
+		}
+	}
+	svg := svgPlot("Setup cost of container k on one bridge network", "k (containers already on the network + 1)", "setup (ms, rolling median of 21)", ss)
+	return os.WriteFile(filepath.Join(dir, "scaling.svg"), []byte(svg), 0o644)
+}
