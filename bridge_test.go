@@ -72,6 +72,9 @@ func TestBridgeTwoSandboxesTalk(t *testing.T) {
 	routes, err := sbNS.Routes(ctx, 4)
 	require.NoError(t, err)
 	assert.Contains(t, routes, osl.Route{Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: netip.MustParseAddr("10.10.0.1"), LinkIndex: eth0.Index})
+	sbAddrs, err := sbNS.Addresses(ctx, eth0.Index)
+	require.NoError(t, err)
+	assert.Equal(t, []netip.Prefix{ia.IPv4}, sbAddrs, "an IPv4-only interface gets no IPv6 link-local address")
 	sbNS.Close() // an open handle would keep the namespace alive after Delete
 
 	// TCP both ways, and to the gateway (the host side).

@@ -58,8 +58,10 @@ func bestGateway(eps []*Endpoint, v6 bool) (gatewayCandidate, bool) {
 // updateGateways makes the sandbox's default routes match the best choice
 // among eps, one family at a time. A moving route is replaced atomically
 // (RTM_NEWROUTE with NLM_F_REPLACE), so there is no moment without one.
+// A route of the endpoint leaving (nil if none) that no other endpoint takes
+// over is not deleted: it goes with that endpoint's interface.
 // The caller holds sb.joinMu.
-func (sb *Sandbox) updateGateways(ctx context.Context, eps []*Endpoint) error {
+func (sb *Sandbox) updateGateways(ctx context.Context, eps []*Endpoint, leaving *Endpoint) error {
 	for _, v6 := range []bool{false, true} {
 		if v6 {
 			if err := sb.ctrl.step(ctx, stepGatewayIPv6); err != nil {
@@ -84,6 +86,8 @@ func (sb *Sandbox) updateGateways(ctx context.Context, eps []*Endpoint) error {
 			if err := sb.ns.ReplaceRoute(ctx, osl.Route{Dst: dst, Gateway: best.gw, LinkIndex: best.ifIndex}); err != nil {
 				return err
 			}
+		case cur != nil && cur == leaving:
+			// Nothing to do in the kernel: the route leaves with the link.
 		case cur != nil:
 			cur.mu.Lock()
 			idx := cur.ifIndex

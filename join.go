@@ -108,12 +108,12 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) (
 	// family's route, and the restore recomputes both.
 	defer func() {
 		if retErr != nil {
-			if err := sb.updateGateways(context.WithoutCancel(ctx), others); err != nil {
+			if err := sb.updateGateways(context.WithoutCancel(ctx), others, nil); err != nil {
 				slog.Warn("cnm: rollback: restore default routes", "sandbox", sb.containerID, "err", err)
 			}
 		}
 	}()
-	if err := sb.updateGateways(ctx, with); err != nil {
+	if err := sb.updateGateways(ctx, with, nil); err != nil {
 		return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
 	}
 
@@ -249,7 +249,8 @@ func (sb *Sandbox) configureInterface(ctx context.Context, ep *Endpoint, ifName,
 			}
 		}
 	}
-	if err := sb.ns.SetLinkUp(ctx, link.Index); err != nil {
+	// No IPv6 link-local address on an interface without IPv6: see osl.LinkUp.
+	if err := sb.ns.LinkUp(ctx, link.Index, ep.ipv6.IsValid()); err != nil {
 		return 0, err
 	}
 	return link.Index, nil
@@ -300,12 +301,12 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) (retErr error) {
 	if err := ep.revokeExternal(ctx); err != nil {
 		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
 	}
-	if err := sb.updateGateways(ctx, rest); err != nil {
+	if err := sb.updateGateways(ctx, rest, ep); err != nil {
 		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
 	}
 	if err := n.driver.Leave(ctx, driverapi.LeaveRequest{NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns}); err != nil {
 		rctx := context.WithoutCancel(ctx)
-		if rerr := sb.updateGateways(rctx, all); rerr != nil {
+		if rerr := sb.updateGateways(rctx, all, nil); rerr != nil {
 			slog.Warn("cnm: rollback: restore default routes", "sandbox", sb.containerID, "err", rerr)
 		}
 		if rerr := ep.programExternal(rctx); rerr != nil {

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -33,6 +34,8 @@ type config struct {
 	throughput  time.Duration
 	outDir      string
 	brNetfilter string
+	phases      string
+	tmp         string
 }
 
 func main() {
@@ -45,6 +48,8 @@ func main() {
 	flag.DurationVar(&cfg.throughput, "throughput", 3*time.Second, "length of one throughput run")
 	flag.StringVar(&cfg.outDir, "out", "bench/out", "directory for report.md and scaling.svg")
 	flag.StringVar(&cfg.brNetfilter, "br-netfilter", "", "set net.bridge.bridge-nf-call-ip{,6}tables in the throwaway host namespace to this (0 or 1); empty: the kernel's default")
+	flag.StringVar(&cfg.tmp, "tmp", "", "directory for namespaces, run dirs and IPAM files (scripts/bench.sh gives a tmpfs, as /run is on most hosts); empty: the system's temp dir")
+	flag.StringVar(&cfg.phases, "phases", "setup,leave,scaling,parallel,throughput", "phases to run, comma-separated")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		log.Fatal("bench makes network namespaces and links: run it as root (scripts/bench.sh)")
@@ -67,7 +72,7 @@ type harness struct {
 }
 
 func run(ctx context.Context, cfg config) error {
-	dir, err := os.MkdirTemp("", "cnm-bench-")
+	dir, err := os.MkdirTemp(cfg.tmp, "cnm-bench-")
 	if err != nil {
 		return err
 	}
@@ -119,12 +124,15 @@ func run(ctx context.Context, cfg config) error {
 		name string
 		fn   func(context.Context) error
 	}{
-		{"interleaved setup and teardown", h.setupTeardown},
+		{"setup", h.setupTeardown},
 		{"leave", h.leave},
 		{"scaling", h.scaling},
-		{"parallel setup", h.parallelSetup},
+		{"parallel", h.parallelSetup},
 		{"throughput", h.throughput},
 	} {
+		if !slices.Contains(strings.Split(cfg.phases, ","), phase.name) {
+			continue
+		}
 		start := time.Now()
 		log.Printf("phase: %s", phase.name)
 		if err := phase.fn(ctx); err != nil {

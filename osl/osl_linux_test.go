@@ -2,12 +2,14 @@ package osl
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -118,7 +120,7 @@ func TestAddVethOneRequest(t *testing.T) {
 	_, err = host.LinkByIndex(ctx, 9999)
 	assert.ErrorIs(t, err, ErrLinkNotFound)
 	assert.False(t, pl.Up, "peer is down until configured")
-	require.NoError(t, sb.SetLinkUp(ctx, pl.Index))
+	require.NoError(t, sb.LinkUp(ctx, pl.Index, false))
 	assert.Equal(t, mac, pl.MAC)
 	assert.Equal(t, "veth", pl.Kind)
 
@@ -234,4 +236,40 @@ func sortStrings(s []string) []string {
 		}
 	}
 	return s
+}
+
+// TestLinkUpLinkLocal checks that LinkUp decides whether the interface gets
+// an IPv6 link-local address.
+func TestLinkUpLinkLocal(t *testing.T) {
+	ctx := context.Background()
+	host := newTestNS(t)
+	for _, linkLocal := range []bool{false, true} {
+		sb := newTestNS(t)
+		require.NoError(t, host.AddVeth(ctx, VethSpec{HostName: fmt.Sprintf("ll%v", linkLocal), PeerName: "eth0", PeerNS: sb}))
+		hl, err := host.LinkByName(ctx, fmt.Sprintf("ll%v", linkLocal))
+		require.NoError(t, err)
+		require.NoError(t, host.SetLinkUp(ctx, hl.Index))
+		l, err := sb.LinkByName(ctx, "eth0")
+		require.NoError(t, err)
+		require.NoError(t, sb.LinkUp(ctx, l.Index, linkLocal))
+		l, err = sb.LinkByName(ctx, "eth0")
+		require.NoError(t, err)
+		assert.True(t, l.Up)
+		hasLL := func() bool {
+			addrs, err := sb.Addresses(ctx, l.Index)
+			require.NoError(t, err)
+			for _, a := range addrs {
+				if a.Addr().IsLinkLocalUnicast() {
+					return true
+				}
+			}
+			return false
+		}
+		if linkLocal {
+			assert.Eventually(t, hasLL, 2*time.Second, 10*time.Millisecond, "link-local address expected")
+		} else {
+			time.Sleep(100 * time.Millisecond)
+			assert.False(t, hasLL(), "no link-local address expected")
+		}
+	}
 }

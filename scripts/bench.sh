@@ -26,5 +26,6 @@ GOBIN="$tmp/cni" go install \
 echo "== build the harness" >&2
 mkdir -p bin
 go build -o bin/cnm-bench ./bench
-echo "== run (inside unshare --net)" >&2
-unshare --net -- bin/cnm-bench -cni "$tmp/cni" -out docs/bench "$@"
+echo "== run (inside unshare --net, files on a private tmpfs as /run is on most hosts)" >&2
+unshare --net --mount -- sh -c 'mount --make-rprivate / && mkdir -p "$1" && mount -t tmpfs cnm-bench "$1" && shift && exec "$@"' \
+	sh "$tmp/fs" bin/cnm-bench -tmp "$tmp/fs" -cni "$tmp/cni" -out docs/bench "$@"

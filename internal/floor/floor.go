@@ -76,7 +76,7 @@ func (n *Network) Setup(ctx context.Context, i int) (*Container, error) {
 		err = ns.AddAddress(ctx, l.Index, addr)
 	}
 	if err == nil {
-		err = ns.SetLinkUp(ctx, l.Index)
+		err = ns.LinkUp(ctx, l.Index, false) // as cnm: no IPv6, no link-local
 	}
 	if err == nil {
 		err = ns.AddRoute(ctx, osl.Route{Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: n.Gateway.Addr(), LinkIndex: l.Index})
