@@ -49,7 +49,7 @@ func main() {
 	flag.StringVar(&cfg.outDir, "out", "bench/out", "directory for report.md and scaling.svg")
 	flag.StringVar(&cfg.brNetfilter, "br-netfilter", "", "set net.bridge.bridge-nf-call-ip{,6}tables in the throwaway host namespace to this (0 or 1); empty: the kernel's default")
 	flag.StringVar(&cfg.tmp, "tmp", "", "directory for namespaces, run dirs and IPAM files (scripts/bench.sh gives a tmpfs, as /run is on most hosts); empty: the system's temp dir")
-	flag.StringVar(&cfg.phases, "phases", "setup,leave,scaling,parallel,throughput", "phases to run, comma-separated")
+	flag.StringVar(&cfg.phases, "phases", "setup,leave,scaling,memory,parallel,throughput", "phases to run, comma-separated")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		log.Fatal("bench makes network namespaces and links: run it as root (scripts/bench.sh)")
@@ -127,6 +127,7 @@ func run(ctx context.Context, cfg config) error {
 		{"setup", h.setupTeardown},
 		{"leave", h.leave},
 		{"scaling", h.scaling},
+		{"memory", h.memory},
 		{"parallel", h.parallelSetup},
 		{"throughput", h.throughput},
 	} {
@@ -227,85 +228,121 @@ func (h *harness) leave(ctx context.Context) error {
 	return nil
 }
 
-// scaling grows one network per contender to cfg.scale containers, timing
-// each setup, then tears all down in one batch. For cnm it also reads the Go
-// heap and the RSS per live container.
+// scaling grows one network per contender to cfg.scale containers, one
+// container per contender per step in a random order, so that at every step
+// the host holds as many links and namespaces for each of them; each setup
+// is timed. Then each contender tears all of its containers down in one
+// batch.
 func (h *harness) scaling(ctx context.Context) error {
-	for _, c := range h.cs {
-		var before runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&before)
-		rssBefore := rss()
-		boxes := make([]*box, 0, h.cfg.scale)
-		series := make(samples, 0, h.cfg.scale)
-		for range h.cfg.scale {
+	boxes := map[string][]*box{}
+	for k := range h.cfg.scale {
+		order := append([]contender(nil), h.cs...)
+		rand.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+		for _, c := range order {
 			start := time.Now()
 			b, err := c.setup(ctx, h.number(c))
 			if err != nil {
-				return fmt.Errorf("%s container %d: %w", c.name(), len(boxes)+1, err)
+				return fmt.Errorf("%s container %d: %w", c.name(), k+1, err)
 			}
-			series = append(series, time.Since(start))
-			boxes = append(boxes, b)
+			h.r.scaling[c.name()] = append(h.r.scaling[c.name()], time.Since(start))
+			boxes[c.name()] = append(boxes[c.name()], b)
 		}
-		h.r.scaling[c.name()] = series
-		if c.name() == "cnm" {
-			var after runtime.MemStats
-			runtime.GC()
-			runtime.ReadMemStats(&after)
-			h.r.heapPerContainer = float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(len(boxes))
-			h.r.rssPerContainer = float64(rss()-rssBefore) / float64(len(boxes))
-		}
-		d, err := h.teardownAll(ctx, boxes)
+	}
+	for _, c := range h.cs {
+		d, err := h.teardownAll(ctx, boxes[c.name()])
 		if err != nil {
 			return err
 		}
-		h.r.add(c.name(), fmt.Sprintf("teardown of %d", len(boxes)), d/time.Duration(len(boxes)))
+		h.r.add(c.name(), fmt.Sprintf("teardown of %d", h.cfg.scale), d/time.Duration(h.cfg.scale))
 	}
 	return nil
 }
 
+// memory sets up cfg.scale cnm containers alone and reads the Go heap and
+// the process's RSS per live container.
+func (h *harness) memory(ctx context.Context) error {
+	c := h.cs[0]
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	rssBefore := rss()
+	boxes := make([]*box, 0, h.cfg.scale)
+	for range h.cfg.scale {
+		b, err := c.setup(ctx, h.number(c))
+		if err != nil {
+			return err
+		}
+		boxes = append(boxes, b)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	h.r.heapPerContainer = float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(len(boxes))
+	h.r.rssPerContainer = float64(rss()-rssBefore) / float64(len(boxes))
+	_, err := h.teardownAll(ctx, boxes)
+	return err
+}
+
 // parallelSetup sets up cfg.parallel containers with 1, 2 and 8 workers on
-// cnm and on the floor, and reports the wall time of each run.
+// cnm and on the floor, three times each in a random order, and reports the
+// wall time of each run.
 func (h *harness) parallelSetup(ctx context.Context) error {
-	for _, c := range h.cs[:2] { // cnm and floor
-		for _, workers := range []int{1, 2, 8} {
-			var (
-				mu    sync.Mutex
-				boxes []*box
-				errs  int
-				wg    sync.WaitGroup
-			)
-			jobs := make(chan int)
-			start := time.Now()
-			for range workers {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for i := range jobs {
-						b, err := c.setup(ctx, i)
-						mu.Lock()
-						if err != nil {
-							errs++
-							log.Printf("parallel %s: %v", c.name(), err)
-						} else {
-							boxes = append(boxes, b)
-						}
-						mu.Unlock()
-					}
-				}()
-			}
-			for range h.cfg.parallel {
-				jobs <- h.number(c)
-			}
-			close(jobs)
-			wg.Wait()
-			h.r.parallel = append(h.r.parallel, parallelRun{c.name(), workers, time.Since(start), errs})
-			if _, err := h.teardownAll(ctx, boxes); err != nil {
-				return err
+	type run struct {
+		c       contender
+		workers int
+	}
+	var runs []run
+	for range 3 {
+		for _, c := range h.cs[:2] { // cnm and floor
+			for _, w := range []int{1, 2, 8} {
+				runs = append(runs, run{c, w})
 			}
 		}
 	}
+	rand.Shuffle(len(runs), func(i, j int) { runs[i], runs[j] = runs[j], runs[i] })
+	for _, r := range runs {
+		total, boxes, errs := h.setupWith(ctx, r.c, r.workers)
+		h.r.parallel = append(h.r.parallel, parallelRun{r.c.name(), r.workers, total, errs})
+		if _, err := h.teardownAll(ctx, boxes); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// setupWith sets up cfg.parallel containers of c with the given number of
+// workers and returns the wall time, the containers and the error count.
+func (h *harness) setupWith(ctx context.Context, c contender, workers int) (time.Duration, []*box, int) {
+	var (
+		mu    sync.Mutex
+		boxes []*box
+		errs  int
+		wg    sync.WaitGroup
+	)
+	jobs := make(chan int)
+	start := time.Now()
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				b, err := c.setup(ctx, i)
+				mu.Lock()
+				if err != nil {
+					errs++
+					log.Printf("parallel %s: %v", c.name(), err)
+				} else {
+					boxes = append(boxes, b)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for range h.cfg.parallel {
+		jobs <- h.number(c)
+	}
+	close(jobs)
+	wg.Wait()
+	return time.Since(start), boxes, errs
 }
 
 // throughput streams TCP between two cnm sandboxes over the bridge, between
