@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -248,7 +249,10 @@ func (h *harness) scaling(ctx context.Context) error {
 			boxes[c.name()] = append(boxes[c.name()], b)
 		}
 	}
-	for _, c := range h.cs {
+	// In a random order: the first to go faces the most links.
+	order := append([]contender(nil), h.cs...)
+	rand.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+	for _, c := range order {
 		d, err := h.teardownAll(ctx, boxes[c.name()])
 		if err != nil {
 			return err
@@ -263,7 +267,7 @@ func (h *harness) scaling(ctx context.Context) error {
 func (h *harness) memory(ctx context.Context) error {
 	c := h.cs[0]
 	var before, after runtime.MemStats
-	runtime.GC()
+	debug.FreeOSMemory() // a GC that also returns free memory to the OS, for a steady RSS
 	runtime.ReadMemStats(&before)
 	rssBefore := rss()
 	boxes := make([]*box, 0, h.cfg.scale)
@@ -274,7 +278,7 @@ func (h *harness) memory(ctx context.Context) error {
 		}
 		boxes = append(boxes, b)
 	}
-	runtime.GC()
+	debug.FreeOSMemory()
 	runtime.ReadMemStats(&after)
 	h.r.heapPerContainer = float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(len(boxes))
 	h.r.rssPerContainer = float64(rss()-rssBefore) / float64(len(boxes))

@@ -181,7 +181,7 @@ func (r *report) markdown() string {
 	p("\n\n![setup cost of container k](scaling.svg)\n\n")
 	for _, c := range contenders {
 		if s, ok := r.ops[c][fmt.Sprintf("teardown of %d", r.cfg.scale)]; ok {
-			p("Teardown of all %d %s containers in one batch: %s per container.  \n", r.cfg.scale, c, ms(s.median()))
+			p("Teardown of all %d %s containers in one batch (contenders in a random order): %s per container.  \n", r.cfg.scale, c, ms(s.median()))
 		}
 	}
 

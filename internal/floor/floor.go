@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/seed53641549/cnm/internal/mac"
 	"github.com/seed53641549/cnm/osl"
 )
 
@@ -36,7 +37,10 @@ type Container struct {
 // NewNetwork makes a bridge called name with the gateway address gw (for
 // example 10.128.0.1/16) in host. Namespaces are bind-mounted under dir.
 func NewNetwork(ctx context.Context, host *osl.Namespace, name string, gw netip.Prefix, dir string) (*Network, error) {
-	idx, err := host.AddBridge(ctx, osl.BridgeSpec{Name: name})
+	// A fixed MAC, as cnm's bridge driver gives: without one the kernel
+	// recomputes the bridge's address (and announces the change) whenever a
+	// port comes or goes, which is not work a container needs.
+	idx, err := host.AddBridge(ctx, osl.BridgeSpec{Name: name, MAC: mac.Random()})
 	if err != nil {
 		return nil, err
 	}
