@@ -13,9 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed53641549/cnm/driverapi"
-	"github.com/seed53641549/cnm/drivers/bridge"
-	"github.com/seed53641549/cnm/drivers/host"
-	"github.com/seed53641549/cnm/drivers/null"
 	"github.com/seed53641549/cnm/firewall"
 	"github.com/seed53641549/cnm/ipam"
 	"github.com/seed53641549/cnm/osl"
@@ -115,11 +112,7 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 		sandboxes:    map[string]*Sandbox{},
 		containerIDs: map[string]bool{},
 	}
-	if err := errors.Join(
-		bridge.Register(&c.drivers, bridge.Config{HostNS: hostNS, Firewall: fw}),
-		null.Register(&c.drivers),
-		host.Register(&c.drivers, hostNS),
-	); err != nil {
+	if err := registerBuiltinDrivers(&c.drivers, hostNS, fw); err != nil {
 		return nil, err
 	}
 	return c, nil

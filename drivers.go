@@ -1,0 +1,22 @@
+package cnm
+
+import (
+	"errors"
+
+	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/drivers/bridge"
+	"github.com/seed53641549/cnm/drivers/host"
+	"github.com/seed53641549/cnm/drivers/null"
+	"github.com/seed53641549/cnm/firewall"
+	"github.com/seed53641549/cnm/osl"
+)
+
+// registerBuiltinDrivers registers the drivers every controller has, for
+// the host namespace hostNS and the controller's firewall.
+func registerBuiltinDrivers(r driverapi.Registerer, hostNS *osl.Namespace, fw *firewall.Firewall) error {
+	return errors.Join(
+		bridge.Register(r, bridge.Config{HostNS: hostNS, Firewall: fw}),
+		null.Register(r),
+		host.Register(r, hostNS),
+	)
+}
