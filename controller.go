@@ -16,6 +16,7 @@ import (
 	"github.com/seed53641549/cnm/firewall"
 	"github.com/seed53641549/cnm/ipam"
 	"github.com/seed53641549/cnm/osl"
+	"github.com/seed53641549/cnm/store"
 )
 
 // FirewallTable is the name of the controller's nftables tables (inet, and
@@ -35,6 +36,7 @@ type Controller struct {
 	firewall *firewall.Firewall
 	drivers  driverapi.Registry
 	ipam     ipam.Allocator
+	store    store.Store
 
 	// faultHook fails a chosen step; set only by tests (export_test.go).
 	faultHook func(step string) error
@@ -65,6 +67,17 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 		}
 	}
 	ctx := context.Background()
+	// The store first: a second controller on the same data dir fails here,
+	// before it touches anything.
+	st, err := store.Open(cfg.dataDir)
+	if err != nil {
+		return nil, fmt.Errorf("data dir %q: %w", cfg.dataDir, err)
+	}
+	defer func() {
+		if retErr != nil {
+			st.Close()
+		}
+	}()
 	hostPath := cfg.hostNS
 	if hostPath == "" {
 		hostPath = "/proc/self/ns/net"
@@ -107,6 +120,7 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 		hostNS:       hostNS,
 		firewall:     fw,
 		ipam:         alloc,
+		store:        st,
 		networks:     map[string]*Network{},
 		networkNames: map[string]bool{},
 		sandboxes:    map[string]*Sandbox{},
@@ -114,6 +128,10 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 	}
 	if err := registerBuiltinDrivers(&c.drivers, hostNS, fw); err != nil {
 		return nil, err
+	}
+	if err := c.restore(ctx); err != nil {
+		c.closeHandles()
+		return nil, fmt.Errorf("restore state from %s: %w", cfg.dataDir, err)
 	}
 	return c, nil
 }
@@ -147,7 +165,15 @@ func (c *Controller) Close() error {
 	for _, sb := range sandboxes {
 		sb.ns.Close()
 	}
-	return errors.Join(c.firewall.Close(), c.hostNS.Close())
+	return errors.Join(c.store.Close(), c.firewall.Close(), c.hostNS.Close())
+}
+
+// closeHandles closes what a failed New opened beyond the store, firewall
+// and host namespace (which New's own rollback closes).
+func (c *Controller) closeHandles() {
+	for _, sb := range c.sandboxes {
+		sb.ns.Close()
+	}
 }
 
 // begin starts an operation: it fails with ErrClosed after Close, and

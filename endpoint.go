@@ -15,6 +15,7 @@ import (
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/internal/mac"
 	"github.com/seed53641549/cnm/ipam"
+	"github.com/seed53641549/cnm/store"
 )
 
 // Endpoint attaches one sandbox to one network. Its addresses and MAC are
@@ -193,6 +194,9 @@ func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...Endpo
 	if err := c.step(ctx, stepEndpointCommit); err != nil {
 		return nil, err
 	}
+	if err := c.saveRecord(ctx, endpointKey(n.id, ep.id), ep.recordLocked()); err != nil {
+		return nil, fmt.Errorf("endpoint %q: %w", name, err)
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.endpoints[ep.id] = ep
@@ -273,6 +277,10 @@ func (ep *Endpoint) Delete(ctx context.Context) error {
 func (ep *Endpoint) remove(ctx context.Context) error {
 	n := ep.nw
 	if err := n.driver.DeleteEndpoint(ctx, n.id, ep.id); err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("delete endpoint %q: %w", ep.name, err)
+	}
+	if err := n.ctrl.save(ctx, store.Del(endpointKey(n.id, ep.id))); err != nil {
+		// The addresses stay reserved: the record still claims them.
 		return fmt.Errorf("delete endpoint %q: %w", ep.name, err)
 	}
 	n.releaseAddress(ctx, n.ipv4, ep.ipv4)

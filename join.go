@@ -144,6 +144,14 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) (
 	if err := c.step(ctx, stepJoinCommit); err != nil {
 		return err
 	}
+	ep.mu.Lock()
+	rec := ep.recordLocked()
+	ep.mu.Unlock()
+	rec.SandboxID, rec.InterfaceName = sb.id, ifName
+	rec.Gateway, rec.GatewayIPv6, rec.GatewayPriority = resp.Gateway, resp.GatewayIPv6, cfg.gatewayPriority
+	if err := c.saveRecord(ctx, endpointKey(n.id, ep.id), rec); err != nil {
+		return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+	}
 	sb.mu.Lock()
 	sb.endpoints = append(sb.endpoints, ep)
 	sb.mu.Unlock()
@@ -314,8 +322,19 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) (retErr error) {
 		}
 		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
 	}
+	if err := c.step(ctx, stepLeaveDriver); err != nil {
+		return err
+	}
 	if err := sb.writeHosts(rest); err != nil {
 		slog.Warn("cnm: rewrite hosts file", "sandbox", sb.containerID, "err", err)
+	}
+	ep.mu.Lock()
+	rec := ep.recordLocked()
+	ep.mu.Unlock()
+	rec.SandboxID, rec.InterfaceName, rec.Gateway, rec.GatewayIPv6, rec.GatewayPriority = "", "", netip.Addr{}, netip.Addr{}, 0
+	if err := c.saveRecord(ctx, endpointKey(n.id, ep.id), rec); err != nil {
+		// The interface is gone; the next New sees that and finishes the leave.
+		slog.Warn("cnm: record leave", "endpoint", ep.name, "err", err)
 	}
 	sb.mu.Lock()
 	sb.endpoints = slices.DeleteFunc(sb.endpoints, func(e *Endpoint) bool { return e == ep })

@@ -13,6 +13,7 @@ import (
 
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/ipam"
+	"github.com/seed53641549/cnm/store"
 )
 
 // Network is a group of endpoints that can talk to each other and are
@@ -194,6 +195,9 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 	if err := c.step(ctx, stepNetworkCommit); err != nil {
 		return nil, err
 	}
+	if err := c.saveRecord(ctx, networkKey(n.id), n.record()); err != nil {
+		return nil, fmt.Errorf("network %q: %w", name, err)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.networks[n.id] = n
@@ -317,11 +321,27 @@ func (n *Network) Delete(ctx context.Context) error {
 	n.deleting = true
 	n.mu.Unlock()
 
-	if err := n.driver.DeleteNetwork(ctx, n.id); err != nil {
+	// Mark the record first: a crash from here on is finished by the next New.
+	rec := n.record()
+	rec.Deleting = true
+	err = c.saveRecord(ctx, networkKey(n.id), rec)
+	if err == nil {
+		err = n.driver.DeleteNetwork(ctx, n.id)
+	}
+	if err != nil {
+		if serr := c.saveRecord(ctx, networkKey(n.id), n.record()); serr != nil {
+			slog.Warn("cnm: unmark network record", "network", n.name, "err", serr)
+		}
 		n.mu.Lock()
 		n.deleting = false
 		n.mu.Unlock()
 		return fmt.Errorf("delete network %q: %w", n.name, err)
+	}
+	if err := c.step(ctx, stepNetworkDeleted); err != nil {
+		return err
+	}
+	if err := c.save(ctx, store.Del(networkKey(n.id))); err != nil {
+		slog.Warn("cnm: delete network record; the next New finishes it", "network", n.name, "err", err)
 	}
 	c.releaseNetworkIPAM(ctx, n.ipv4)
 	c.releaseNetworkIPAM(ctx, n.ipv6)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/osl"
+	"github.com/seed53641549/cnm/store"
 )
 
 // Sandbox is one isolated network stack: a network namespace with its
@@ -173,6 +174,9 @@ func (c *Controller) NewSandbox(ctx context.Context, containerID string, opts ..
 	if err := c.step(ctx, stepSandboxCommit); err != nil {
 		return nil, err
 	}
+	if err := c.saveRecord(ctx, sandboxKey(sb.id), sb.record()); err != nil {
+		return nil, fmt.Errorf("sandbox %q: %w", containerID, err)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.sandboxes[sb.id] = sb
@@ -209,6 +213,13 @@ func (sb *Sandbox) Delete(ctx context.Context) error {
 	eps := slices.Clone(sb.endpoints)
 	sb.mu.Unlock()
 
+	// Mark the record first: a crash from here on is finished by the next New.
+	rec := sb.record()
+	rec.Deleting = true
+	if err := c.saveRecord(ctx, sandboxKey(sb.id), rec); err != nil {
+		return fmt.Errorf("delete sandbox %q: %w", sb.containerID, err)
+	}
+
 	var errs []error // errors that do not stop the deletion
 	for _, ep := range eps {
 		// busy keeps a concurrent Join or Delete of the endpoint out while it
@@ -230,8 +241,14 @@ func (sb *Sandbox) Delete(ctx context.Context) error {
 			return fmt.Errorf("delete sandbox %q: %w", sb.containerID, err)
 		}
 	}
+	if err := c.step(ctx, stepSandboxDeleteNamespace); err != nil {
+		return err
+	}
 	if err := sb.ns.Delete(); err != nil {
 		return fmt.Errorf("delete sandbox %q: %w", sb.containerID, err)
+	}
+	if err := c.save(ctx, store.Del(sandboxKey(sb.id))); err != nil {
+		errs = append(errs, err) // the next New finishes the marked deletion
 	}
 	sb.mu.Lock()
 	sb.deleted = true

@@ -24,6 +24,10 @@ const (
 	stepJoinExternal  = "join:external"
 	stepJoinCommit    = "join:commit"
 
+	stepLeaveDriver            = "leave:recorded"          // after the driver's leave, before the record
+	stepNetworkDeleted         = "network-delete:recorded" // after the driver's delete, before the record
+	stepSandboxDeleteNamespace = "sandbox-delete:namespace"
+
 	stepSandboxNamespace = "sandbox:namespace"
 	stepSandboxFiles     = "sandbox:files"
 	stepSandboxCommit    = "sandbox:commit"

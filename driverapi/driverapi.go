@@ -94,6 +94,33 @@ type ExternalConnector interface {
 	RevokeExternalConnectivity(ctx context.Context, networkID, endpointID string) error
 }
 
+// Restorer is implemented by drivers that can take their networks and
+// endpoints back after the controller restarts. The controller calls
+// RestoreNetwork for every network it has a record of, RestoreEndpoint for
+// every endpoint, then FinishRestore once.
+type Restorer interface {
+	// RestoreNetwork takes a network back: it adopts the kernel objects that
+	// still exist and makes again those that are gone (after a reboot),
+	// without disturbing traffic on what exists.
+	RestoreNetwork(ctx context.Context, req NetworkRequest) error
+	// RestoreEndpoint takes an endpoint back; req.Sandbox is set when the
+	// endpoint is joined and its interface still exists.
+	RestoreEndpoint(ctx context.Context, req RestoreEndpointRequest) error
+	// FinishRestore removes kernel objects of the driver's networks that no
+	// restored endpoint explains (left by a crash halfway through a join).
+	FinishRestore(ctx context.Context) error
+}
+
+// RestoreEndpointRequest describes an endpoint to take back.
+type RestoreEndpointRequest struct {
+	NetworkID     string
+	EndpointID    string
+	MAC           net.HardwareAddr
+	IPv4, IPv6    netip.Prefix
+	Sandbox       *osl.Namespace // nil when not joined
+	InterfaceName string         // inside Sandbox, when joined
+}
+
 // PortMapping publishes one container port on the host.
 type PortMapping struct {
 	Proto         string     // "tcp", "udp" or "sctp"

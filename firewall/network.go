@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"sort"
 	"strings"
 
 	"github.com/google/nftables"
@@ -262,4 +263,36 @@ func (f *Firewall) taggedLocked(id string) ([]*nftables.Rule, error) {
 		}
 	}
 	return tagged, nil
+}
+
+// NetworkIDs returns the IDs of the networks that have rules in this
+// firewall's tables, sorted. A controller restoring its state uses it to
+// find rules that no network record explains.
+func (f *Firewall) NetworkIDs(ctx context.Context) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.usableLocked(); err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, ch := range f.networkChainsLocked() {
+		rules, err := f.getRulesLocked(ch)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range rules {
+			if id, ok := tagOf(r); ok {
+				seen[id] = true
+			}
+		}
+	}
+	ids := make([]string, 0, len(seen))
+	for id := range seen {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids, nil
 }

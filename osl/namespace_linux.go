@@ -128,6 +128,18 @@ func OpenNamespace(ctx context.Context, path string) (*Namespace, error) {
 	return ns, nil
 }
 
+// ReopenNamespace opens a namespace that [NewNamespace] made earlier, by this
+// process or one before it (a restarted controller): like [OpenNamespace],
+// but [Namespace.Delete] unmounts and removes its file.
+func ReopenNamespace(ctx context.Context, path string) (*Namespace, error) {
+	ns, err := OpenNamespace(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	ns.owned = true
+	return ns, nil
+}
+
 // openHere opens the namespace's file and sockets from a thread that is
 // already inside it.
 func (ns *Namespace) openHere() error {

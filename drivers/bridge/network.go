@@ -17,7 +17,19 @@ import (
 // CreateNetwork makes the bridge, gives it the gateway addresses, brings it
 // up, turns IP forwarding on in the host namespace and installs the
 // network's firewall rules. On error nothing of it is left.
-func (d *driver) CreateNetwork(ctx context.Context, req driverapi.NetworkRequest) (retErr error) {
+func (d *driver) CreateNetwork(ctx context.Context, req driverapi.NetworkRequest) error {
+	return d.createNetwork(ctx, req, false)
+}
+
+// RestoreNetwork takes a network back after a restart: a bridge that still
+// exists (marked with this network's ID) is adopted and its addresses,
+// state and rules are made whole, without disturbing traffic; a bridge that
+// is gone (after a reboot) is made again.
+func (d *driver) RestoreNetwork(ctx context.Context, req driverapi.NetworkRequest) error {
+	return d.createNetwork(ctx, req, true)
+}
+
+func (d *driver) createNetwork(ctx context.Context, req driverapi.NetworkRequest, restore bool) (retErr error) {
 	opts, err := parseOptions(req.Options)
 	if err != nil {
 		return err
@@ -55,21 +67,36 @@ func (d *driver) CreateNetwork(ctx context.Context, req driverapi.NetworkRequest
 	}()
 
 	host := d.cfg.HostNS
-	br, err := host.AddBridge(ctx, osl.BridgeSpec{Name: opts.bridgeName, MTU: opts.mtu, MAC: mac.Random(), Alias: "cnm:" + req.ID})
-	if err != nil {
-		if errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("%w: option %s=%q: a link of that name exists in the host namespace", driverapi.ErrExists, OptionBridgeName, opts.bridgeName)
+	adopted := false
+	if restore {
+		l, err := host.LinkByName(ctx, opts.bridgeName)
+		switch {
+		case err == nil && l.Alias == Mark(req.ID):
+			n.bridge, adopted = l.Index, true
+		case err == nil:
+			return fmt.Errorf("%w: restore network %s: link %s exists but is not this network's bridge (alias %q)", driverapi.ErrExists, req.ID, opts.bridgeName, l.Alias)
+		case !errors.Is(err, osl.ErrLinkNotFound):
+			return err
 		}
-		return err
 	}
-	n.bridge = br
-	defer func() {
-		if retErr != nil {
-			if err := host.DeleteLink(context.WithoutCancel(ctx), opts.bridgeName); err != nil {
-				slog.Warn("bridge: rollback: delete bridge", "bridge", opts.bridgeName, "err", err)
+	if !adopted {
+		br, err := host.AddBridge(ctx, osl.BridgeSpec{Name: opts.bridgeName, MTU: opts.mtu, MAC: mac.Random(), Alias: Mark(req.ID)})
+		if err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("%w: option %s=%q: a link of that name exists in the host namespace", driverapi.ErrExists, OptionBridgeName, opts.bridgeName)
 			}
+			return err
 		}
-	}()
+		n.bridge = br
+		defer func() {
+			if retErr != nil {
+				if err := host.DeleteLink(context.WithoutCancel(ctx), opts.bridgeName); err != nil {
+					slog.Warn("bridge: rollback: delete bridge", "bridge", opts.bridgeName, "err", err)
+				}
+			}
+		}()
+	}
+	br := n.bridge
 
 	var subnets []netip.Prefix
 	for _, ipd := range []*driverapi.IPAMData{req.IPv4, req.IPv6} {
@@ -80,7 +107,7 @@ func (d *driver) CreateNetwork(ctx context.Context, req driverapi.NetworkRequest
 		if !ipd.Gateway.IsValid() {
 			continue
 		}
-		if err := host.AddAddress(ctx, br, ipd.Gateway); err != nil {
+		if err := host.AddAddress(ctx, br, ipd.Gateway); err != nil && !(adopted && errors.Is(err, unix.EEXIST)) {
 			return err
 		}
 		if ipd.Gateway.Addr().Is4() {
@@ -104,7 +131,7 @@ func (d *driver) CreateNetwork(ctx context.Context, req driverapi.NetworkRequest
 			}
 		}
 	}
-	return d.cfg.Firewall.AddNetwork(ctx, firewall.Network{
+	err = d.cfg.Firewall.AddNetwork(ctx, firewall.Network{
 		ID:         req.ID,
 		Bridge:     opts.bridgeName,
 		Subnets:    subnets,
@@ -114,7 +141,15 @@ func (d *driver) CreateNetwork(ctx context.Context, req driverapi.NetworkRequest
 		// Join isolates every port of a network without ICC.
 		PortsIsolated: true,
 	})
+	if adopted && errors.Is(err, driverapi.ErrExists) {
+		return nil // the rules survived the restart
+	}
+	return err
 }
+
+// Mark is the alias a bridge of network id carries, by which cnm recognises
+// its bridges after a restart.
+func Mark(id string) string { return "cnm:" + id }
 
 // DeleteNetwork removes the network's firewall rules and its bridge.
 func (d *driver) DeleteNetwork(ctx context.Context, id string) error {

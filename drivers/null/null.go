@@ -144,3 +144,30 @@ func (d *Driver) update(nid, eid string, fn func(map[string]bool) error) error {
 	}
 	return fn(eps)
 }
+
+var _ driverapi.Restorer = (*Driver)(nil)
+
+// RestoreNetwork records the network again after a restart.
+func (d *Driver) RestoreNetwork(ctx context.Context, req driverapi.NetworkRequest) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.networks[req.ID]; !ok {
+		d.networks[req.ID] = map[string]bool{}
+	}
+	return nil
+}
+
+// RestoreEndpoint records the endpoint again after a restart.
+func (d *Driver) RestoreEndpoint(ctx context.Context, req driverapi.RestoreEndpointRequest) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	eps, ok := d.networks[req.NetworkID]
+	if !ok {
+		return fmt.Errorf("%w: %s network %s", driverapi.ErrNotFound, d.kind, req.NetworkID)
+	}
+	eps[req.EndpointID] = req.Sandbox != nil
+	return nil
+}
+
+// FinishRestore has nothing to clean: the driver makes no kernel object.
+func (d *Driver) FinishRestore(ctx context.Context) error { return nil }

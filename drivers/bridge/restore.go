@@ -1,0 +1,71 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/seed53641549/cnm/driverapi"
+)
+
+var _ driverapi.Restorer = (*driver)(nil)
+
+// RestoreEndpoint takes an endpoint back. For a joined one it finds the host
+// end of its veth pair through the peer index of the interface inside the
+// sandbox.
+func (d *driver) RestoreEndpoint(ctx context.Context, req driverapi.RestoreEndpointRequest) error {
+	n, err := d.network(req.NetworkID)
+	if err != nil {
+		return err
+	}
+	ep := &endpoint{}
+	if req.Sandbox != nil {
+		l, err := req.Sandbox.LinkByName(ctx, req.InterfaceName)
+		if err != nil {
+			return err
+		}
+		h, err := d.cfg.HostNS.LinkByIndex(ctx, l.PeerIndex)
+		if err != nil {
+			return fmt.Errorf("restore endpoint %s: host end of %s: %w", req.EndpointID, req.InterfaceName, err)
+		}
+		ep.hostIf = h.Name
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.endpoints[req.EndpointID] = ep
+	return nil
+}
+
+// FinishRestore deletes the veth ports of the driver's bridges that no
+// restored endpoint owns: a crash between making an endpoint's veth pair
+// and recording the join leaves such a port (and its peer in the sandbox,
+// which goes with it).
+func (d *driver) FinishRestore(ctx context.Context) error {
+	d.mu.Lock()
+	owned := map[int]map[string]bool{} // bridge index -> host ends
+	for _, n := range d.networks {
+		n.mu.Lock()
+		ends := map[string]bool{}
+		for _, ep := range n.endpoints {
+			if ep.hostIf != "" {
+				ends[ep.hostIf] = true
+			}
+		}
+		n.mu.Unlock()
+		owned[n.bridge] = ends
+	}
+	d.mu.Unlock()
+	links, err := d.cfg.HostNS.Links(ctx)
+	if err != nil {
+		return err
+	}
+	for _, l := range links {
+		ends, ours := owned[l.MasterIndex]
+		if !ours || l.Kind != "veth" || ends[l.Name] {
+			continue
+		}
+		if err := d.cfg.HostNS.DeleteLink(ctx, l.Name); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,158 @@
+package cnm
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/seed53641549/cnm/store"
+)
+
+// recordSchema is written into every record; restore refuses records of a
+// newer schema instead of misreading them.
+const recordSchema = 1
+
+// Store keys. Every record is written when its operation commits, and
+// deleted when its object is deleted; network and sandbox deletions first
+// mark their record, so a crash halfway is finished at the next New.
+// Kernel objects made before a crash but never recorded carry marks (the
+// bridge alias, the rule comments, the run dir's files) by which restore
+// finds and removes them.
+const (
+	keyRunDir      = "meta/run-dir"
+	prefixNetwork  = "network/"
+	prefixEndpoint = "endpoint/"
+	prefixSandbox  = "sandbox/"
+)
+
+func networkKey(id string) string        { return prefixNetwork + id }
+func endpointKey(nid, eid string) string { return prefixEndpoint + nid + "/" + eid }
+func sandboxKey(id string) string        { return prefixSandbox + id }
+
+type ipamRecord struct {
+	Subnet  netip.Prefix          `json:"subnet"`
+	IPRange netip.Prefix          `json:"ip_range,omitzero"`
+	Gateway netip.Addr            `json:"gateway"`
+	Aux     map[string]netip.Addr `json:"aux,omitempty"`
+}
+
+type networkRecord struct {
+	Schema   int               `json:"schema"`
+	ID       string            `json:"id"`
+	Name     string            `json:"name"`
+	Driver   string            `json:"driver"`
+	Internal bool              `json:"internal,omitempty"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	Options  map[string]string `json:"options,omitempty"`
+	IPv4     *ipamRecord       `json:"ipv4,omitempty"`
+	IPv6     *ipamRecord       `json:"ipv6,omitempty"`
+	Deleting bool              `json:"deleting,omitempty"`
+}
+
+type endpointRecord struct {
+	Schema    int           `json:"schema"`
+	ID        string        `json:"id"`
+	Name      string        `json:"name"`
+	NetworkID string        `json:"network_id"`
+	MAC       string        `json:"mac"`
+	IPv4      netip.Prefix  `json:"ipv4,omitzero"`
+	IPv6      netip.Prefix  `json:"ipv6,omitzero"`
+	Aliases   []string      `json:"aliases,omitempty"`
+	Ports     []PortMapping `json:"ports,omitempty"`
+	// Set while joined.
+	SandboxID       string     `json:"sandbox_id,omitempty"`
+	InterfaceName   string     `json:"interface,omitempty"`
+	Gateway         netip.Addr `json:"gateway,omitzero"`
+	GatewayIPv6     netip.Addr `json:"gateway_ipv6,omitzero"`
+	GatewayPriority int        `json:"gateway_priority,omitempty"`
+}
+
+type sandboxRecord struct {
+	Schema      int          `json:"schema"`
+	ID          string       `json:"id"`
+	ContainerID string       `json:"container_id"`
+	Key         string       `json:"key"`
+	Owned       bool         `json:"owned,omitempty"`
+	Dir         string       `json:"dir"`
+	HostsPath   string       `json:"hosts_path"`
+	ResolvPath  string       `json:"resolv_path"`
+	Hostname    string       `json:"hostname,omitempty"`
+	Domainname  string       `json:"domainname,omitempty"`
+	NetnsPath   string       `json:"netns_path,omitempty"`
+	DNS         []netip.Addr `json:"dns,omitempty"`
+	ExtraHosts  []ExtraHost  `json:"extra_hosts,omitempty"`
+	HostNetwork bool         `json:"host_network,omitempty"`
+	Deleting    bool         `json:"deleting,omitempty"`
+}
+
+func ipamRec(i *networkIPAM) *ipamRecord {
+	if i == nil {
+		return nil
+	}
+	return &ipamRecord{Subnet: i.subnet, IPRange: i.ipRange, Gateway: i.gateway, Aux: i.aux}
+}
+
+func (n *Network) record() networkRecord {
+	return networkRecord{
+		Schema: recordSchema, ID: n.id, Name: n.name, Driver: n.driver.Type(), Internal: n.internal,
+		Labels: n.labels, Options: n.options, IPv4: ipamRec(n.ipv4), IPv6: ipamRec(n.ipv6),
+	}
+}
+
+// record returns the endpoint's record; the caller holds ep.mu or owns ep.
+func (ep *Endpoint) recordLocked() endpointRecord {
+	r := endpointRecord{
+		Schema: recordSchema, ID: ep.id, Name: ep.name, NetworkID: ep.nw.id, MAC: ep.mac.String(),
+		IPv4: ep.ipv4, IPv6: ep.ipv6, Aliases: ep.aliases, Ports: ep.ports,
+	}
+	if ep.sandbox != nil {
+		r.SandboxID, r.InterfaceName = ep.sandbox.id, ep.ifName
+		r.Gateway, r.GatewayIPv6, r.GatewayPriority = ep.gw4, ep.gw6, ep.gwPriority
+	}
+	return r
+}
+
+func (sb *Sandbox) record() sandboxRecord {
+	return sandboxRecord{
+		Schema: recordSchema, ID: sb.id, ContainerID: sb.containerID, Key: sb.ns.Path(), Owned: sb.owned,
+		Dir: sb.dir, HostsPath: sb.hostsPath, ResolvPath: sb.resolvPath,
+		Hostname: sb.cfg.hostname, Domainname: sb.cfg.domainname, NetnsPath: sb.cfg.netnsPath,
+		DNS: sb.cfg.dns, ExtraHosts: sb.cfg.extraHosts, HostNetwork: sb.cfg.hostNetwork,
+	}
+}
+
+// put returns the store op that writes rec as JSON at key.
+func put(key string, rec any) (store.Op, error) {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return store.Op{}, fmt.Errorf("encode %s: %w", key, err)
+	}
+	return store.Put(key, b), nil
+}
+
+// save writes records atomically.
+func (c *Controller) save(ctx context.Context, ops ...store.Op) error {
+	if err := c.store.Txn(context.WithoutCancel(ctx), ops...); err != nil {
+		return fmt.Errorf("persist: %w", err)
+	}
+	return nil
+}
+
+// saveRecord writes one record.
+func (c *Controller) saveRecord(ctx context.Context, key string, rec any) error {
+	op, err := put(key, rec)
+	if err != nil {
+		return err
+	}
+	return c.save(ctx, op)
+}
+
+func parseMAC(s string) net.HardwareAddr {
+	m, err := net.ParseMAC(s)
+	if err != nil {
+		return nil
+	}
+	return m
+}
