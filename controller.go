@@ -36,7 +36,12 @@ type Controller struct {
 	firewall *firewall.Firewall
 	drivers  driverapi.Registry
 	ipam     ipam.Allocator
-	store    store.Store
+	// store holds what outlives a reboot (networks), in the data dir;
+	// runtime holds what a reboot ends (sandboxes, endpoints), in the run
+	// dir, which is a tmpfs on most hosts, so that writing it on every
+	// container start costs no disk flush.
+	store   store.Store
+	runtime store.Store
 
 	// faultHook fails a chosen step; set only by tests (export_test.go).
 	faultHook func(step string) error
@@ -76,6 +81,15 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 	defer func() {
 		if retErr != nil {
 			st.Close()
+		}
+	}()
+	rst, err := store.Open(cfg.runDir)
+	if err != nil {
+		return nil, fmt.Errorf("run dir %q: %w", cfg.runDir, err)
+	}
+	defer func() {
+		if retErr != nil {
+			rst.Close()
 		}
 	}()
 	hostPath := cfg.hostNS
@@ -121,6 +135,7 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 		firewall:     fw,
 		ipam:         alloc,
 		store:        st,
+		runtime:      rst,
 		networks:     map[string]*Network{},
 		networkNames: map[string]bool{},
 		sandboxes:    map[string]*Sandbox{},
@@ -165,7 +180,7 @@ func (c *Controller) Close() error {
 	for _, sb := range sandboxes {
 		sb.ns.Close()
 	}
-	return errors.Join(c.store.Close(), c.firewall.Close(), c.hostNS.Close())
+	return errors.Join(c.store.Close(), c.runtime.Close(), c.firewall.Close(), c.hostNS.Close())
 }
 
 // closeHandles closes what a failed New opened beyond the store, firewall

@@ -1,5 +1,7 @@
 package cnm
 
+import "github.com/seed53641549/cnm/store"
+
 // SetFaultHook makes step fail the named steps of multi-step operations.
 // Tests only.
 func SetFaultHook(c *Controller, fn func(step string) error) { c.faultHook = fn }
@@ -10,4 +12,9 @@ var Steps = map[string][]string{
 	"endpoint": {stepEndpointIPv4, stepEndpointIPv6, stepEndpointDriver, stepEndpointCommit},
 	"join":     {stepJoinDriver, stepJoinInterface, stepJoinRoutes, stepJoinGateway, stepGatewayIPv6, stepJoinHosts, stepJoinExternal, stepJoinCommit},
 	"sandbox":  {stepSandboxNamespace, stepSandboxFiles, stepSandboxCommit},
+}
+
+// WrapStores replaces the controller's stores with wrap(store). Tests only.
+func WrapStores(c *Controller, wrap func(store.Store) store.Store) {
+	c.store, c.runtime = wrap(c.store), wrap(c.runtime)
 }

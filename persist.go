@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/seed53641549/cnm/store"
 )
@@ -14,7 +15,8 @@ import (
 // newer schema instead of misreading them.
 const recordSchema = 1
 
-// Store keys. Every record is written when its operation commits, and
+// Store keys (networks in the durable store, sandboxes and endpoints in the
+// runtime store). Every record is written when its operation commits, and
 // deleted when its object is deleted; network and sandbox deletions first
 // mark their record, so a crash halfway is finished at the next New.
 // Kernel objects made before a crash but never recorded carry marks (the
@@ -132,9 +134,21 @@ func put(key string, rec any) (store.Op, error) {
 	return store.Put(key, b), nil
 }
 
-// save writes records atomically.
+// storeFor returns the store a key belongs in: networks and metadata in
+// the durable store, sandboxes and endpoints in the runtime store.
+func (c *Controller) storeFor(key string) store.Store {
+	if strings.HasPrefix(key, prefixSandbox) || strings.HasPrefix(key, prefixEndpoint) {
+		return c.runtime
+	}
+	return c.store
+}
+
+// save writes records atomically; all ops go to the store of the first.
 func (c *Controller) save(ctx context.Context, ops ...store.Op) error {
-	if err := c.store.Txn(context.WithoutCancel(ctx), ops...); err != nil {
+	if len(ops) == 0 {
+		return nil
+	}
+	if err := c.storeFor(ops[0].Key).Txn(context.WithoutCancel(ctx), ops...); err != nil {
 		return fmt.Errorf("persist: %w", err)
 	}
 	return nil

@@ -263,8 +263,24 @@ func TestCrashRecovery(t *testing.T) {
 
 			ctrl := reopen(t, host)
 			for _, nw := range ctrl.Networks() {
+				// The bridge has a port for each joined endpoint, no more.
+				links, err := host.NS.Links(ctx)
+				require.NoError(t, err)
+				ports, joined := 0, 0
+				for _, l := range links {
+					if l.Alias == "cnm:"+nw.ID() {
+						for _, p := range links {
+							if p.MasterIndex == l.Index {
+								ports++
+							}
+						}
+					}
+				}
 				held := map[netip.Addr]bool{}
 				for _, ep := range nw.Endpoints() {
+					if ep.Info().SandboxID != "" {
+						joined++
+					}
 					a := ep.Info().IPv4.Addr()
 					require.False(t, held[a], "address %s held twice", a)
 					held[a] = true
@@ -274,6 +290,7 @@ func TestCrashRecovery(t *testing.T) {
 						assert.Contains(t, linkNames(t, sb.Key()), ep.Info().InterfaceName)
 					}
 				}
+				assert.Equal(t, joined, ports, "bridge ports")
 				// Each address is either held by an endpoint or free: none leaked.
 				for i := 2; i <= 4; i++ {
 					a := netip.AddrFrom4([4]byte{10, 90, 0, byte(i)})

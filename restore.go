@@ -33,11 +33,11 @@ func (c *Controller) restore(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	sbs, err := loadRecords[sandboxRecord](ctx, c.store, prefixSandbox)
+	sbs, err := loadRecords[sandboxRecord](ctx, c.runtime, prefixSandbox)
 	if err != nil {
 		return err
 	}
-	eps, err := loadRecords[endpointRecord](ctx, c.store, prefixEndpoint)
+	eps, err := loadRecords[endpointRecord](ctx, c.runtime, prefixEndpoint)
 	if err != nil {
 		return err
 	}
