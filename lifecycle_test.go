@@ -375,11 +375,18 @@ func TestLookupsAndClose(t *testing.T) {
 	require.ErrorIs(t, err, cnm.ErrClosed)
 	require.ErrorIs(t, sb.Delete(ctx), cnm.ErrClosed)
 
-	// Clean up by hand what the closed controller left (persistence comes with
-	// the store; until then a closed controller forgets its objects).
-	require.NoError(t, osl.RemoveNamespaceFile(sb.Key()))
-	require.NoError(t, os.RemoveAll(filepath.Join(host.RunDir, "sandboxes", sb.ID())))
-	_ = host
+	// The next controller takes it all back and can remove it.
+	ctrl2 := reopen(t, host)
+	sb2, err := ctrl2.SandboxByContainerID("cid")
+	require.NoError(t, err)
+	require.NoError(t, sb2.Delete(ctx))
+	for _, n := range ctrl2.Networks() {
+		for _, e := range n.Endpoints() {
+			require.NoError(t, e.Delete(ctx))
+		}
+		require.NoError(t, n.Delete(ctx))
+	}
+	cnmtest.AssertNoLeaks(t, host)
 }
 
 // TestCloseWaitsForOperations closes the controller while joins run: every
@@ -425,10 +432,17 @@ func TestCloseWaitsForOperations(t *testing.T) {
 	}
 	assert.Equal(t, before, linkNames(t, host.Path), "no kernel change after Close returned")
 
-	// Close keeps the data plane; this test removes it by hand.
-	entries, err := os.ReadDir(filepath.Join(host.RunDir, "netns"))
-	require.NoError(t, err)
-	for _, e := range entries {
-		require.NoError(t, osl.RemoveNamespaceFile(filepath.Join(host.RunDir, "netns", e.Name())))
+	// Close kept the data plane; the next controller takes it back whole and
+	// removes it.
+	ctrl2 := reopen(t, host)
+	for _, sb := range ctrl2.Sandboxes() {
+		require.NoError(t, sb.Delete(ctx))
 	}
+	for _, n := range ctrl2.Networks() {
+		for _, e := range n.Endpoints() {
+			require.NoError(t, e.Delete(ctx))
+		}
+		require.NoError(t, n.Delete(ctx))
+	}
+	cnmtest.AssertNoLeaks(t, host)
 }
