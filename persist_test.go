@@ -59,6 +59,10 @@ func TestRestartKeepsEverything(t *testing.T) {
 	require.NoError(t, ctrl.Close())
 	// No controller runs: the sandboxes keep talking.
 	require.NoError(t, cnmtest.TCPExchange(ctx, b.Key(), a.Key(), addrPort(epB.Info().IPv4, 9000), tcpTimeout))
+	// Someone deletes the internal network's bridge meanwhile: the next
+	// controller makes it again and plugs a's port back in.
+	backBridge := "br-" + back.ID()[:12]
+	require.NoError(t, host.NS.DeleteLink(ctx, backBridge))
 
 	ctrl2 := reopen(t, host)
 	require.NoError(t, cnmtest.TCPExchange(ctx, b.Key(), a.Key(), addrPort(epB.Info().IPv4, 9001), tcpTimeout))
@@ -87,6 +91,17 @@ func TestRestartKeepsEverything(t *testing.T) {
 	require.Len(t, a2.Endpoints(), 2)
 	assert.Equal(t, "eth0", a2.Endpoints()[0].Info().InterfaceName)
 	assert.Equal(t, []string{"10.80.0.1 eth0"}, defaultRoutes(t, a2, 4))
+	br, err := host.NS.LinkByName(ctx, backBridge)
+	require.NoError(t, err, "the deleted bridge is made again")
+	ports := 0
+	links, err := host.NS.Links(ctx)
+	require.NoError(t, err)
+	for _, l := range links {
+		if l.MasterIndex == br.Index {
+			ports++
+		}
+	}
+	assert.Equal(t, 1, ports, "a's port is back on it")
 
 	// New endpoints get new addresses; names stay unique.
 	fresh, err := web2.CreateEndpoint(ctx, "fresh")

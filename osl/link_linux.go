@@ -413,3 +413,21 @@ func (ns *Namespace) LinkUp(ctx context.Context, index int, linkLocal bool) erro
 	}
 	return nil
 }
+
+// SetLinkMaster makes the link with the given index a port of the bridge
+// masterIndex.
+//
+// Equivalent to: `ip link set $link master $bridge`.
+func (ns *Namespace) SetLinkMaster(ctx context.Context, index, masterIndex int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	h, err := ns.h()
+	if err != nil {
+		return err
+	}
+	if err := h.LinkSetMasterByIndex(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: index}}, masterIndex); err != nil {
+		return fmt.Errorf("set master of link %d to %d: %w", index, masterIndex, err)
+	}
+	return nil
+}

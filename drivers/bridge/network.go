@@ -141,7 +141,7 @@ func (d *driver) createNetwork(ctx context.Context, req driverapi.NetworkRequest
 		// Join isolates every port of a network without ICC.
 		PortsIsolated: true,
 	})
-	if adopted && errors.Is(err, driverapi.ErrExists) {
+	if restore && errors.Is(err, driverapi.ErrExists) {
 		return nil // the rules survived the restart
 	}
 	return err

@@ -27,6 +27,16 @@ func (d *driver) RestoreEndpoint(ctx context.Context, req driverapi.RestoreEndpo
 		if err != nil {
 			return fmt.Errorf("restore endpoint %s: host end of %s: %w", req.EndpointID, req.InterfaceName, err)
 		}
+		if h.MasterIndex != n.bridge {
+			// The bridge was made again (it had been deleted while the
+			// sandbox lived on): plug the port back in.
+			if err := d.cfg.HostNS.SetLinkMaster(ctx, h.Index, n.bridge); err != nil {
+				return err
+			}
+			if err := d.cfg.HostNS.SetLinkUp(ctx, h.Index); err != nil {
+				return err
+			}
+		}
 		ep.hostIf = h.Name
 	}
 	n.mu.Lock()
