@@ -36,9 +36,10 @@ type Endpoint struct {
 	busy       bool // a Join, Leave or Delete is in flight
 	deleted    bool
 	sandbox    *Sandbox
-	ifName     string     // inside the sandbox, while joined
-	ifIndex    int        // inside the sandbox, while joined; 0 without interface
-	gw4, gw6   netip.Addr // next hops this endpoint offers, while joined
+	ifName     string           // inside the sandbox, while joined
+	ifIndex    int              // inside the sandbox, while joined; 0 without interface
+	ifMAC      net.HardwareAddr // the interface's MAC while joined, if not mac (ipvlan)
+	gw4, gw6   netip.Addr       // next hops this endpoint offers, while joined
 	gwPriority int
 	external   bool // external connectivity programmed
 }
@@ -48,7 +49,10 @@ type Endpoint struct {
 type EndpointInfo struct {
 	// InterfaceName inside the sandbox ("eth0"); empty while not joined.
 	InterfaceName string
-	MAC           net.HardwareAddr
+	// MAC is the interface's MAC while joined, else the one reserved for
+	// the endpoint. The two differ only for links that carry their parent's
+	// address (ipvlan, macvlan passthru).
+	MAC net.HardwareAddr
 	// IPv4 and IPv6 are the addresses with the subnet's prefix length; zero
 	// for a family the network does not have.
 	IPv4 netip.Prefix
@@ -91,6 +95,9 @@ func (ep *Endpoint) Info() EndpointInfo {
 	if ep.sandbox != nil {
 		info.SandboxID = ep.sandbox.id
 		info.Gateway, info.GatewayIPv6 = ep.gw4, ep.gw6
+		if ep.ifMAC != nil {
+			info.MAC = slices.Clone(ep.ifMAC)
+		}
 	}
 	return info
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -77,11 +78,12 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) (
 	}()
 
 	ifIndex := 0
+	var ifMAC net.HardwareAddr
 	if !noIf {
 		if err := c.step(ctx, stepJoinInterface); err != nil {
 			return err
 		}
-		if ifIndex, err = sb.configureInterface(ctx, ep, ifName, resp.SrcName); err != nil {
+		if ifIndex, ifMAC, err = sb.configureInterface(ctx, ep, ifName, resp.SrcName); err != nil {
 			return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
 		}
 		if err := c.step(ctx, stepJoinRoutes); err != nil {
@@ -97,6 +99,7 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) (
 	// From here on the endpoint takes part in the sandbox's choices.
 	ep.mu.Lock()
 	ep.ifName, ep.ifIndex, ep.gw4, ep.gw6, ep.gwPriority = ifName, ifIndex, resp.Gateway, resp.GatewayIPv6, cfg.gatewayPriority
+	ep.ifMAC = ifMAC
 	ep.mu.Unlock()
 	others := sb.Endpoints()
 	with := append(slices.Clone(others), ep)
@@ -206,7 +209,7 @@ func (ep *Endpoint) release(joined bool) {
 	defer ep.mu.Unlock()
 	ep.busy = false
 	if !joined {
-		ep.ifName, ep.ifIndex, ep.gw4, ep.gw6, ep.gwPriority = "", 0, netip.Addr{}, netip.Addr{}, 0
+		ep.ifName, ep.ifIndex, ep.gw4, ep.gw6, ep.gwPriority, ep.ifMAC = "", 0, netip.Addr{}, netip.Addr{}, 0, nil
 	}
 }
 
@@ -239,29 +242,30 @@ func (sb *Sandbox) nextIfName(ctx context.Context) (string, error) {
 
 // configureInterface moves in the driver's link if it made one in the host
 // namespace, then gives the interface its addresses and brings it up. It
-// returns the interface's index.
-func (sb *Sandbox) configureInterface(ctx context.Context, ep *Endpoint, ifName, srcName string) (int, error) {
+// returns the interface's index and MAC (which is not the endpoint's own for
+// links that share their parent's, such as ipvlan or macvlan passthru).
+func (sb *Sandbox) configureInterface(ctx context.Context, ep *Endpoint, ifName, srcName string) (int, net.HardwareAddr, error) {
 	if srcName != "" {
 		if err := sb.ctrl.hostNS.MoveLink(ctx, srcName, sb.ns, ifName); err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 	}
 	link, err := sb.ns.LinkByName(ctx, ifName)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	for _, a := range []netip.Prefix{ep.ipv4, ep.ipv6} {
 		if a.IsValid() {
 			if err := sb.ns.AddAddress(ctx, link.Index, a); err != nil {
-				return 0, err
+				return 0, nil, err
 			}
 		}
 	}
 	// No IPv6 link-local address on an interface without IPv6: see osl.LinkUp.
 	if err := sb.ns.LinkUp(ctx, link.Index, ep.ipv6.IsValid()); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	return link.Index, nil
+	return link.Index, link.MAC, nil
 }
 
 // Leave detaches the endpoint from the sandbox: its interface is deleted
@@ -298,7 +302,7 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) (retErr error) {
 		ep.mu.Lock()
 		ep.busy = false
 		if left {
-			ep.sandbox, ep.ifName, ep.ifIndex, ep.gw4, ep.gw6, ep.gwPriority = nil, "", 0, netip.Addr{}, netip.Addr{}, 0
+			ep.sandbox, ep.ifName, ep.ifIndex, ep.gw4, ep.gw6, ep.gwPriority, ep.ifMAC = nil, "", 0, netip.Addr{}, netip.Addr{}, 0, nil
 		}
 		ep.mu.Unlock()
 	}()

@@ -263,6 +263,9 @@ func (c *Controller) restoreEndpoint(ctx context.Context, r endpointRecord, sand
 				sb = nil // the interface is gone: a leave a crash interrupted
 			} else {
 				ifIndex = l.Index
+				if l.MAC.String() != ep.mac.String() {
+					ep.ifMAC = l.MAC
+				}
 			}
 		}
 		if sb == nil {
@@ -295,9 +298,28 @@ func (c *Controller) restoreEndpoint(ctx context.Context, r endpointRecord, sand
 // reassert puts a restored sandbox's endpoints in interface order and makes
 // its default routes and hosts file match them again (a crash may have
 // interrupted a change); routes that are already right are replaced by
-// themselves, which does not disturb traffic.
+// themselves, which does not disturb traffic. In a namespace cnm made, an
+// interface no endpoint names (a crash between a driver's join and its
+// record) is deleted.
 func (sb *Sandbox) reassert(ctx context.Context) error {
 	slices.SortFunc(sb.endpoints, func(a, b *Endpoint) int { return ifNumber(a.ifName) - ifNumber(b.ifName) })
+	if sb.owned {
+		named := map[string]bool{"lo": true}
+		for _, ep := range sb.endpoints {
+			named[ep.ifName] = true
+		}
+		links, err := sb.ns.Links(ctx)
+		if err != nil {
+			return err
+		}
+		for _, l := range links {
+			if !named[l.Name] {
+				if err := sb.ns.DeleteLink(ctx, l.Name); err != nil {
+					return err
+				}
+			}
+		}
+	}
 	if err := sb.updateGateways(ctx, sb.endpoints, nil); err != nil {
 		return err
 	}

@@ -290,7 +290,7 @@ func (sb *Sandbox) detachForDelete(ctx context.Context, ep *Endpoint) error {
 	}
 	sb.mu.Unlock()
 	ep.mu.Lock()
-	ep.sandbox, ep.ifName, ep.ifIndex, ep.gw4, ep.gw6, ep.gwPriority = nil, "", 0, netip.Addr{}, netip.Addr{}, 0
+	ep.sandbox, ep.ifName, ep.ifIndex, ep.gw4, ep.gw6, ep.gwPriority, ep.ifMAC = nil, "", 0, netip.Addr{}, netip.Addr{}, 0, nil
 	ep.mu.Unlock()
 	return nil
 }
