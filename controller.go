@@ -35,7 +35,7 @@ type Controller struct {
 	hostNS   *osl.Namespace
 	firewall *firewall.Firewall
 	drivers  driverapi.Registry
-	ipam     ipam.Allocator
+	ipams    ipam.Registry // IPAM drivers by name: "default", "null"
 	// store holds what outlives a reboot (networks), in the data dir;
 	// runtime holds what a reboot ends (sandboxes, endpoints), in the run
 	// dir, which is a tmpfs on most hosts, so that writing it on every
@@ -124,16 +124,15 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 			fw.Close()
 		}
 	}()
-	alloc, err := ipam.New(ipam.Config{})
+	alloc, err := ipam.New(ipam.Config{DefaultPools: cfg.defaultPools})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("default address pools: %w", err)
 	}
 	c := &Controller{
 		id:           uuid.NewString(),
 		cfg:          cfg,
 		hostNS:       hostNS,
 		firewall:     fw,
-		ipam:         alloc,
 		store:        st,
 		runtime:      rst,
 		networks:     map[string]*Network{},
@@ -142,6 +141,9 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 		containerIDs: map[string]bool{},
 	}
 	if err := registerBuiltinDrivers(&c.drivers, hostNS, fw); err != nil {
+		return nil, err
+	}
+	if err := ipam.RegisterBuiltins(&c.ipams, alloc); err != nil {
 		return nil, err
 	}
 	if err := c.restore(ctx); err != nil {

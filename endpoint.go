@@ -216,8 +216,8 @@ func (n *Network) checkAddress(field string, want netip.Addr, fam *networkIPAM) 
 	if !want.IsValid() {
 		return nil
 	}
-	if fam == nil {
-		return fmt.Errorf("%w: %s address %s: network %q has no %s", ErrInvalid, field, want, n.name, field)
+	if fam == nil || fam.null {
+		return fmt.Errorf("%w: %s address %s: network %q has no %s addressing", ErrInvalid, field, want, n.name, field)
 	}
 	if !fam.subnet.Contains(want) {
 		return fmt.Errorf("%w: %s address %s is outside subnet %s", ErrInvalid, field, want, fam.subnet)
@@ -228,10 +228,10 @@ func (n *Network) checkAddress(field string, want netip.Addr, fam *networkIPAM) 
 // requestAddress reserves want, or the next free address when want is zero.
 // A network without the family gets the zero prefix.
 func (n *Network) requestAddress(ctx context.Context, fam *networkIPAM, want netip.Addr) (netip.Prefix, error) {
-	if fam == nil {
+	if fam == nil || fam.null {
 		return netip.Prefix{}, nil
 	}
-	a, err := n.ctrl.ipam.RequestAddress(ctx, fam.poolID, ipam.AddressRequest{Preferred: want})
+	a, err := fam.alloc.RequestAddress(ctx, fam.poolID, ipam.AddressRequest{Preferred: want})
 	if err != nil {
 		return netip.Prefix{}, err
 	}
@@ -239,10 +239,10 @@ func (n *Network) requestAddress(ctx context.Context, fam *networkIPAM, want net
 }
 
 func (n *Network) releaseAddress(ctx context.Context, fam *networkIPAM, a netip.Prefix) {
-	if fam == nil || !a.IsValid() {
+	if fam == nil || fam.null || !a.IsValid() {
 		return
 	}
-	if err := n.ctrl.ipam.ReleaseAddress(context.WithoutCancel(ctx), fam.poolID, a.Addr()); err != nil {
+	if err := fam.alloc.ReleaseAddress(context.WithoutCancel(ctx), fam.poolID, a.Addr()); err != nil {
 		slog.Warn("cnm: release address", "address", a, "err", err)
 	}
 }

@@ -39,6 +39,9 @@ type Network struct {
 
 // networkIPAM is a network's addressing in one family, as IPAM resolved it.
 type networkIPAM struct {
+	alloc   ipam.Allocator
+	driver  string // name of alloc
+	null    bool   // the null IPAM driver's pool: no addresses at all
 	poolID  string
 	subnet  netip.Prefix
 	ipRange netip.Prefix
@@ -79,7 +82,7 @@ func (n *Network) IPv4() (cfg NetworkIPAM, ok bool) { return n.ipv4.report() }
 func (n *Network) IPv6() (cfg NetworkIPAM, ok bool) { return n.ipv6.report() }
 
 func (i *networkIPAM) report() (NetworkIPAM, bool) {
-	if i == nil {
+	if i == nil || i.null {
 		return NetworkIPAM{}, false
 	}
 	return NetworkIPAM{Subnet: i.subnet, IPRange: i.ipRange, Gateway: i.gateway, AuxAddresses: maps.Clone(i.aux)}, true
@@ -149,11 +152,28 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 		return nil, err
 	}
 	if !drv.Capability().NoInterface {
+		ipamDriver := cfg.ipamDriver
+		if ipamDriver == "" {
+			ipamDriver = ipam.DefaultDriver
+		}
+		alloc, err := c.ipams.Allocator(ipamDriver)
+		if err != nil {
+			return nil, fmt.Errorf("%w: network %q: ipam driver %q: %w", ErrInvalid, name, ipamDriver, err)
+		}
 		v4 := cfg.ipv4
 		if v4 == nil {
 			v4 = &IPAMConfig{}
 		}
-		if n.ipv4, err = c.requestNetworkIPAM(ctx, *v4, false); err != nil {
+		// A subnet taken from the default pools must not collide with the
+		// host's own networks.
+		var avoid []netip.Prefix
+		if !v4.Subnet.IsValid() || (cfg.ipv6 != nil && !cfg.ipv6.Subnet.IsValid()) {
+			if avoid, err = c.hostPrefixes(ctx); err != nil {
+				return nil, fmt.Errorf("network %q: %w", name, err)
+			}
+		}
+		req := poolRequest{alloc: alloc, driver: ipamDriver, avoid: avoid}
+		if n.ipv4, err = c.requestNetworkIPAM(ctx, req, *v4, false); err != nil {
 			return nil, fmt.Errorf("network %q: %w", name, err)
 		}
 		defer func() {
@@ -162,7 +182,7 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 			}
 		}()
 		if cfg.ipv6 != nil {
-			if n.ipv6, err = c.requestNetworkIPAM(ctx, *cfg.ipv6, true); err != nil {
+			if n.ipv6, err = c.requestNetworkIPAM(ctx, req, *cfg.ipv6, true); err != nil {
 				return nil, fmt.Errorf("network %q: %w", name, err)
 			}
 			defer func() {
@@ -204,23 +224,40 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 	return n, nil
 }
 
+// poolRequest is what a network's IPAM requests share across families.
+type poolRequest struct {
+	alloc  ipam.Allocator
+	driver string         // the allocator's name, for the record
+	avoid  []netip.Prefix // the host's prefixes, for subnets from the default pools
+}
+
 // requestNetworkIPAM reserves a pool, its gateway and aux addresses. On error
-// nothing stays reserved.
-func (c *Controller) requestNetworkIPAM(ctx context.Context, cfg IPAMConfig, v6 bool) (_ *networkIPAM, retErr error) {
-	pool, err := c.ipam.RequestPool(ctx, ipam.PoolRequest{Subnet: cfg.Subnet, IPRange: cfg.IPRange, V6: v6})
+// nothing stays reserved. The null IPAM driver's pool has no gateway and
+// hands out no address.
+func (c *Controller) requestNetworkIPAM(ctx context.Context, req poolRequest, cfg IPAMConfig, v6 bool) (_ *networkIPAM, retErr error) {
+	pool, err := req.alloc.RequestPool(ctx, ipam.PoolRequest{Subnet: cfg.Subnet, IPRange: cfg.IPRange, V6: v6, Size: cfg.PrefixLength, Avoid: req.avoid})
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
 		if retErr != nil {
-			_ = c.ipam.ReleasePool(context.WithoutCancel(ctx), pool.ID)
+			_ = req.alloc.ReleasePool(context.WithoutCancel(ctx), pool.ID)
 		}
 	}()
+	fam := &networkIPAM{alloc: req.alloc, driver: req.driver, poolID: pool.ID, subnet: pool.Subnet, ipRange: pool.IPRange, aux: cfg.AuxAddresses}
+	if pool.ID == ipam.NullPoolV4 || pool.ID == ipam.NullPoolV6 {
+		if cfg.Gateway.IsValid() || len(cfg.AuxAddresses) > 0 {
+			return nil, fmt.Errorf("%w: ipam driver %q hands out no addresses: no gateway or aux addresses", ErrInvalid, req.driver)
+		}
+		fam.null, fam.aux = true, nil
+		return fam, nil
+	}
 	gw := cfg.Gateway
 	if !gw.IsValid() {
 		gw = firstUsable(pool.Subnet)
 	}
-	if _, err := c.ipam.RequestAddress(ctx, pool.ID, ipam.AddressRequest{Preferred: gw}); err != nil {
+	fam.gateway = gw
+	if _, err := req.alloc.RequestAddress(ctx, pool.ID, ipam.AddressRequest{Preferred: gw}); err != nil {
 		return nil, fmt.Errorf("gateway %s: %w", gw, err)
 	}
 	names := make([]string, 0, len(cfg.AuxAddresses))
@@ -229,24 +266,24 @@ func (c *Controller) requestNetworkIPAM(ctx context.Context, cfg IPAMConfig, v6 
 	}
 	sort.Strings(names)
 	for _, k := range names {
-		if _, err := c.ipam.RequestAddress(ctx, pool.ID, ipam.AddressRequest{Preferred: cfg.AuxAddresses[k]}); err != nil {
+		if _, err := req.alloc.RequestAddress(ctx, pool.ID, ipam.AddressRequest{Preferred: cfg.AuxAddresses[k]}); err != nil {
 			return nil, fmt.Errorf("aux address %s=%s: %w", k, cfg.AuxAddresses[k], err)
 		}
 	}
-	return &networkIPAM{poolID: pool.ID, subnet: pool.Subnet, ipRange: pool.IPRange, gateway: gw, aux: cfg.AuxAddresses}, nil
+	return fam, nil
 }
 
 func (c *Controller) releaseNetworkIPAM(ctx context.Context, i *networkIPAM) {
 	if i == nil {
 		return
 	}
-	if err := c.ipam.ReleasePool(context.WithoutCancel(ctx), i.poolID); err != nil {
+	if err := i.alloc.ReleasePool(context.WithoutCancel(ctx), i.poolID); err != nil {
 		slog.Warn("cnm: release address pool", "subnet", i.subnet, "err", err)
 	}
 }
 
 func (i *networkIPAM) driverData() *driverapi.IPAMData {
-	if i == nil {
+	if i == nil || i.null {
 		return nil
 	}
 	return &driverapi.IPAMData{Pool: i.subnet, Gateway: netip.PrefixFrom(i.gateway, i.subnet.Bits()), AuxAddresses: maps.Clone(i.aux)}

@@ -7,18 +7,21 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/ipam"
 )
 
 // Option configures a [Controller] in [New].
 type Option func(*config) error
 
 type config struct {
-	hostNS  string // "" : the calling process's namespace
-	dataDir string
-	runDir  string
+	hostNS       string // "" : the calling process's namespace
+	dataDir      string
+	runDir       string
+	defaultPools []ipam.DefaultPool // nil: Docker's
 }
 
 // Defaults of [New].
@@ -86,6 +89,23 @@ func WithRunDir(dir string) Option {
 	}
 }
 
+// WithDefaultAddressPools replaces the pools that networks without a subnet
+// take theirs from, like Docker's default-address-pools: each Base is cut
+// into subnets of /Size. Default: Docker's list (172.17.0.0/16 ...
+// 172.31.0.0/16, then 192.168.0.0/16 in /20s), which has no IPv6 pool; give
+// one here to let IPv6 networks go without a subnet.
+func WithDefaultAddressPools(pools ...ipam.DefaultPool) Option {
+	return func(c *config) error {
+		for _, p := range pools {
+			if !p.Base.IsValid() || p.Base != p.Base.Masked() || p.Size < p.Base.Bits() || p.Size > p.Base.Addr().BitLen() {
+				return fmt.Errorf("%w: default address pool base %s size %d", ErrInvalid, p.Base, p.Size)
+			}
+		}
+		c.defaultPools = slices.Clone(pools)
+		return nil
+	}
+}
+
 // IPAMConfig is one address family's addressing of a network.
 type IPAMConfig struct {
 	// Subnet of the network. Zero: one is taken from the default pools, and
@@ -99,12 +119,27 @@ type IPAMConfig struct {
 	Gateway netip.Addr
 	// AuxAddresses are reserved: never handed to an endpoint.
 	AuxAddresses map[string]netip.Addr
+	// PrefixLength asks, when Subnet is zero, for a subnet of this length
+	// from the default pools ("any /24"). Zero: the pools' own size.
+	PrefixLength int
 }
 
 func (c IPAMConfig) validate(family string, v6 bool) error {
 	field := "ipv4"
 	if v6 {
 		field = "ipv6"
+	}
+	if c.PrefixLength != 0 {
+		max := 32
+		if v6 {
+			max = 128
+		}
+		switch {
+		case c.Subnet.IsValid():
+			return fmt.Errorf("%w: %s prefix length %d: give a subnet or a prefix length, not both", ErrInvalid, field, c.PrefixLength)
+		case c.PrefixLength < 1 || c.PrefixLength > max:
+			return fmt.Errorf("%w: %s prefix length %d: out of range 1-%d", ErrInvalid, field, c.PrefixLength, max)
+		}
 	}
 	if !c.Subnet.IsValid() {
 		if c.IPRange.IsValid() || c.Gateway.IsValid() || len(c.AuxAddresses) > 0 {
@@ -210,12 +245,13 @@ func WithDriverOptions(opts map[string]string) NetworkOption {
 	}
 }
 
-// WithIPAMDriver chooses the network's IPAM driver and its options. Only
-// "default" exists so far, and it takes no options.
+// WithIPAMDriver chooses the network's IPAM driver and its options:
+// "default" (the local allocator, the default) or "null" (no addresses at
+// all, as Docker's null IPAM). Neither takes options.
 func WithIPAMDriver(name string, opts map[string]string) NetworkOption {
 	return func(o *networkConfig) error {
-		if name != "default" {
-			return fmt.Errorf("%w: ipam driver %q: only \"default\" is available", ErrInvalid, name)
+		if name == "" {
+			return fmt.Errorf("%w: ipam driver: empty name", ErrInvalid)
 		}
 		for k := range opts {
 			return fmt.Errorf("%w: ipam driver %q: unknown option %q", ErrInvalid, name, k)

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/seed53641549/cnm/ipam"
 	"github.com/seed53641549/cnm/store"
 )
 
@@ -34,6 +35,7 @@ func endpointKey(nid, eid string) string { return prefixEndpoint + nid + "/" + e
 func sandboxKey(id string) string        { return prefixSandbox + id }
 
 type ipamRecord struct {
+	Driver  string                `json:"driver,omitempty"` // "" : default
 	Subnet  netip.Prefix          `json:"subnet"`
 	IPRange netip.Prefix          `json:"ip_range,omitzero"`
 	Gateway netip.Addr            `json:"gateway"`
@@ -93,7 +95,14 @@ func ipamRec(i *networkIPAM) *ipamRecord {
 	if i == nil {
 		return nil
 	}
-	return &ipamRecord{Subnet: i.subnet, IPRange: i.ipRange, Gateway: i.gateway, Aux: i.aux}
+	r := &ipamRecord{Subnet: i.subnet, IPRange: i.ipRange, Gateway: i.gateway, Aux: i.aux}
+	if i.driver != ipam.DefaultDriver {
+		r.Driver = i.driver
+	}
+	if i.null {
+		r.Subnet = netip.Prefix{} // the null pool is requested without one
+	}
+	return r
 }
 
 func (n *Network) record() networkRecord {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/drivers/bridge"
+	"github.com/seed53641549/cnm/ipam"
 	"github.com/seed53641549/cnm/osl"
 	"github.com/seed53641549/cnm/store"
 )
@@ -144,13 +145,23 @@ func (c *Controller) restoreNetwork(ctx context.Context, r networkRecord) error 
 		ctrl: c, id: r.ID, name: r.Name, driver: drv, internal: r.Internal, labels: r.Labels, options: r.Options,
 		endpoints: map[string]*Endpoint{}, epNames: map[string]bool{},
 	}
-	if r.IPv4 != nil {
-		if n.ipv4, err = c.requestNetworkIPAM(ctx, *ipamConfig(r.IPv4), false); err != nil {
+	for _, fam := range []struct {
+		rec *ipamRecord
+		v6  bool
+		dst **networkIPAM
+	}{{r.IPv4, false, &n.ipv4}, {r.IPv6, true, &n.ipv6}} {
+		if fam.rec == nil {
+			continue
+		}
+		name := fam.rec.Driver
+		if name == "" {
+			name = ipam.DefaultDriver
+		}
+		alloc, err := c.ipams.Allocator(name)
+		if err != nil {
 			return err
 		}
-	}
-	if r.IPv6 != nil {
-		if n.ipv6, err = c.requestNetworkIPAM(ctx, *ipamConfig(r.IPv6), true); err != nil {
+		if *fam.dst, err = c.requestNetworkIPAM(ctx, poolRequest{alloc: alloc, driver: name}, *ipamConfig(fam.rec), fam.v6); err != nil {
 			return err
 		}
 	}

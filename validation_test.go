@@ -53,6 +53,7 @@ func TestNetworkBadInput(t *testing.T) {
 		{"aux outside subnet", "bridge", "x", []cnm.NetworkOption{v4(cnm.IPAMConfig{Subnet: sub, AuxAddresses: map[string]netip.Addr{"r": netip.MustParseAddr("10.9.0.1")}})}, cnm.ErrInvalid, "aux address r=10.9.0.1"},
 		{"ip-range without subnet", "bridge", "x", []cnm.NetworkOption{v4(cnm.IPAMConfig{IPRange: netip.MustParsePrefix("10.30.0.0/28")})}, cnm.ErrInvalid, "need a subnet"},
 		{"unknown ipam driver", "bridge", "x", []cnm.NetworkOption{cnm.WithIPAMDriver("dhcp", nil)}, cnm.ErrInvalid, `"dhcp"`},
+		{"ipam driver options", "bridge", "x", []cnm.NetworkOption{cnm.WithIPAMDriver("default", map[string]string{"k": "v"})}, cnm.ErrInvalid, `"k"`},
 		{"null with addressing", "null", "x", []cnm.NetworkOption{v4(cnm.IPAMConfig{Subnet: sub})}, cnm.ErrInvalid, "no addressing"},
 		{"null with options", "null", "x", []cnm.NetworkOption{cnm.WithDriverOptions(map[string]string{"a": "b"})}, cnm.ErrInvalid, `"a"`},
 	}

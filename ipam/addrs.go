@@ -33,13 +33,6 @@ func setHostBits(b []byte, bits int) {
 	}
 }
 
-// afterPrefix returns the first address after the end of p, and false when p
-// ends at the last address of its family.
-func afterPrefix(p netip.Prefix) (netip.Addr, bool) {
-	next := lastAddr(p).Next()
-	return next, next.IsValid()
-}
-
 // reservedAddrs returns the addresses of subnet that are never handed out and
 // never accepted as preferred addresses: see the package documentation. It
 // returns no address for an IPv4 /31 or /32 and an IPv6 /127 or /128.

@@ -30,21 +30,6 @@ func TestLastAddr(t *testing.T) {
 	}
 }
 
-func TestAfterPrefix(t *testing.T) {
-	a, ok := afterPrefix(netip.MustParsePrefix("10.0.0.0/24"))
-	assert.True(t, ok)
-	assert.Equal(t, netip.MustParseAddr("10.0.1.0"), a)
-
-	a, ok = afterPrefix(netip.MustParsePrefix("fd00::/64"))
-	assert.True(t, ok)
-	assert.Equal(t, netip.MustParseAddr("fd00:0:0:1::"), a)
-
-	_, ok = afterPrefix(netip.MustParsePrefix("255.255.255.0/24"))
-	assert.False(t, ok, "no address after the end of the IPv4 space")
-	_, ok = afterPrefix(netip.MustParsePrefix("::/0"))
-	assert.False(t, ok, "no address after the end of the IPv6 space")
-}
-
 func TestReservedAddrs(t *testing.T) {
 	for _, tc := range []struct {
 		prefix string
@@ -115,6 +100,8 @@ func TestPoolHoldsOnlyAllocatedAddresses(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		assert.Len(t, a.pools[p.ID].allocated, 10, s)
+		// Ten consecutive addresses are one run.
+		assert.Equal(t, 1, a.pools[p.ID].runs.n, s)
+		assert.Equal(t, uint64(10), a.pools[p.ID].inRange, s)
 	}
 }

@@ -657,3 +657,44 @@ func TestConcurrentPools(t *testing.T) {
 		}
 	}
 }
+
+// TestMemoryPerAddress bounds the heap the allocator holds per allocated
+// address: next to nothing for consecutive addresses, and under 64 bytes
+// when every other address is allocated, each its own run.
+func TestMemoryPerAddress(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocates 200,000 addresses")
+	}
+	const n = 200000
+	for _, tc := range []struct {
+		name       string
+		fragmented bool
+		max        float64
+	}{
+		{"consecutive", false, 1},
+		{"every other", true, 64},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			a := newAllocator(t)
+			p := subnetPool(t, a, "10.0.0.0/8", "")
+			x := addr("10.0.0.1")
+			for range n {
+				req := ipam.AddressRequest{}
+				if tc.fragmented {
+					req.Preferred, x = x, x.Next().Next()
+				}
+				_, err := a.RequestAddress(t.Context(), p.ID, req)
+				require.NoError(t, err)
+			}
+			runtime.GC()
+			runtime.ReadMemStats(&after)
+			runtime.KeepAlive(a)
+			per := float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / n
+			t.Logf("%.2f bytes per address", per)
+			assert.Less(t, per, tc.max)
+		})
+	}
+}

@@ -1,6 +1,8 @@
 package ipam_test
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 
@@ -30,63 +32,84 @@ var fuzzPools = []struct{ subnet, rng string }{
 	{"fd00::/124", "fd00::8/125"},
 	{"fd00::/124", "fd00::/126"},
 	{"ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff8/125", ""},
+	// Large enough for many runs, so that the B-tree has several levels.
+	{"10.0.0.0/21", ""},
+	{"10.0.0.0/20", "10.0.4.0/22"},
+	{"fd00::/117", ""},
+	{"fd00::/116", "fd00::400/118"},
 }
 
 // model is a deliberately naive allocator: it lists every address of the
 // subnet and scans them.
 type model struct {
 	subnet   netip.Prefix
-	all      []netip.Addr // every address of the subnet, in order
-	dynamic  []netip.Addr // the addresses of the range, in order
-	reserved map[netip.Addr]bool
-	alloc    map[netip.Addr]bool
-	cursor   int // index in dynamic of the last dynamic allocation, or -1
+	all      []netip.Addr       // every address of the subnet, in order
+	index    map[netip.Addr]int // position in all
+	dynamic  []int              // positions in all of the addresses of the range, in order
+	reserved []bool             // by position in all
+	alloc    []bool             // by position in all
+	cursor   int                // index in dynamic of the last dynamic allocation, or -1
 }
 
 func newModel(subnet, rng netip.Prefix) *model {
-	m := &model{subnet: subnet, reserved: map[netip.Addr]bool{}}
+	m := &model{subnet: subnet, index: map[netip.Addr]int{}}
 	if !rng.IsValid() {
 		rng = subnet
 	}
 	for a := subnet.Addr(); a.IsValid() && subnet.Contains(a); a = a.Next() {
-		m.all = append(m.all, a)
+		m.index[a] = len(m.all)
 		if rng.Contains(a) {
-			m.dynamic = append(m.dynamic, a)
+			m.dynamic = append(m.dynamic, len(m.all))
 		}
+		m.all = append(m.all, a)
 	}
-	first, last := m.all[0], m.all[len(m.all)-1]
+	m.reserved = make([]bool, len(m.all))
 	switch {
 	case subnet.Addr().Is4() && subnet.Bits() <= 30:
-		m.reserved[first], m.reserved[last] = true, true
+		m.reserved[0], m.reserved[len(m.all)-1] = true, true
 	case subnet.Addr().Is6() && subnet.Bits() <= 126:
-		m.reserved[first] = true
+		m.reserved[0] = true
 	}
 	m.reset()
 	return m
 }
 
 func (m *model) reset() {
-	m.alloc = map[netip.Addr]bool{}
+	m.alloc = make([]bool, len(m.all))
 	m.cursor = -1
 }
+
+// isReserved and isAlloc report on any address, in the subnet or not.
+func (m *model) isReserved(a netip.Addr) bool {
+	i, ok := m.index[a]
+	return ok && m.reserved[i]
+}
+
+func (m *model) isAlloc(a netip.Addr) bool {
+	i, ok := m.index[a]
+	return ok && m.alloc[i]
+}
+
+// set marks a, which must be in the subnet, allocated or free.
+func (m *model) set(a netip.Addr, held bool) { m.alloc[m.index[a]] = held }
 
 // next returns the next-fit address, or false when none is free.
 func (m *model) next() (netip.Addr, bool) {
 	for k := 1; k <= len(m.dynamic); k++ {
-		i := (m.cursor + k) % len(m.dynamic)
-		if a := m.dynamic[i]; !m.reserved[a] && !m.alloc[a] {
-			m.cursor = i
-			m.alloc[a] = true
-			return a, true
+		d := (m.cursor + k) % len(m.dynamic)
+		if i := m.dynamic[d]; !m.reserved[i] && !m.alloc[i] {
+			m.cursor = d
+			m.alloc[i] = true
+			return m.all[i], true
 		}
 	}
 	return netip.Addr{}, false
 }
 
-// pick turns a fuzz byte into an address: one of the subnet, or one just
+// pick turns a fuzz number into an address: one of the subnet, or one just
 // outside it, or one of the other family.
-func (m *model) pick(b byte) netip.Addr {
-	switch i := int(b) % (len(m.all) + 2); {
+func (m *model) pick(n int) netip.Addr {
+	switch i := n % (len(m.all) + 2); {
 	case i < len(m.all):
 		return m.all[i]
 	case i == len(m.all):
@@ -102,77 +125,130 @@ func (m *model) pick(b byte) netip.Addr {
 	}
 }
 
-// FuzzAllocator drives random request and release sequences on a small pool
-// and checks every result against the model.
+// FuzzAllocator drives random request and release sequences on a pool and
+// checks every result against the model. Each step is three bytes: an
+// operation and a 16-bit argument. Besides requests and releases, steps
+// allocate bursts, release every k-th address (fragmenting the pool into
+// many runs), start over with a fresh pool, carry the state over to a new
+// allocator through Snapshot and Restore, or reopen the allocator from its
+// store. The first byte picks the pool and whether the allocator writes
+// through to a store.
 func FuzzAllocator(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
-	f.Add([]byte{1, 0, 0, 0, 0, 2, 1, 0, 0, 1, 1, 0, 0, 2, 3, 0, 0})
-	f.Add([]byte{6, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0})
-	f.Add([]byte{12, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 1, 0, 1, 2})
-	f.Add([]byte{9, 1, 7, 1, 8, 0, 0, 0, 0, 2, 8, 0, 0, 2, 9, 1, 9})
-	f.Add([]byte{15, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 3, 0, 0})
+	f.Add([]byte{1, 0, 0, 0, 0, 0, 2, 1, 0, 0, 0, 1, 1, 0, 0, 0, 2, 3, 0, 0})
+	f.Add([]byte{6, 1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 3, 0, 0, 0})
+	f.Add([]byte{12, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 1, 0, 0, 1, 2})
+	f.Add([]byte{9, 1, 0, 7, 1, 0, 8, 0, 0, 0, 0, 0, 0, 2, 0, 8, 0, 0, 0, 2, 0, 9, 1, 0, 9})
+	f.Add([]byte{16, 4, 0, 200, 4, 0, 255, 5, 0, 0, 1, 0, 7, 3, 0, 1, 0, 0, 0, 3, 0, 2, 1, 3, 0})
+	f.Add([]byte{0x11 + 16, 4, 0, 255, 5, 0, 1, 3, 0, 10, 0, 0, 0, 2, 1, 0, 3, 0, 2})
+	f.Add([]byte{18, 4, 0, 100, 4, 0, 100, 5, 0, 2, 1, 0, 5, 3, 0, 1, 4, 0, 30})
+	f.Add([]byte{19 + 32, 4, 0, 60, 5, 0, 0, 3, 0, 2, 0, 0, 0, 4, 0, 40, 5, 0, 1})
 
-	f.Fuzz(func(t *testing.T, data []byte) {
-		if len(data) == 0 {
+	f.Fuzz(checkAgainstModel)
+}
+
+// TestAllocatorRandomSequences runs checkAgainstModel on long pseudo-random
+// inputs, every pool and both store settings, so that plain go test covers
+// deep trees and many steps whatever the fuzzing budget.
+func TestAllocatorRandomSequences(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long random sequences")
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 2 * 2 * len(fuzzPools) {
+		data := make([]byte, 1+3*400)
+		for j := range data {
+			data[j] = byte(rng.Uint32())
+		}
+		// Bursts and stride releases often, to fragment the big pools.
+		for j := 1; j+2 < len(data); j += 3 {
+			if data[j]%6 == 3 && data[j+2]%4 == 0 && rng.IntN(4) > 0 {
+				data[j] = 4 // few fresh pools
+			}
+		}
+		data[0] = byte(i%len(fuzzPools) + 32*(i/len(fuzzPools)%2))
+		t.Run(fmt.Sprint(i), func(t *testing.T) { checkAgainstModel(t, data) })
+	}
+}
+
+// checkAgainstModel is FuzzAllocator's body: see there.
+func checkAgainstModel(t *testing.T, data []byte) {
+	if len(data) == 0 {
+		return
+	}
+	cfg := fuzzPools[int(data[0])%len(fuzzPools)]
+	withStore := data[0]/32%2 == 1
+	subnet, rng := prefix(cfg.subnet), netip.Prefix{}
+	if cfg.rng != "" {
+		rng = prefix(cfg.rng)
+	}
+	ctx := t.Context()
+	var store *ipam.MemStore
+	open := func() *ipam.LocalAllocator {
+		if !withStore {
+			return newAllocator(t)
+		}
+		a, err := ipam.Open(ctx, ipam.Config{Store: store})
+		require.NoError(t, err)
+		return a
+	}
+	if withStore {
+		store = &ipam.MemStore{}
+	}
+	a := open()
+	p := subnetPool(t, a, cfg.subnet, cfg.rng)
+	m := newModel(subnet, rng)
+
+	dynamic := func(step int) {
+		got, err := a.RequestAddress(ctx, p.ID, ipam.AddressRequest{})
+		want, ok := m.next()
+		if !ok {
+			require.ErrorIs(t, err, ipam.ErrPoolExhausted, "step %d", step)
+			require.ErrorContains(t, err, cfg.subnet)
+			require.False(t, got.IsValid())
 			return
 		}
-		cfg := fuzzPools[int(data[0])%len(fuzzPools)]
-		subnet, rng := prefix(cfg.subnet), netip.Prefix{}
-		if cfg.rng != "" {
-			rng = prefix(cfg.rng)
-		}
-		a := newAllocator(t)
-		p := subnetPool(t, a, cfg.subnet, cfg.rng)
-		m := newModel(subnet, rng)
-		ctx := t.Context()
+		require.NoError(t, err, "step %d", step)
+		require.Equal(t, want, got, "step %d", step)
+	}
 
-		for i := 1; i+1 < len(data); i += 2 {
-			arg := data[i+1]
-			switch op := data[i] % 4; op {
-			case 0: // dynamic request
-				got, err := a.RequestAddress(ctx, p.ID, ipam.AddressRequest{})
-				want, ok := m.next()
-				if !ok {
-					require.ErrorIs(t, err, ipam.ErrPoolExhausted, "step %d", i)
-					require.ErrorContains(t, err, cfg.subnet)
-					require.False(t, got.IsValid())
-					continue
-				}
-				require.NoError(t, err, "step %d", i)
-				require.Equal(t, want, got, "step %d", i)
+	for i := 1; i+2 < len(data); i += 3 {
+		arg := int(data[i+1])<<8 | int(data[i+2])
+		switch op := data[i] % 6; op {
+		case 0: // dynamic request
+			dynamic(i)
 
-			case 1: // preferred request
-				want := m.pick(arg)
-				got, err := a.RequestAddress(ctx, p.ID, ipam.AddressRequest{Preferred: want})
-				switch {
-				case !subnet.Contains(want), m.reserved[want]:
-					require.ErrorIs(t, err, errdefs.ErrInvalid, "step %d: %s", i, want)
-				case m.alloc[want]:
-					require.ErrorIs(t, err, errdefs.ErrExists, "step %d: %s", i, want)
-				default:
-					require.NoError(t, err, "step %d: %s", i, want)
-					require.Equal(t, want, got)
-					m.alloc[want] = true
-					continue
-				}
-				require.ErrorContains(t, err, want.String())
-				require.False(t, got.IsValid())
+		case 1: // preferred request
+			want := m.pick(arg)
+			got, err := a.RequestAddress(ctx, p.ID, ipam.AddressRequest{Preferred: want})
+			switch {
+			case !subnet.Contains(want), m.isReserved(want):
+				require.ErrorIs(t, err, errdefs.ErrInvalid, "step %d: %s", i, want)
+			case m.isAlloc(want):
+				require.ErrorIs(t, err, errdefs.ErrExists, "step %d: %s", i, want)
+			default:
+				require.NoError(t, err, "step %d: %s", i, want)
+				require.Equal(t, want, got)
+				m.set(want, true)
+				continue
+			}
+			require.ErrorContains(t, err, want.String())
+			require.False(t, got.IsValid())
 
-			case 2: // release
-				addr := m.pick(arg)
-				err := a.ReleaseAddress(ctx, p.ID, addr)
-				if !m.alloc[addr] {
-					require.ErrorIs(t, err, errdefs.ErrNotFound, "step %d: %s", i, addr)
-					require.ErrorContains(t, err, addr.String())
-					continue
-				}
-				require.NoError(t, err, "step %d: %s", i, addr)
-				delete(m.alloc, addr)
+		case 2: // release
+			addr := m.pick(arg)
+			err := a.ReleaseAddress(ctx, p.ID, addr)
+			if !m.isAlloc(addr) {
+				require.ErrorIs(t, err, errdefs.ErrNotFound, "step %d: %s", i, addr)
+				require.ErrorContains(t, err, addr.String())
+				continue
+			}
+			require.NoError(t, err, "step %d: %s", i, addr)
+			m.set(addr, false)
 
-			case 3: // occasionally start over with a fresh pool of the same subnet
-				if arg%8 != 0 {
-					continue
-				}
+		case 3: // start over, or carry the state over
+			switch arg % 4 {
+			case 0: // a fresh pool of the same subnet
 				require.NoError(t, a.ReleasePool(ctx, p.ID))
 				old := p.ID
 				p = subnetPool(t, a, cfg.subnet, cfg.rng)
@@ -180,21 +256,91 @@ func FuzzAllocator(f *testing.F) {
 				err := a.ReleaseAddress(ctx, old, m.pick(0))
 				require.ErrorIs(t, err, errdefs.ErrNotFound)
 				m.reset()
+			case 1: // snapshot, and go on in a new allocator
+				if withStore {
+					continue
+				}
+				snap, err := a.Snapshot()
+				require.NoError(t, err)
+				a = newAllocator(t)
+				require.NoError(t, a.Restore(snap))
+			case 2: // reopen from the store
+				if withStore {
+					a = open()
+				}
 			}
-		}
+			require.Equal(t, []ipam.Pool{p}, a.Pools())
 
-		// Finally every address the model holds is held, and no other.
-		for _, addr := range m.all {
-			_, err := a.RequestAddress(ctx, p.ID, ipam.AddressRequest{Preferred: addr})
-			switch {
-			case m.reserved[addr]:
-				require.ErrorIs(t, err, errdefs.ErrInvalid, addr.String())
-			case m.alloc[addr]:
-				require.ErrorIs(t, err, errdefs.ErrExists, addr.String())
-			default:
-				require.NoError(t, err, addr.String())
+		case 4: // a burst of dynamic requests
+			for range arg % 64 {
+				dynamic(i)
+			}
+
+		case 5: // release every k-th allocated address, in address order
+			k := 2 + arg%3
+			for j, addr := range m.all {
+				if m.alloc[j] && j%k == arg%k {
+					require.NoError(t, a.ReleaseAddress(ctx, p.ID, addr), "step %d: %s", i, addr)
+					m.alloc[j] = false
+				}
 			}
 		}
-		require.Equal(t, []ipam.Pool{p}, a.Pools())
+	}
+
+	if withStore { // the store holds exactly the allocator's state
+		b := open()
+		sa, err := a.Snapshot()
+		require.NoError(t, err)
+		sb, err := b.Snapshot()
+		require.NoError(t, err)
+		require.Equal(t, sa, sb)
+	}
+
+	// Finally every address the model holds is held, and no other.
+	for _, addr := range m.all {
+		_, err := a.RequestAddress(ctx, p.ID, ipam.AddressRequest{Preferred: addr})
+		switch {
+		case m.isReserved(addr):
+			require.ErrorIs(t, err, errdefs.ErrInvalid, addr.String())
+		case m.isAlloc(addr):
+			require.ErrorIs(t, err, errdefs.ErrExists, addr.String())
+		default:
+			require.NoError(t, err, addr.String())
+		}
+	}
+	require.Equal(t, []ipam.Pool{p}, a.Pools())
+}
+
+// FuzzRestore feeds arbitrary bytes to Restore: it never panics, and what it
+// accepts it gives back unchanged by Snapshot.
+func FuzzRestore(f *testing.F) {
+	a, err := ipam.New(ipam.Config{})
+	require.NoError(f, err)
+	for _, s := range []string{"10.0.0.0/24", "fd00::/64"} {
+		p, err := a.RequestPool(f.Context(), ipam.PoolRequest{Subnet: prefix(s), V6: prefix(s).Addr().Is6()})
+		require.NoError(f, err)
+		for range 3 {
+			_, err := a.RequestAddress(f.Context(), p.ID, ipam.AddressRequest{})
+			require.NoError(f, err)
+		}
+	}
+	snap, err := a.Snapshot()
+	require.NoError(f, err)
+	f.Add(snap)
+	f.Add([]byte("cnm-ipam\x01\x00\x00"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		b := newAllocator(t)
+		if err := b.Restore(data); err != nil {
+			require.ErrorIs(t, err, errdefs.ErrInvalid)
+			require.Empty(t, b.Pools())
+			return
+		}
+		again, err := b.Snapshot()
+		require.NoError(t, err)
+		c := newAllocator(t)
+		require.NoError(t, c.Restore(again))
+		again2, err := c.Snapshot()
+		require.NoError(t, err)
+		require.Equal(t, again, again2)
 	})
 }

@@ -2,10 +2,25 @@
 // address pools (subnets) to networks and addresses from those pools to
 // endpoints.
 //
-// The controller talks to an address manager only through [Allocator], so a
-// store-backed allocator for the global address space can replace the default
-// one later. [New] returns the default allocator, [LocalAllocator], which keeps
-// its state in memory and serves only the local address space ([LocalSpace]).
+// The controller talks to an address manager only through [Allocator], and
+// finds it by name in a [Registry]: "default" is the [LocalAllocator], "null"
+// the [NullAllocator] (no addresses at all), and remote or store-backed
+// allocators for the global address space can be added later. [New] returns
+// the default allocator, which keeps its state in memory and serves only the
+// local address space ([LocalSpace]); [Open] returns one that writes its state
+// through to a [Store] as small per-pool and per-range records and reads it
+// back on start. [LocalAllocator.Snapshot] and [LocalAllocator.Restore] save
+// and restore the whole state exactly.
+//
+// Allocated addresses are kept as runs of consecutive addresses in a B-tree,
+// so memory follows what is allocated (a thousand consecutive addresses cost
+// as much as one; a lone address at most a few dozen bytes), never the size
+// of the pool, and a request or release takes O(log n) in the number of runs
+// whatever the pool's size and fill. A pool request without a subnet takes
+// the first free subnet of the default pools that overlaps neither a held
+// pool nor a prefix the caller asks to avoid ([PoolRequest.Avoid]: the host's
+// routes, addresses and nameservers), optionally of a given size
+// ([PoolRequest.Size]).
 //
 // Addresses and subnets are [netip.Addr] and [netip.Prefix] values throughout.
 // Errors wrap the sentinels of package errdefs (ErrInvalid, ErrNotFound,
@@ -112,6 +127,28 @@ type PoolRequest struct {
 	// set it must agree with Subnet's family, otherwise the request fails
 	// with errdefs.ErrInvalid.
 	V6 bool
+
+	// Size asks for "any subnet of this prefix length" when Subnet is zero:
+	// the first free /Size cut from the bases of the default pools of the
+	// family, in their order, whatever their own Size; bases shorter than
+	// /Size are skipped. It must lie in 0..32 (IPv4) or 0..128 (IPv6) and
+	// must be zero when Subnet is set, otherwise the request fails with
+	// errdefs.ErrInvalid. Zero takes each default pool's own Size. When no
+	// base can hold a /Size the request fails with [ErrPoolExhausted].
+	Size int
+
+	// Avoid lists prefixes that a subnet taken from the default pools must
+	// not overlap, beside the pools already held: typically the host's own
+	// addresses and routes and its resolv.conf nameservers (as /32 or
+	// /128), so that container subnets never collide with the LAN or a VPN.
+	// Host bits are ignored (an interface address with its prefix length
+	// avoids its whole subnet), and entries of the other family are ignored,
+	// so one list serves both families. Each entry must be a valid prefix,
+	// otherwise the request fails with errdefs.ErrInvalid. A /0 avoids
+	// everything of its family, so callers leave default routes out.
+	// Avoid does not apply to an explicit Subnet: that is the caller's
+	// choice. Nil avoids nothing.
+	Avoid []netip.Prefix
 }
 
 // Pool is a subnet reserved in an address space, as returned by

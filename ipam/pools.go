@@ -62,88 +62,128 @@ func checkPrefix(field string, p netip.Prefix) error {
 	return nil
 }
 
-// subnetSet is the set of subnets held in one address space: disjoint
-// prefixes sorted by address (IPv4 before IPv6). Because they are disjoint,
-// they are sorted by last address too, which lets every lookup binary-search.
-type subnetSet []netip.Prefix
-
-// search returns the index of the first subnet that does not end before a.
-func (s subnetSet) search(a netip.Addr) int {
-	i, _ := slices.BinarySearchFunc(s, a, func(h netip.Prefix, a netip.Addr) int {
-		return lastAddr(h).Compare(a)
-	})
-	return i
-}
-
-// overlapping returns a subnet of s that overlaps p, if any.
-func (s subnetSet) overlapping(p netip.Prefix) (netip.Prefix, bool) {
-	if i := s.search(p.Addr()); i < len(s) && s[i].Addr().Compare(lastAddr(p)) <= 0 {
-		return s[i], true
-	}
-	return netip.Prefix{}, false
-}
-
-// insert adds p, which must overlap no subnet of s.
-func (s *subnetSet) insert(p netip.Prefix) {
-	*s = slices.Insert(*s, s.search(p.Addr()), p)
-}
-
-// remove deletes p, which must be in s.
-func (s *subnetSet) remove(p netip.Prefix) {
-	if i := s.search(p.Addr()); i < len(*s) && (*s)[i] == p {
-		*s = slices.Delete(*s, i, i+1)
-	}
-}
-
-// firstFreeDefault returns the first subnet of the given family, in the order
-// of defaults, that overlaps no subnet of s. It fails with [ErrPoolExhausted]
-// when there is none, or when defaults hold no entry of the family.
-func (s subnetSet) firstFreeDefault(defaults []DefaultPool, v6 bool) (netip.Prefix, error) {
-	fam := "IPv4"
-	if v6 {
-		fam = "IPv6"
-	}
-	configured := false
-	for _, dp := range defaults {
+// firstFreeDefault returns the first subnet of req's family and size, in
+// the order of the default pools, that overlaps no held pool and no prefix of
+// req.Avoid. It fails with [ErrPoolExhausted] when there is none, when the
+// default pools hold no entry of the family, or none large enough for
+// req.Size.
+//
+// Each base is searched by jumps: a candidate that overlaps a held range or
+// a range to avoid is followed by the first aligned candidate past the end of
+// that range. Held subnets are kept merged (adjacent pools form one range),
+// so skipping a thousand consecutive pools is one O(log n) lookup, not a
+// thousand steps; a walk takes one lookup per separate blocked range it
+// passes inside the base, never one per candidate.
+func (a *LocalAllocator) firstFreeDefault(req PoolRequest) (netip.Prefix, error) {
+	v6 := req.V6
+	fam := familyName(v6)
+	held := &a.held[famIndex(v6)]
+	avoid := avoidRuns(req.Avoid, v6)
+	configured, fits := false, false
+	for _, dp := range a.defaults {
 		if dp.Base.Addr().Is6() != v6 {
 			continue
 		}
 		configured = true
-		if p, ok := s.firstFreeIn(dp); ok {
+		size := dp.Size
+		if req.Size != 0 {
+			if req.Size < dp.Base.Bits() {
+				continue
+			}
+			size = req.Size
+		}
+		fits = true
+		if p, ok := firstFreeIn(dp.Base, size, held, avoid); ok {
 			return p, nil
 		}
 	}
-	if !configured {
+	switch {
+	case !configured:
 		return netip.Prefix{}, fmt.Errorf("%w: no %s default pool is configured", ErrPoolExhausted, fam)
+	case !fits:
+		return netip.Prefix{}, fmt.Errorf("%w: no %s default pool can hold a /%d", ErrPoolExhausted, fam, req.Size)
+	case req.Size != 0:
+		return netip.Prefix{}, fmt.Errorf("%w: every /%d of the %s default pools overlaps a pool in use or a prefix to avoid",
+			ErrPoolExhausted, req.Size, fam)
 	}
-	return netip.Prefix{}, fmt.Errorf("%w: every %s default pool overlaps a pool in use", ErrPoolExhausted, fam)
+	return netip.Prefix{}, fmt.Errorf("%w: every %s default pool overlaps a pool in use or a prefix to avoid", ErrPoolExhausted, fam)
 }
 
-// firstFreeIn returns the first subnet cut from dp that overlaps no subnet of
-// s.
-//
-// Candidates are computed one at a time, never listed. Each step either
-// returns or moves the candidate past the held subnet it overlaps (past that
-// subnet when it is as large as a candidate or larger, past the candidate
-// when it is smaller), so a walk takes at most one step per held subnet
-// inside dp.Base, plus one, however many candidates dp.Base holds.
-func (s subnetSet) firstFreeIn(dp DefaultPool) (netip.Prefix, bool) {
-	cand := netip.PrefixFrom(dp.Base.Addr(), dp.Size)
-	for i := s.search(cand.Addr()); ; {
-		for i < len(s) && lastAddr(s[i]).Less(cand.Addr()) {
-			i++
+// firstFreeIn returns the first subnet of length size cut from base that
+// overlaps no range of held and of avoid (sorted, merged runs).
+func firstFreeIn(base netip.Prefix, size int, held *runSet, avoid []run) (netip.Prefix, bool) {
+	v6 := base.Addr().Is6()
+	host := base.Addr().BitLen() - size
+	_, baseLast := prefixBounds(base)
+	x, _ := prefixBounds(base)
+	for {
+		end := x.orMask(host)
+		blocked, upTo := false, u128{}
+		if r := held.floor(end); r != nil && !r.hi.less(x) {
+			blocked, upTo = true, r.hi
 		}
-		if i == len(s) || lastAddr(cand).Less(s[i].Addr()) {
-			return cand, true
+		if r := floorRun(avoid, end); r != nil && !r.hi.less(x) && (!blocked || upTo.less(r.hi)) {
+			blocked, upTo = true, r.hi
 		}
-		skip := cand // s[i] lies inside cand: move past cand
-		if s[i].Bits() <= cand.Bits() {
-			skip = s[i] // s[i] covers cand: move past s[i]
+		if !blocked {
+			return netip.PrefixFrom(toAddr(x, v6), size), true
 		}
-		next, ok := afterPrefix(skip)
-		if !ok || !dp.Base.Contains(next) {
+		// The first aligned candidate after upTo.
+		last := upTo.orMask(host)
+		if !last.less(baseLast) {
 			return netip.Prefix{}, false
 		}
-		cand = netip.PrefixFrom(next, dp.Size)
+		x = last.add1()
 	}
+}
+
+// avoidRuns returns the prefixes of the family as sorted, merged runs.
+func avoidRuns(avoid []netip.Prefix, v6 bool) []run {
+	var out []run
+	for _, p := range avoid {
+		if p.Addr().Is6() != v6 || p.Addr().Is4In6() {
+			continue
+		}
+		lo, hi := prefixBounds(p)
+		out = append(out, run{lo, hi})
+	}
+	if len(out) < 2 {
+		return out
+	}
+	slices.SortFunc(out, func(x, y run) int { return x.lo.cmp(y.lo) })
+	merged := out[:1]
+	for _, r := range out[1:] {
+		m := &merged[len(merged)-1]
+		if m.hi == u128Max || r.lo.less(m.hi.add1()) || r.lo == m.hi.add1() {
+			if m.hi.less(r.hi) {
+				m.hi = r.hi
+			}
+			continue
+		}
+		merged = append(merged, r)
+	}
+	return merged
+}
+
+// floorRun returns the run of sorted runs with the greatest lo not above k,
+// or nil.
+func floorRun(runs []run, k u128) *run {
+	i, _ := slices.BinarySearchFunc(runs, k, func(r run, k u128) int {
+		if k.less(r.lo) {
+			return 1
+		}
+		return -1
+	})
+	if i == 0 {
+		return nil
+	}
+	return &runs[i-1]
+}
+
+// familyName names an address family, for messages.
+func familyName(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
 }
