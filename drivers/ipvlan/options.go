@@ -1,0 +1,18 @@
+package ipvlan
+
+import "github.com/seed53641549/cnm/internal/parent"
+
+// Driver option keys, as Docker names them. Unknown keys are refused with
+// an error wrapping driverapi.ErrInvalid that names the key.
+const (
+	// OptionParent names the host interface the network's links hang off:
+	// an existing link ("eth1"), or "<link>.<vlan id>" for an 802.1Q
+	// sub-interface that is made if missing ("eth1.50"). Empty or absent:
+	// an internal network with a parent of its own.
+	OptionParent = parent.OptionParent
+	// OptionMode is the ipvlan mode: l2 (default) or l3.
+	OptionMode = "ipvlan_mode"
+	// OptionMTU is the MTU of the containers' interfaces, at most the
+	// parent's. Default: the parent's MTU.
+	OptionMTU = parent.OptionMTU
+)

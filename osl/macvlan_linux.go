@@ -1,0 +1,305 @@
+package osl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+)
+
+// ErrKindNotSupported reports that the kernel has no driver for a link type
+// (for example no 8021q module for VLAN links, or no ipvlan). Errors that
+// wrap it also wrap the kernel's unix.EOPNOTSUPP.
+var ErrKindNotSupported = errors.New("link type not supported by this kernel")
+
+// MacvlanMode is how a macvlan link forwards between itself and the other
+// macvlan links of the same parent (MACVLAN_MODE_* in <linux/if_link.h>;
+// Documentation/networking/macvlan.rst).
+type MacvlanMode uint32
+
+// Macvlan modes.
+const (
+	// MacvlanPrivate: no frame between macvlan links of one parent, not even
+	// one the external switch sends back (hairpin).
+	MacvlanPrivate MacvlanMode = nl.MACVLAN_MODE_PRIVATE
+	// MacvlanVEPA: every frame goes out of the parent; links of one parent
+	// reach each other only if the external switch sends frames back
+	// (802.1Qbg reflective relay, "hairpin").
+	MacvlanVEPA MacvlanMode = nl.MACVLAN_MODE_VEPA
+	// MacvlanBridge: links of one parent reach each other directly, inside
+	// the kernel; everything else goes out of the parent.
+	MacvlanBridge MacvlanMode = nl.MACVLAN_MODE_BRIDGE
+	// MacvlanPassthru: one macvlan link takes the parent over (the parent
+	// goes promiscuous, the link takes the parent's MAC). A second link on
+	// the same parent is refused by the kernel.
+	MacvlanPassthru MacvlanMode = nl.MACVLAN_MODE_PASSTHRU
+)
+
+// String returns the mode's name as iproute2 spells it ("bridge").
+func (m MacvlanMode) String() string {
+	switch m {
+	case MacvlanPrivate:
+		return "private"
+	case MacvlanVEPA:
+		return "vepa"
+	case MacvlanBridge:
+		return "bridge"
+	case MacvlanPassthru:
+		return "passthru"
+	}
+	return fmt.Sprintf("macvlan-mode(%d)", uint32(m))
+}
+
+// MacvlanSpec describes a macvlan link to make with [Namespace.AddMacvlan].
+type MacvlanSpec struct {
+	Name        string           // name of the new link, inside NS
+	ParentIndex int              // index of the parent (lower) link in the namespace the request is sent on
+	NS          *Namespace       // namespace the link is made in; nil: the receiving namespace itself
+	Mode        MacvlanMode      // required: the zero value is not a mode
+	MAC         net.HardwareAddr // nil: the kernel picks a random one; ignored in passthru mode (the link takes the parent's)
+	MTU         int              // 0: the parent's MTU; above the parent's MTU the kernel refuses with EINVAL
+}
+
+// AddMacvlan makes a macvlan link on the parent ParentIndex of ns, directly
+// inside spec.NS, already named, with its MAC and MTU, and down (the caller
+// brings it up once it is configured). Like [Namespace.AddVeth] it is one
+// RTM_NEWLINK request sent on ns's socket: IFLA_LINK names the parent in ns,
+// IFLA_NET_NS_FD the namespace the link is born in. Nothing is made and then
+// moved (DESIGN.md, "Where the time goes").
+//
+// The request is atomic: on error no link exists. A name taken in spec.NS
+// is an error wrapping unix.EEXIST; a parent that does not exist one
+// wrapping unix.ENODEV.
+//
+// Equivalent to: `ip link add link $parent name $name netns $ns address
+// $mac mtu $mtu type macvlan mode $mode`.
+func (ns *Namespace) AddMacvlan(ctx context.Context, spec MacvlanSpec) error {
+	if spec.Mode == 0 {
+		return fmt.Errorf("add macvlan %s: no mode", spec.Name)
+	}
+	return ns.addLowerLink(ctx, lowerLink{
+		kind: "macvlan", name: spec.Name, parent: spec.ParentIndex, target: spec.NS, mac: spec.MAC, mtu: spec.MTU,
+		data: func(d *nl.RtAttr) { d.AddRtAttr(nl.IFLA_MACVLAN_MODE, nl.Uint32Attr(uint32(spec.Mode))) },
+	})
+}
+
+// IPvlanMode is an ipvlan link's mode (IPVLAN_MODE_* in <linux/if_link.h>;
+// Documentation/networking/ipvlan.rst).
+type IPvlanMode uint16
+
+// IPvlan modes.
+const (
+	// IPvlanL2: the links switch at layer 2 (ARP and broadcasts work), all
+	// sharing the parent's MAC.
+	IPvlanL2 IPvlanMode = 0
+	// IPvlanL3: the parent routes at layer 3: no broadcast, no ARP; the
+	// links reach the world through a device route, not a gateway.
+	IPvlanL3 IPvlanMode = 1
+)
+
+// String returns the mode's name as iproute2 spells it ("l2").
+func (m IPvlanMode) String() string {
+	switch m {
+	case IPvlanL2:
+		return "l2"
+	case IPvlanL3:
+		return "l3"
+	}
+	return fmt.Sprintf("ipvlan-mode(%d)", uint16(m))
+}
+
+// IPvlanSpec describes an ipvlan link to make with [Namespace.AddIPvlan].
+type IPvlanSpec struct {
+	Name        string     // name of the new link, inside NS
+	ParentIndex int        // index of the parent link in the namespace the request is sent on
+	NS          *Namespace // namespace the link is made in; nil: the receiving namespace itself
+	Mode        IPvlanMode // the zero value is l2
+	MTU         int        // 0: the parent's MTU
+}
+
+// AddIPvlan makes an ipvlan link on the parent ParentIndex of ns, directly
+// inside spec.NS, in one request, like [Namespace.AddMacvlan]. An ipvlan link
+// always has its parent's MAC, so there is no MAC to give. A kernel without
+// ipvlan gives an error wrapping [ErrKindNotSupported].
+//
+// Equivalent to: `ip link add link $parent name $name netns $ns mtu $mtu
+// type ipvlan mode $mode`.
+func (ns *Namespace) AddIPvlan(ctx context.Context, spec IPvlanSpec) error {
+	return ns.addLowerLink(ctx, lowerLink{
+		kind: "ipvlan", name: spec.Name, parent: spec.ParentIndex, target: spec.NS, mtu: spec.MTU,
+		data: func(d *nl.RtAttr) { d.AddRtAttr(nl.IFLA_IPVLAN_MODE, nl.Uint16Attr(uint16(spec.Mode))) },
+	})
+}
+
+// VLANSpec describes an 802.1Q sub-interface to make with [Namespace.AddVLAN].
+type VLANSpec struct {
+	Name        string // for example "eth1.50"
+	ParentIndex int    // the link that carries the tagged frames
+	ID          int    // VLAN ID, 1-4094
+	Alias       string // free text (IFLA_IFALIAS), used to mark links as cnm's; "": none
+}
+
+// AddVLAN makes an 802.1Q sub-interface of ParentIndex in ns, up, with its
+// alias, and returns its index. Its MTU is the parent's. A kernel without 802.1Q support (no
+// 8021q module) gives an error wrapping [ErrKindNotSupported]; a taken name
+// one wrapping unix.EEXIST. On error no link exists.
+//
+// Equivalent to: `ip link add link $parent name $name up type vlan id $id`.
+func (ns *Namespace) AddVLAN(ctx context.Context, spec VLANSpec) (int, error) {
+	if spec.ID < 1 || spec.ID > 4094 {
+		return 0, fmt.Errorf("add vlan %s: id %d out of range 1-4094", spec.Name, spec.ID)
+	}
+	err := ns.addLowerLink(ctx, lowerLink{
+		kind: "vlan", name: spec.Name, parent: spec.ParentIndex, up: true,
+		data: func(d *nl.RtAttr) { d.AddRtAttr(nl.IFLA_VLAN_ID, nl.Uint16Attr(uint16(spec.ID))) },
+	})
+	if err != nil {
+		return 0, err
+	}
+	l, err := ns.LinkByName(ctx, spec.Name)
+	if err == nil && spec.Alias != "" {
+		err = ns.SetLinkAlias(ctx, l.Index, spec.Alias)
+	}
+	if err != nil {
+		_ = ns.DeleteLink(context.WithoutCancel(ctx), spec.Name)
+		return 0, err
+	}
+	return l.Index, nil
+}
+
+// SetLinkAlias sets the link's alias (IFLA_IFALIAS), the free text by which
+// cnm marks the links it made so that it recognises them after a restart.
+//
+// Equivalent to: `ip link set $link alias $alias`.
+func (ns *Namespace) SetLinkAlias(ctx context.Context, index int, alias string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	h, err := ns.h()
+	if err != nil {
+		return err
+	}
+	if err := h.LinkSetAlias(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: index}}, alias); err != nil {
+		return fmt.Errorf("set alias of link %d: %w", index, err)
+	}
+	return nil
+}
+
+// lowerLink is a link made on top of a parent: macvlan, ipvlan, vlan.
+type lowerLink struct {
+	kind   string
+	name   string
+	parent int
+	target *Namespace // nil: the receiving namespace
+	mac    net.HardwareAddr
+	mtu    int
+	up     bool
+	data   func(*nl.RtAttr) // fills IFLA_INFO_DATA
+}
+
+// addLowerLink sends the one RTM_NEWLINK request that makes l.
+func (ns *Namespace) addLowerLink(ctx context.Context, l lowerLink) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	where := ns.path
+	targetFD := -1
+	if l.target != nil && l.target != ns {
+		fd, err := l.target.FD()
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		targetFD, where = fd, l.target.path
+	}
+	req, err := ns.rawRequest(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+	if err != nil {
+		return err
+	}
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	if l.up {
+		msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
+	}
+	req.AddData(msg)
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(l.name)))
+	req.AddData(nl.NewRtAttr(unix.IFLA_LINK, nl.Uint32Attr(uint32(l.parent))))
+	if l.mtu > 0 {
+		req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(l.mtu))))
+	}
+	if l.mac != nil {
+		req.AddData(nl.NewRtAttr(unix.IFLA_ADDRESS, []byte(l.mac)))
+	}
+	if targetFD >= 0 {
+		req.AddData(nl.NewRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(targetFD))))
+	}
+	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated(l.kind))
+	if l.data != nil {
+		l.data(info.AddRtAttr(nl.IFLA_INFO_DATA, nil))
+	}
+	req.AddData(info)
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			// rtnl_newlink found no driver for the kind, even after asking
+			// for its module ("Unknown device type").
+			return fmt.Errorf("add %s link %s: %w: %w", l.kind, l.name, ErrKindNotSupported, err)
+		}
+		return fmt.Errorf("add %s link %s on parent %d in %s: %w", l.kind, l.name, l.parent, where, err)
+	}
+	return nil
+}
+
+// SetBridgePortHairpin lets the bridge send frames back out of the port
+// called name that they came in by ("hairpin", 802.1Qbg reflective relay).
+// It is the switch side of macvlan VEPA mode: with it, macvlan links in VEPA
+// mode on a parent plugged into that port reach each other through the
+// switch. Tests and examples use it to play the external switch.
+//
+// Equivalent to: `bridge link set dev $name hairpin on`.
+func (ns *Namespace) SetBridgePortHairpin(ctx context.Context, name string, on bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	h, err := ns.h()
+	if err != nil {
+		return err
+	}
+	l, err := ns.LinkByName(ctx, name)
+	if err != nil {
+		return err
+	}
+	if err := h.LinkSetHairpin(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: l.Index}}, on); err != nil {
+		return fmt.Errorf("set bridge port %s hairpin=%v: %w", name, on, err)
+	}
+	return nil
+}
+
+// SetNoLinkLocal sets the link's IPv6 address generation to none while it
+// is down, so it never gets a link-local address. [Namespace.LinkUp] sets the
+// mode together with the up, which is early enough for links whose carrier
+// comes later (a veth end waits for its peer); a bridge without ports has
+// carrier at once, and the kernel makes the link-local address as the up is
+// applied, before the mode in the same request. Such links need this first.
+//
+// Equivalent to: `ip link set $link addrgenmode none`.
+func (ns *Namespace) SetNoLinkLocal(ctx context.Context, index int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	req, err := ns.rawRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
+	if err != nil {
+		return err
+	}
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(index)
+	req.AddData(msg)
+	req.AddData(addrGenMode(addrGenNone))
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
+		return fmt.Errorf("set link %d addrgenmode none: %w", index, err)
+	}
+	return nil
+}
