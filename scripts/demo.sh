@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Builds and runs cnm's main demo (examples/bridge) inside a fresh network
-# namespace (unshare --net); the demo then makes its own throwaway host
-# namespace inside that. Nothing touches the machine's real network.
+# Builds and runs cnm's main demo (examples/bridge), or another example,
+# inside a fresh network namespace (unshare --net); the demo then makes its
+# own throwaway host namespace inside that. Nothing touches the machine's
+# real network.
 #
-#   sudo ./scripts/demo.sh
+#   sudo ./scripts/demo.sh            # examples/bridge
+#   sudo ./scripts/demo.sh macvlan    # examples/macvlan
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -12,6 +14,11 @@ if [ "$(id -u)" -ne 0 ]; then
 	echo "scripts/demo.sh: run as root (the demo makes network namespaces): sudo $0" >&2
 	exit 1
 fi
+example=bridge
+if [ $# -gt 0 ] && [ -d "examples/$1" ]; then
+	example=$1
+	shift
+fi
 mkdir -p bin
-go build -o bin/cnm-demo ./examples/bridge
-exec unshare --net -- bin/cnm-demo "$@"
+go build -o "bin/cnm-demo-$example" "./examples/$example"
+exec unshare --net -- "bin/cnm-demo-$example" "$@"
