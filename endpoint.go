@@ -282,14 +282,30 @@ func (ep *Endpoint) Delete(ctx context.Context) error {
 // remove deletes the endpoint from its driver, releases its addresses and
 // drops its record. The caller holds ep.busy and the endpoint is not joined.
 func (ep *Endpoint) remove(ctx context.Context) error {
+	if err := ep.removeFromDriver(ctx); err != nil {
+		return err
+	}
+	if err := ep.nw.ctrl.save(ctx, store.Del(endpointKey(ep.nw.id, ep.id))); err != nil {
+		// The addresses stay reserved: the record still claims them.
+		return fmt.Errorf("delete endpoint %q: %w", ep.name, err)
+	}
+	ep.forget(ctx)
+	return nil
+}
+
+// removeFromDriver deletes the endpoint in its driver.
+func (ep *Endpoint) removeFromDriver(ctx context.Context) error {
 	n := ep.nw
 	if err := n.driver.DeleteEndpoint(ctx, n.id, ep.id); err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("delete endpoint %q: %w", ep.name, err)
 	}
-	if err := n.ctrl.save(ctx, store.Del(endpointKey(n.id, ep.id))); err != nil {
-		// The addresses stay reserved: the record still claims them.
-		return fmt.Errorf("delete endpoint %q: %w", ep.name, err)
-	}
+	return nil
+}
+
+// forget releases the endpoint's addresses and drops it from memory, once
+// its record is gone.
+func (ep *Endpoint) forget(ctx context.Context) {
+	n := ep.nw
 	n.releaseAddress(ctx, n.ipv4, ep.ipv4)
 	n.releaseAddress(ctx, n.ipv6, ep.ipv6)
 	n.mu.Lock()
@@ -299,5 +315,4 @@ func (ep *Endpoint) remove(ctx context.Context) error {
 	ep.mu.Lock()
 	ep.deleted = true
 	ep.mu.Unlock()
-	return nil
 }

@@ -18,8 +18,10 @@ const recordSchema = 1
 
 // Store keys (networks in the durable store, sandboxes and endpoints in the
 // runtime store). Every record is written when its operation commits, and
-// deleted when its object is deleted; network and sandbox deletions first
-// mark their record, so a crash halfway is finished at the next New.
+// deleted when its object is deleted; network deletions first mark their
+// record, so a crash halfway is finished at the next New (a sandbox's
+// deletion needs no mark: its records go only once its namespace is gone,
+// and a record of a namespace that is gone is removed at the next New).
 // Kernel objects made before a crash but never recorded carry marks (the
 // bridge alias, the rule comments, the run dir's files) by which restore
 // finds and removes them.
@@ -88,7 +90,6 @@ type sandboxRecord struct {
 	DNS         []netip.Addr `json:"dns,omitempty"`
 	ExtraHosts  []ExtraHost  `json:"extra_hosts,omitempty"`
 	HostNetwork bool         `json:"host_network,omitempty"`
-	Deleting    bool         `json:"deleting,omitempty"`
 }
 
 func ipamRec(i *networkIPAM) *ipamRecord {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -47,15 +46,9 @@ func (c *Controller) restore(ctx context.Context) error {
 			return fmt.Errorf("network %q: %w", r.Name, err)
 		}
 	}
-	joined := map[string][]endpointRecord{} // sandbox ID -> endpoints joined to it
-	for _, r := range eps {
-		if r.SandboxID != "" {
-			joined[r.SandboxID] = append(joined[r.SandboxID], r)
-		}
-	}
 	gone := map[string]bool{} // sandboxes removed now: their endpoints go too
 	for _, r := range sbs {
-		alive, err := c.restoreSandbox(ctx, r, joined[r.ID])
+		alive, err := c.restoreSandbox(ctx, r)
 		if err != nil {
 			return fmt.Errorf("sandbox %q: %w", r.ContainerID, err)
 		}
@@ -186,10 +179,9 @@ func (c *Controller) restoreNetwork(ctx context.Context, r networkRecord) error 
 }
 
 // restoreSandbox takes one sandbox back if its namespace survived, and
-// reports whether it did. A gone sandbox, or one whose deletion a crash
-// interrupted, is removed: its namespace file, its files, its record, and
-// its interfaces in an adopted namespace.
-func (c *Controller) restoreSandbox(ctx context.Context, r sandboxRecord, eps []endpointRecord) (bool, error) {
+// reports whether it did. A gone sandbox is removed: its namespace file, its
+// files and its record.
+func (c *Controller) restoreSandbox(ctx context.Context, r sandboxRecord) (bool, error) {
 	key := r.Key
 	if r.HostNetwork {
 		key = c.hostNS.Path()
@@ -199,8 +191,7 @@ func (c *Controller) restoreSandbox(ctx context.Context, r sandboxRecord, eps []
 		open = osl.ReopenNamespace
 	}
 	ns, err := open(ctx, key)
-	alive := err == nil
-	if alive && !r.Deleting {
+	if err == nil {
 		sb := &Sandbox{
 			ctrl: c, id: r.ID, containerID: r.ContainerID, ns: ns, owned: r.Owned,
 			dir: r.Dir, hostsPath: r.HostsPath, resolvPath: r.ResolvPath,
@@ -212,23 +203,6 @@ func (c *Controller) restoreSandbox(ctx context.Context, r sandboxRecord, eps []
 		c.sandboxes[sb.id] = sb
 		c.containerIDs[sb.containerID] = true
 		return true, nil
-	}
-	if alive {
-		if r.Owned {
-			ns.Close()
-		} else {
-			// An adopted namespace outlives the sandbox: take cnm's
-			// interfaces out of it.
-			for _, e := range eps {
-				if e.InterfaceName == "" {
-					continue
-				}
-				if err := ns.DeleteLink(ctx, e.InterfaceName); err != nil {
-					slog.Warn("cnm: restore: delete interface", "sandbox", r.ContainerID, "interface", e.InterfaceName, "err", err)
-				}
-			}
-			ns.Close()
-		}
 	}
 	if r.Owned {
 		if err := osl.RemoveNamespaceFile(r.Key); err != nil {

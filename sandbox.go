@@ -213,33 +213,36 @@ func (sb *Sandbox) Delete(ctx context.Context) error {
 	eps := slices.Clone(sb.endpoints)
 	sb.mu.Unlock()
 
-	// Mark the record first: a crash from here on is finished by the next New.
-	rec := sb.record()
-	rec.Deleting = true
-	if err := c.saveRecord(ctx, sandboxKey(sb.id), rec); err != nil {
-		return fmt.Errorf("delete sandbox %q: %w", sb.containerID, err)
-	}
-
-	var errs []error // errors that do not stop the deletion
+	// No record changes until the namespace is gone: a crash before that
+	// leaves records that still match the kernel (the interfaces go only
+	// with the namespace), and one after it leaves records of a namespace
+	// that is gone, which the next New removes.
+	var (
+		errs []error // errors that do not stop the deletion
+		gone []*Endpoint
+	)
+	// busy keeps a concurrent Join or Delete of an endpoint out while it is
+	// between detached and forgotten. No Join or Leave of it is in flight:
+	// those hold sb.joinMu.
+	defer func() {
+		for _, ep := range eps {
+			ep.mu.Lock()
+			ep.busy = false
+			ep.mu.Unlock()
+		}
+	}()
 	for _, ep := range eps {
-		// busy keeps a concurrent Join or Delete of the endpoint out while it
-		// is between detached and removed. No Join or Leave of it is in
-		// flight: those hold sb.joinMu.
 		ep.mu.Lock()
 		ep.busy = true
 		ep.mu.Unlock()
-		err := sb.detachForDelete(ctx, ep)
-		if err == nil {
-			if rerr := ep.remove(ctx); rerr != nil {
-				errs = append(errs, rerr) // left, not deleted: ep.Delete can retry
-			}
-		}
-		ep.mu.Lock()
-		ep.busy = false
-		ep.mu.Unlock()
-		if err != nil {
+		if err := sb.detachForDelete(ctx, ep); err != nil {
 			return fmt.Errorf("delete sandbox %q: %w", sb.containerID, err)
 		}
+		if err := ep.removeFromDriver(ctx); err != nil {
+			errs = append(errs, err) // left, not deleted: ep.Delete can retry
+			continue
+		}
+		gone = append(gone, ep)
 	}
 	if err := c.step(ctx, stepSandboxDeleteNamespace); err != nil {
 		return err
@@ -247,8 +250,19 @@ func (sb *Sandbox) Delete(ctx context.Context) error {
 	if err := sb.ns.Delete(); err != nil {
 		return fmt.Errorf("delete sandbox %q: %w", sb.containerID, err)
 	}
-	if err := c.save(ctx, store.Del(sandboxKey(sb.id))); err != nil {
-		errs = append(errs, err) // the next New finishes the marked deletion
+	// One write for the sandbox and its endpoints.
+	ops := []store.Op{store.Del(sandboxKey(sb.id))}
+	for _, ep := range gone {
+		ops = append(ops, store.Del(endpointKey(ep.nw.id, ep.id)))
+	}
+	if err := c.save(ctx, ops...); err != nil {
+		// The endpoints keep their addresses: the records still claim them,
+		// until the next New sees the namespace gone and removes them.
+		errs = append(errs, err)
+	} else {
+		for _, ep := range gone {
+			ep.forget(ctx)
+		}
 	}
 	sb.mu.Lock()
 	sb.deleted = true
