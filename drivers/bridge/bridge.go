@@ -84,8 +84,10 @@ type endpoint struct {
 	hostIf string // host end of the veth while joined, "" otherwise
 }
 
+// Type returns "bridge".
 func (d *driver) Type() string { return NetworkType }
 
+// Capability says bridge networks are local and their endpoints have interfaces.
 func (d *driver) Capability() driverapi.Capability {
 	return driverapi.Capability{Scope: driverapi.LocalScope}
 }
