@@ -5,6 +5,8 @@
 //
 // Keys are slash-separated strings; values are opaque bytes. Every key has
 // a revision, the store-wide counter at its last write, for compare and swap.
+// The interface has no watch: bbolt cannot notify; the etcd implementation
+// for global state will add one where it is needed.
 package store
 
 import (
