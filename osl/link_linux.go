@@ -196,29 +196,18 @@ func (ns *Namespace) AddVeth(ctx context.Context, spec VethSpec) error {
 	host := nl.NewIfInfomsg(unix.AF_UNSPEC)
 	host.Flags, host.Change = unix.IFF_UP, unix.IFF_UP
 	req.AddData(host)
-	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(spec.HostName)))
-	if spec.MTU > 0 {
-		req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(spec.MTU))))
+	for _, a := range (linkAttrs{name: spec.HostName, mtu: spec.MTU, master: spec.MasterIndex}).list() {
+		req.AddData(a)
 	}
-	if spec.MasterIndex > 0 {
-		req.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(spec.MasterIndex))))
-	}
-
 	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
 	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("veth"))
 	peer := info.AddRtAttr(nl.IFLA_INFO_DATA, nil).AddRtAttr(nl.VETH_INFO_PEER, nil)
 	// The peer cannot be made up in this request: the kernel configures it
 	// before the pair is linked, and veth_open then fails with ENOTCONN.
 	nl.NewIfInfomsgChild(peer, unix.AF_UNSPEC)
-	peer.AddRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(spec.PeerName))
-	if spec.MTU > 0 {
-		peer.AddRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(spec.MTU)))
+	for _, a := range (linkAttrs{name: spec.PeerName, mtu: spec.MTU, mac: spec.PeerMAC, inNS: true, nsFD: peerFD}).list() {
+		peer.AddChild(a)
 	}
-	if spec.PeerMAC != nil {
-		peer.AddRtAttr(unix.IFLA_ADDRESS, []byte(spec.PeerMAC))
-	}
-	peer.AddRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(peerFD)))
-
 	req.AddData(info)
 
 	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
@@ -349,6 +338,24 @@ func (ns *Namespace) MoveLink(ctx context.Context, name string, to *Namespace, n
 //
 // Equivalent to: `bridge link set dev $name isolated on`.
 func (ns *Namespace) SetBridgePortIsolated(ctx context.Context, name string, isolated bool) error {
+	return ns.setBridgePort(ctx, name, "isolated", isolated, (*netlink.Handle).LinkSetIsolated)
+}
+
+// SetBridgePortHairpin lets the bridge send frames back out of the port
+// called name that they came in by ("hairpin", 802.1Qbg reflective relay).
+// It is the switch side of macvlan VEPA mode: with it, macvlan links in VEPA
+// mode on a parent plugged into that port reach each other through the
+// switch. Tests and examples use it to play the external switch.
+//
+// Equivalent to: `bridge link set dev $name hairpin on`.
+func (ns *Namespace) SetBridgePortHairpin(ctx context.Context, name string, on bool) error {
+	return ns.setBridgePort(ctx, name, "hairpin", on, (*netlink.Handle).LinkSetHairpin)
+}
+
+// setBridgePort sets one flag of the bridge port called name. The bridge
+// takes port flags by index only (RTM_SETLINK for AF_BRIDGE), hence the
+// lookup.
+func (ns *Namespace) setBridgePort(ctx context.Context, name, flag string, on bool, set func(*netlink.Handle, netlink.Link, bool) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -360,8 +367,8 @@ func (ns *Namespace) SetBridgePortIsolated(ctx context.Context, name string, iso
 	if err != nil {
 		return err
 	}
-	if err := h.LinkSetIsolated(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: l.Index}}, isolated); err != nil {
-		return fmt.Errorf("set bridge port %s isolated=%v: %w", name, isolated, err)
+	if err := set(h, &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: l.Index}}, on); err != nil {
+		return fmt.Errorf("set bridge port %s %s=%v: %w", name, flag, on, err)
 	}
 	return nil
 }
@@ -371,14 +378,6 @@ const (
 	addrGenEUI64 = 0
 	addrGenNone  = 1
 )
-
-// addrGenMode is the IFLA_AF_SPEC attribute that sets a link's IPv6
-// link-local address generation.
-func addrGenMode(mode uint8) *nl.RtAttr {
-	spec := nl.NewRtAttr(unix.IFLA_AF_SPEC, nil)
-	spec.AddRtAttr(unix.AF_INET6, nil).AddRtAttr(unix.IFLA_INET6_ADDR_GEN_MODE, nl.Uint8Attr(mode))
-	return spec
-}
 
 // LinkUp brings a link up and, in the same request, says whether it gets an
 // IPv6 link-local address (addrgenmode eui64 or none). An interface with no
@@ -395,20 +394,11 @@ func (ns *Namespace) LinkUp(ctx context.Context, index int, linkLocal bool) erro
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	req, err := ns.rawRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
-	if err != nil {
-		return err
-	}
-	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
-	msg.Index = int32(index)
-	msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
-	req.AddData(msg)
 	mode := uint8(addrGenNone)
 	if linkLocal {
 		mode = addrGenEUI64
 	}
-	req.AddData(addrGenMode(mode))
-	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
+	if err := ns.setAddrGenMode(index, mode, true); err != nil {
 		return fmt.Errorf("set link %d up (link-local %v): %w", index, linkLocal, err)
 	}
 	return nil
@@ -430,4 +420,75 @@ func (ns *Namespace) SetLinkMaster(ctx context.Context, index, masterIndex int) 
 		return fmt.Errorf("set master of link %d to %d: %w", index, masterIndex, err)
 	}
 	return nil
+}
+
+// linkAttrs are the attributes of a link made by an RTM_NEWLINK request.
+type linkAttrs struct {
+	name   string
+	mtu    int              // 0: the kernel's default
+	mac    net.HardwareAddr // nil: the kernel's choice
+	master int              // bridge to join (IFLA_MASTER); 0: none
+	parent int              // lower link (IFLA_LINK); 0: none
+	inNS   bool             // make the link in the namespace nsFD (IFLA_NET_NS_FD)
+	nsFD   int
+}
+
+// list returns the attributes that are set.
+func (a linkAttrs) list() []*nl.RtAttr {
+	attrs := []*nl.RtAttr{nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(a.name))}
+	add := func(typ int, data []byte) { attrs = append(attrs, nl.NewRtAttr(typ, data)) }
+	if a.parent > 0 {
+		add(unix.IFLA_LINK, nl.Uint32Attr(uint32(a.parent)))
+	}
+	if a.mtu > 0 {
+		add(unix.IFLA_MTU, nl.Uint32Attr(uint32(a.mtu)))
+	}
+	if a.mac != nil {
+		add(unix.IFLA_ADDRESS, []byte(a.mac))
+	}
+	if a.master > 0 {
+		add(unix.IFLA_MASTER, nl.Uint32Attr(uint32(a.master)))
+	}
+	if a.inNS {
+		add(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(a.nsFD)))
+	}
+	return attrs
+}
+
+// SetNoLinkLocal sets the link's IPv6 address generation to none while it
+// is down, so it never gets a link-local address. [Namespace.LinkUp] sets the
+// mode together with the up, which is early enough for links whose carrier
+// comes later (a veth end waits for its peer); a bridge without ports has
+// carrier at once, and the kernel makes the link-local address as the up is
+// applied, before the mode in the same request. Such links need this first.
+//
+// Equivalent to: `ip link set $link addrgenmode none`.
+func (ns *Namespace) SetNoLinkLocal(ctx context.Context, index int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := ns.setAddrGenMode(index, addrGenNone, false); err != nil {
+		return fmt.Errorf("set link %d addrgenmode none: %w", index, err)
+	}
+	return nil
+}
+
+// setAddrGenMode sets a link's IPv6 address generation mode in one
+// RTM_NEWLINK (IFLA_AF_SPEC), bringing the link up in the same request if up.
+func (ns *Namespace) setAddrGenMode(index int, mode uint8, up bool) error {
+	req, err := ns.rawRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
+	if err != nil {
+		return err
+	}
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(index)
+	if up {
+		msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
+	}
+	req.AddData(msg)
+	spec := nl.NewRtAttr(unix.IFLA_AF_SPEC, nil)
+	spec.AddRtAttr(unix.AF_INET6, nil).AddRtAttr(unix.IFLA_INET6_ADDR_GEN_MODE, nl.Uint8Attr(mode))
+	req.AddData(spec)
+	_, err = req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
 }

@@ -207,14 +207,14 @@ func (ns *Namespace) addLowerLink(ctx context.Context, l lowerLink) error {
 		return err
 	}
 	where := ns.path
-	targetFD := -1
+	attrs := linkAttrs{name: l.name, parent: l.parent, mtu: l.mtu, mac: l.mac}
 	if l.target != nil && l.target != ns {
 		fd, err := l.target.FD()
 		if err != nil {
 			return err
 		}
 		defer unix.Close(fd)
-		targetFD, where = fd, l.target.path
+		attrs.inNS, attrs.nsFD, where = true, fd, l.target.path
 	}
 	req, err := ns.rawRequest(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
 	if err != nil {
@@ -225,16 +225,8 @@ func (ns *Namespace) addLowerLink(ctx context.Context, l lowerLink) error {
 		msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
 	}
 	req.AddData(msg)
-	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(l.name)))
-	req.AddData(nl.NewRtAttr(unix.IFLA_LINK, nl.Uint32Attr(uint32(l.parent))))
-	if l.mtu > 0 {
-		req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(l.mtu))))
-	}
-	if l.mac != nil {
-		req.AddData(nl.NewRtAttr(unix.IFLA_ADDRESS, []byte(l.mac)))
-	}
-	if targetFD >= 0 {
-		req.AddData(nl.NewRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(targetFD))))
+	for _, a := range attrs.list() {
+		req.AddData(a)
 	}
 	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
 	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated(l.kind))
@@ -249,57 +241,6 @@ func (ns *Namespace) addLowerLink(ctx context.Context, l lowerLink) error {
 			return fmt.Errorf("add %s link %s: %w: %w", l.kind, l.name, ErrKindNotSupported, err)
 		}
 		return fmt.Errorf("add %s link %s on parent %d in %s: %w", l.kind, l.name, l.parent, where, err)
-	}
-	return nil
-}
-
-// SetBridgePortHairpin lets the bridge send frames back out of the port
-// called name that they came in by ("hairpin", 802.1Qbg reflective relay).
-// It is the switch side of macvlan VEPA mode: with it, macvlan links in VEPA
-// mode on a parent plugged into that port reach each other through the
-// switch. Tests and examples use it to play the external switch.
-//
-// Equivalent to: `bridge link set dev $name hairpin on`.
-func (ns *Namespace) SetBridgePortHairpin(ctx context.Context, name string, on bool) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	h, err := ns.h()
-	if err != nil {
-		return err
-	}
-	l, err := ns.LinkByName(ctx, name)
-	if err != nil {
-		return err
-	}
-	if err := h.LinkSetHairpin(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: l.Index}}, on); err != nil {
-		return fmt.Errorf("set bridge port %s hairpin=%v: %w", name, on, err)
-	}
-	return nil
-}
-
-// SetNoLinkLocal sets the link's IPv6 address generation to none while it
-// is down, so it never gets a link-local address. [Namespace.LinkUp] sets the
-// mode together with the up, which is early enough for links whose carrier
-// comes later (a veth end waits for its peer); a bridge without ports has
-// carrier at once, and the kernel makes the link-local address as the up is
-// applied, before the mode in the same request. Such links need this first.
-//
-// Equivalent to: `ip link set $link addrgenmode none`.
-func (ns *Namespace) SetNoLinkLocal(ctx context.Context, index int) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	req, err := ns.rawRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
-	if err != nil {
-		return err
-	}
-	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
-	msg.Index = int32(index)
-	req.AddData(msg)
-	req.AddData(addrGenMode(addrGenNone))
-	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
-		return fmt.Errorf("set link %d addrgenmode none: %w", index, err)
 	}
 	return nil
 }
