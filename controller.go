@@ -60,10 +60,13 @@ type Controller struct {
 	containerIDs map[string]bool     // taken container IDs, in-flight included
 }
 
-// New makes a controller: it opens the host namespace, makes the data and
-// run directories, ensures the controller's nftables tables and registers
-// the bridge, null and host drivers. Close it when done; Close leaves the
-// data plane (bridges, sandboxes) running.
+// New makes a controller: it opens its stores in the data and run
+// directories (failing at once if another controller holds them), opens the
+// host namespace, ensures the controller's nftables tables, registers the
+// built-in drivers (bridge, null, host, macvlan, ipvlan) and IPAM drivers
+// (default, null), then restores and reconciles what the stores record.
+// Close it when done; Close leaves the data plane (bridges, sandboxes)
+// running for the next New.
 func New(opts ...Option) (_ *Controller, retErr error) {
 	cfg := config{dataDir: DefaultDataDir, runDir: DefaultRunDir}
 	for _, o := range opts {
@@ -105,7 +108,7 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 			hostNS.Close()
 		}
 	}()
-	for _, d := range []string{cfg.dataDir, filepath.Join(cfg.runDir, "netns"), filepath.Join(cfg.runDir, "sandboxes")} {
+	for _, d := range []string{filepath.Join(cfg.runDir, "netns"), filepath.Join(cfg.runDir, "sandboxes")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("make directory %s: %w", d, err)
 		}

@@ -32,16 +32,23 @@ type Endpoint struct {
 	ports   []PortMapping
 
 	// mu guards the fields below.
-	mu         sync.Mutex
-	busy       bool // a Join, Leave or Delete is in flight
-	deleted    bool
+	mu       sync.Mutex
+	busy     bool // a Join, Leave or Delete is in flight
+	deleted  bool
+	external bool // external connectivity programmed
+	joinState
+}
+
+// joinState is what an endpoint has while joined; its zero value is "not
+// joined", so leaving is `ep.joinState = joinState{}`. sandbox is set last,
+// when the join commits.
+type joinState struct {
 	sandbox    *Sandbox
-	ifName     string           // inside the sandbox, while joined
-	ifIndex    int              // inside the sandbox, while joined; 0 without interface
-	ifMAC      net.HardwareAddr // the interface's MAC while joined, if not mac (ipvlan)
-	gw4, gw6   netip.Addr       // next hops this endpoint offers, while joined
+	ifName     string           // inside the sandbox
+	ifIndex    int              // inside the sandbox; 0 without interface
+	ifMAC      net.HardwareAddr // the interface's MAC, if not the endpoint's own (ipvlan)
+	gw4, gw6   netip.Addr       // next hops this endpoint offers
 	gwPriority int
-	external   bool // external connectivity programmed
 }
 
 // EndpointInfo describes an endpoint. Interface fields are zero while the
@@ -201,7 +208,7 @@ func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...Endpo
 	if err := c.step(ctx, stepEndpointCommit); err != nil {
 		return nil, err
 	}
-	if err := c.saveRecord(ctx, endpointKey(n.id, ep.id), ep.recordLocked()); err != nil {
+	if err := c.saveRecord(ctx, endpointKey(n.id, ep.id), ep.record(nil)); err != nil {
 		return nil, fmt.Errorf("endpoint %q: %w", name, err)
 	}
 	n.mu.Lock()

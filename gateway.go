@@ -62,48 +62,39 @@ func bestGateway(eps []*Endpoint, v6 bool) (gatewayCandidate, bool) {
 // over is not deleted: it goes with that endpoint's interface.
 // The caller holds sb.joinMu.
 func (sb *Sandbox) updateGateways(ctx context.Context, eps []*Endpoint, leaving *Endpoint) error {
-	for _, v6 := range []bool{false, true} {
-		if v6 {
+	for _, fam := range []struct {
+		v6   bool
+		dst  netip.Prefix
+		slot **Endpoint // guarded by sb.mu
+	}{{false, defaultV4, &sb.gw4}, {true, defaultV6, &sb.gw6}} {
+		if fam.v6 {
 			if err := sb.ctrl.step(ctx, stepGatewayIPv6); err != nil {
 				return err
 			}
 		}
-		best, ok := bestGateway(eps, v6)
+		best, ok := bestGateway(eps, fam.v6)
 		sb.mu.Lock()
-		cur := sb.gw4
-		if v6 {
-			cur = sb.gw6
-		}
+		cur := *fam.slot
 		sb.mu.Unlock()
-		dst := defaultV4
-		if v6 {
-			dst = defaultV6
-		}
 		switch {
-		case ok && best.ep == cur:
+		case ok && best.ep == cur, !ok && cur == nil:
 			continue
 		case ok:
-			if err := sb.ns.ReplaceRoute(ctx, osl.Route{Dst: dst, Gateway: best.gw, LinkIndex: best.ifIndex}); err != nil {
+			if err := sb.ns.ReplaceRoute(ctx, osl.Route{Dst: fam.dst, Gateway: best.gw, LinkIndex: best.ifIndex}); err != nil {
 				return err
 			}
-		case cur != nil && cur == leaving:
+		case cur == leaving:
 			// Nothing to do in the kernel: the route leaves with the link.
-		case cur != nil:
+		default:
 			cur.mu.Lock()
 			idx := cur.ifIndex
 			cur.mu.Unlock()
-			if err := sb.ns.DeleteRoute(ctx, osl.Route{Dst: dst, LinkIndex: idx}); err != nil {
+			if err := sb.ns.DeleteRoute(ctx, osl.Route{Dst: fam.dst, LinkIndex: idx}); err != nil {
 				return err
 			}
-		default:
-			continue
 		}
 		sb.mu.Lock()
-		if v6 {
-			sb.gw6 = best.ep
-		} else {
-			sb.gw4 = best.ep
-		}
+		*fam.slot = best.ep
 		sb.mu.Unlock()
 	}
 	return nil

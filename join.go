@@ -41,13 +41,17 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) (
 	defer end()
 	noIf := n.driver.Capability().NoInterface
 
+	wrap := func(err error) error {
+		return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+	}
+
 	sb.joinMu.Lock()
 	defer sb.joinMu.Unlock()
 	if err := sb.checkJoin(ep, noIf); err != nil {
-		return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+		return wrap(err)
 	}
 	if err := ep.claim(); err != nil {
-		return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+		return wrap(err)
 	}
 	joined := false
 	defer func() { ep.release(joined) }()
@@ -55,7 +59,7 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) (
 	ifName := ""
 	if !noIf {
 		if ifName, err = sb.nextIfName(ctx); err != nil {
-			return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+			return wrap(err)
 		}
 	}
 	if err := c.step(ctx, stepJoinDriver); err != nil {
@@ -66,7 +70,7 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) (
 		MAC: ep.mac, IPv4: ep.ipv4, IPv6: ep.ipv6,
 	})
 	if err != nil {
-		return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+		return wrap(err)
 	}
 	defer func() {
 		if retErr != nil {
@@ -84,22 +88,21 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) (
 			return err
 		}
 		if ifIndex, ifMAC, err = sb.configureInterface(ctx, ep, ifName, resp.SrcName); err != nil {
-			return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+			return wrap(err)
 		}
 		if err := c.step(ctx, stepJoinRoutes); err != nil {
 			return err
 		}
 		for _, r := range resp.StaticRoutes {
 			if err := sb.ns.AddRoute(ctx, osl.Route{Dst: r.Destination, Gateway: r.NextHop, LinkIndex: ifIndex}); err != nil {
-				return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+				return wrap(err)
 			}
 		}
 	}
 
 	// From here on the endpoint takes part in the sandbox's choices.
 	ep.mu.Lock()
-	ep.ifName, ep.ifIndex, ep.gw4, ep.gw6, ep.gwPriority = ifName, ifIndex, resp.Gateway, resp.GatewayIPv6, cfg.gatewayPriority
-	ep.ifMAC = ifMAC
+	ep.joinState = joinState{ifName: ifName, ifIndex: ifIndex, ifMAC: ifMAC, gw4: resp.Gateway, gw6: resp.GatewayIPv6, gwPriority: cfg.gatewayPriority}
 	ep.mu.Unlock()
 	others := sb.Endpoints()
 	with := append(slices.Clone(others), ep)
@@ -117,7 +120,7 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) (
 		}
 	}()
 	if err := sb.updateGateways(ctx, with, nil); err != nil {
-		return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+		return wrap(err)
 	}
 
 	if err := c.step(ctx, stepJoinHosts); err != nil {
@@ -136,7 +139,7 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) (
 		return err
 	}
 	if err := ep.programExternal(ctx); err != nil {
-		return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+		return wrap(err)
 	}
 	defer func() {
 		if retErr != nil {
@@ -147,13 +150,8 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) (
 	if err := c.step(ctx, stepJoinCommit); err != nil {
 		return err
 	}
-	ep.mu.Lock()
-	rec := ep.recordLocked()
-	ep.mu.Unlock()
-	rec.SandboxID, rec.InterfaceName = sb.id, ifName
-	rec.Gateway, rec.GatewayIPv6, rec.GatewayPriority = resp.Gateway, resp.GatewayIPv6, cfg.gatewayPriority
-	if err := c.saveRecord(ctx, endpointKey(n.id, ep.id), rec); err != nil {
-		return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
+	if err := c.saveRecord(ctx, endpointKey(n.id, ep.id), ep.record(sb)); err != nil {
+		return wrap(err)
 	}
 	sb.mu.Lock()
 	sb.endpoints = append(sb.endpoints, ep)
@@ -209,7 +207,7 @@ func (ep *Endpoint) release(joined bool) {
 	defer ep.mu.Unlock()
 	ep.busy = false
 	if !joined {
-		ep.ifName, ep.ifIndex, ep.gw4, ep.gw6, ep.gwPriority, ep.ifMAC = "", 0, netip.Addr{}, netip.Addr{}, 0, nil
+		ep.joinState = joinState{}
 	}
 }
 
@@ -302,7 +300,7 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) (retErr error) {
 		ep.mu.Lock()
 		ep.busy = false
 		if left {
-			ep.sandbox, ep.ifName, ep.ifIndex, ep.gw4, ep.gw6, ep.gwPriority, ep.ifMAC = nil, "", 0, netip.Addr{}, netip.Addr{}, 0, nil
+			ep.joinState = joinState{}
 		}
 		ep.mu.Unlock()
 	}()
@@ -332,17 +330,11 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) (retErr error) {
 	if err := sb.writeHosts(rest); err != nil {
 		slog.Warn("cnm: rewrite hosts file", "sandbox", sb.containerID, "err", err)
 	}
-	ep.mu.Lock()
-	rec := ep.recordLocked()
-	ep.mu.Unlock()
-	rec.SandboxID, rec.InterfaceName, rec.Gateway, rec.GatewayIPv6, rec.GatewayPriority = "", "", netip.Addr{}, netip.Addr{}, 0
-	if err := c.saveRecord(ctx, endpointKey(n.id, ep.id), rec); err != nil {
+	if err := c.saveRecord(ctx, endpointKey(n.id, ep.id), ep.record(nil)); err != nil {
 		// The interface is gone; the next New sees that and finishes the leave.
 		slog.Warn("cnm: record leave", "endpoint", ep.name, "err", err)
 	}
-	sb.mu.Lock()
-	sb.endpoints = slices.DeleteFunc(sb.endpoints, func(e *Endpoint) bool { return e == ep })
-	sb.mu.Unlock()
+	sb.drop(ep)
 	left = true
 	return nil
 }

@@ -152,13 +152,9 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 		return nil, err
 	}
 	if !drv.Capability().NoInterface {
-		ipamDriver := cfg.ipamDriver
-		if ipamDriver == "" {
-			ipamDriver = ipam.DefaultDriver
-		}
-		alloc, err := c.ipams.Allocator(ipamDriver)
+		ipamDriver, alloc, err := c.allocator(cfg.ipamDriver)
 		if err != nil {
-			return nil, fmt.Errorf("%w: network %q: ipam driver %q: %w", ErrInvalid, name, ipamDriver, err)
+			return nil, fmt.Errorf("%w: network %q: %w", ErrInvalid, name, err)
 		}
 		v4 := cfg.ipv4
 		if v4 == nil {
@@ -196,11 +192,7 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 	if err := c.step(ctx, stepNetworkDriver); err != nil {
 		return nil, err
 	}
-	req := driverapi.NetworkRequest{
-		ID: n.id, Name: name, Options: cfg.driverOpts, Labels: cfg.labels, Internal: cfg.internal,
-		IPv4: n.ipv4.driverData(), IPv6: n.ipv6.driverData(),
-	}
-	if err := drv.CreateNetwork(ctx, req); err != nil {
+	if err := drv.CreateNetwork(ctx, n.driverRequest()); err != nil {
 		return nil, fmt.Errorf("network %q: %w", name, err)
 	}
 	defer func() {
@@ -222,6 +214,28 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 	defer c.mu.Unlock()
 	c.networks[n.id] = n
 	return n, nil
+}
+
+// driverRequest describes the network to its driver, at creation and at
+// restore.
+func (n *Network) driverRequest() driverapi.NetworkRequest {
+	return driverapi.NetworkRequest{
+		ID: n.id, Name: n.name, Options: n.options, Labels: n.labels, Internal: n.internal,
+		IPv4: n.ipv4.driverData(), IPv6: n.ipv6.driverData(),
+	}
+}
+
+// allocator returns the IPAM driver called name ("": the default one) and
+// its name.
+func (c *Controller) allocator(name string) (string, ipam.Allocator, error) {
+	if name == "" {
+		name = ipam.DefaultDriver
+	}
+	alloc, err := c.ipams.Allocator(name)
+	if err != nil {
+		return "", nil, fmt.Errorf("ipam driver %q: %w", name, err)
+	}
+	return name, alloc, nil
 }
 
 // poolRequest is what a network's IPAM requests share across families.

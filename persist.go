@@ -113,14 +113,18 @@ func (n *Network) record() networkRecord {
 	}
 }
 
-// record returns the endpoint's record; the caller holds ep.mu or owns ep.
-func (ep *Endpoint) recordLocked() endpointRecord {
+// record returns the endpoint's record, as joined to sb with its current
+// join state, or as not joined when sb is nil. (A join records sb before it
+// commits ep.sandbox.)
+func (ep *Endpoint) record(sb *Sandbox) endpointRecord {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
 	r := endpointRecord{
 		Schema: recordSchema, ID: ep.id, Name: ep.name, NetworkID: ep.nw.id, MAC: ep.mac.String(),
 		IPv4: ep.ipv4, IPv6: ep.ipv6, Aliases: ep.aliases, Ports: ep.ports,
 	}
-	if ep.sandbox != nil {
-		r.SandboxID, r.InterfaceName = ep.sandbox.id, ep.ifName
+	if sb != nil {
+		r.SandboxID, r.InterfaceName = sb.id, ep.ifName
 		r.Gateway, r.GatewayIPv6, r.GatewayPriority = ep.gw4, ep.gw6, ep.gwPriority
 	}
 	return r

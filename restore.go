@@ -14,7 +14,6 @@ import (
 
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/drivers/bridge"
-	"github.com/seed53641549/cnm/ipam"
 	"github.com/seed53641549/cnm/osl"
 	"github.com/seed53641549/cnm/store"
 )
@@ -146,11 +145,7 @@ func (c *Controller) restoreNetwork(ctx context.Context, r networkRecord) error 
 		if fam.rec == nil {
 			continue
 		}
-		name := fam.rec.Driver
-		if name == "" {
-			name = ipam.DefaultDriver
-		}
-		alloc, err := c.ipams.Allocator(name)
+		name, alloc, err := c.allocator(fam.rec.Driver)
 		if err != nil {
 			return err
 		}
@@ -158,11 +153,7 @@ func (c *Controller) restoreNetwork(ctx context.Context, r networkRecord) error 
 			return err
 		}
 	}
-	req := driverapi.NetworkRequest{
-		ID: n.id, Name: n.name, Options: n.options, Labels: n.labels, Internal: n.internal,
-		IPv4: n.ipv4.driverData(), IPv6: n.ipv6.driverData(),
-	}
-	if err := restorer.RestoreNetwork(ctx, req); err != nil {
+	if err := restorer.RestoreNetwork(ctx, n.driverRequest()); err != nil {
 		return err
 	}
 	if r.Deleting { // a crash interrupted Delete: finish it
@@ -271,8 +262,8 @@ func (c *Controller) restoreEndpoint(ctx context.Context, r endpointRecord, sand
 		return err
 	}
 	if sb != nil {
-		ep.sandbox, ep.ifName, ep.ifIndex = sb, r.InterfaceName, ifIndex
-		ep.gw4, ep.gw6, ep.gwPriority = r.Gateway, r.GatewayIPv6, r.GatewayPriority
+		ep.joinState = joinState{sandbox: sb, ifName: r.InterfaceName, ifIndex: ifIndex, ifMAC: ep.ifMAC,
+			gw4: r.Gateway, gw6: r.GatewayIPv6, gwPriority: r.GatewayPriority}
 		sb.endpoints = append(sb.endpoints, ep)
 	}
 	n.endpoints[ep.id] = ep

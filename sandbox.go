@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -294,7 +293,18 @@ func (sb *Sandbox) detachForDelete(ctx context.Context, ep *Endpoint) error {
 		_ = ep.programExternal(ctx)
 		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
 	}
+	sb.drop(ep)
+	ep.mu.Lock()
+	ep.joinState = joinState{}
+	ep.mu.Unlock()
+	return nil
+}
+
+// drop takes a left endpoint out of the sandbox's list and its default
+// route slots.
+func (sb *Sandbox) drop(ep *Endpoint) {
 	sb.mu.Lock()
+	defer sb.mu.Unlock()
 	sb.endpoints = slices.DeleteFunc(sb.endpoints, func(e *Endpoint) bool { return e == ep })
 	if sb.gw4 == ep {
 		sb.gw4 = nil
@@ -302,9 +312,4 @@ func (sb *Sandbox) detachForDelete(ctx context.Context, ep *Endpoint) error {
 	if sb.gw6 == ep {
 		sb.gw6 = nil
 	}
-	sb.mu.Unlock()
-	ep.mu.Lock()
-	ep.sandbox, ep.ifName, ep.ifIndex, ep.gw4, ep.gw6, ep.gwPriority, ep.ifMAC = nil, "", 0, netip.Addr{}, netip.Addr{}, 0, nil
-	ep.mu.Unlock()
-	return nil
 }
