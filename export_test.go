@@ -12,6 +12,8 @@ var Steps = map[string][]string{
 	"endpoint": {stepEndpointIPv4, stepEndpointIPv6, stepEndpointDriver, stepEndpointCommit},
 	"join":     {stepJoinDriver, stepJoinInterface, stepJoinRoutes, stepJoinGateway, stepGatewayIPv6, stepJoinHosts, stepJoinExternal, stepJoinCommit},
 	"sandbox":  {stepSandboxNamespace, stepSandboxFiles, stepSandboxCommit},
+	"leave":    {stepLeave},
+	"delete":   {stepNetworkDelete, stepSandboxDetach},
 }
 
 // WrapStores replaces the controller's stores with wrap(store). Tests only.

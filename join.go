@@ -314,7 +314,11 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) (retErr error) {
 	if err := sb.updateGateways(ctx, rest, ep); err != nil {
 		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
 	}
-	if err := n.driver.Leave(ctx, driverapi.LeaveRequest{NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns}); err != nil {
+	err = c.step(ctx, stepLeave)
+	if err == nil {
+		err = n.driver.Leave(ctx, driverapi.LeaveRequest{NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns})
+	}
+	if err != nil {
 		rctx := context.WithoutCancel(ctx)
 		if rerr := sb.updateGateways(rctx, all, nil); rerr != nil {
 			slog.Warn("cnm: rollback: restore default routes", "sandbox", sb.containerID, "err", rerr)

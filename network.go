@@ -377,6 +377,9 @@ func (n *Network) Delete(ctx context.Context) error {
 	rec.Deleting = true
 	err = c.saveRecord(ctx, networkKey(n.id), rec)
 	if err == nil {
+		err = c.step(ctx, stepNetworkDelete)
+	}
+	if err == nil {
 		err = n.driver.DeleteNetwork(ctx, n.id)
 	}
 	if err != nil {

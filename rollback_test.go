@@ -200,3 +200,69 @@ func TestRollbackJoin(t *testing.T) {
 	require.NoError(t, second.Delete(ctx))
 	cnmtest.AssertNoLeaks(t, host)
 }
+
+// TestFailedLeaveAndDeletesChangeNothing fails a Leave, a sandbox Delete
+// and a network Delete where their drivers would fail: each returns the
+// error and leaves the sandbox, its interface, default route and hosts file,
+// and the network, as they were; each then succeeds when tried again.
+func TestFailedLeaveAndDeletesChangeNothing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ctrl, host := cnmtest.NewController(t)
+	nw, err := ctrl.NewNetwork(ctx, "bridge", "n", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.54.0.0/24")}))
+	require.NoError(t, err)
+	sb, ep := container(t, nw, "c")
+	// A second network with a lower gateway priority: a leave of ep moves
+	// the default route to it first, which the failed leave must undo.
+	other, err := ctrl.NewNetwork(ctx, "bridge", "other", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.55.0.0/24")}))
+	require.NoError(t, err)
+	ep2, err := other.CreateEndpoint(ctx, "c2")
+	require.NoError(t, err)
+	require.NoError(t, ep2.Join(ctx, sb, cnm.WithGatewayPriority(-1)))
+	hosts, err := os.ReadFile(sb.HostsPath())
+	require.NoError(t, err)
+	links, routes := linkNames(t, sb.Key()), defaultRoutes(t, sb, 4)
+	unchanged := func() {
+		t.Helper()
+		assert.Equal(t, sb.ID(), ep.Info().SandboxID, "still joined")
+		assert.Equal(t, links, linkNames(t, sb.Key()))
+		assert.Equal(t, routes, defaultRoutes(t, sb, 4))
+		h, err := os.ReadFile(sb.HostsPath())
+		require.NoError(t, err)
+		assert.Equal(t, string(hosts), string(h))
+	}
+
+	cnm.SetFaultHook(ctrl, failAt(cnm.Steps["leave"][0]))
+	require.ErrorIs(t, ep.Leave(ctx, sb), errInjected)
+	unchanged()
+
+	cnm.SetFaultHook(ctrl, failAt("sandbox-delete:detach"))
+	require.ErrorIs(t, sb.Delete(ctx), errInjected)
+	unchanged()
+	got, err := ctrl.SandboxByID(sb.ID())
+	require.NoError(t, err)
+	assert.Same(t, sb, got, "the sandbox is still there")
+	require.NoError(t, cnmtest.TCPExchange(ctx, host.Path, sb.Key(), netip.MustParseAddrPort("10.54.0.1:80"), tcpTimeout))
+
+	cnm.SetFaultHook(ctrl, nil)
+	require.NoError(t, ep.Leave(ctx, sb))
+	require.NoError(t, ep.Join(ctx, sb))
+	require.NoError(t, sb.Delete(ctx))
+	require.NoError(t, other.Delete(ctx))
+
+	cnm.SetFaultHook(ctrl, failAt("network-delete:driver"))
+	require.ErrorIs(t, nw.Delete(ctx), errInjected)
+	cnm.SetFaultHook(ctrl, nil)
+	got2, err := ctrl.NetworkByName("n")
+	require.NoError(t, err)
+	assert.Same(t, nw, got2)
+	c2, _ := container(t, nw, "d") // the network still works
+	require.NoError(t, c2.Delete(ctx))
+	// A restart keeps it: the deletion mark was taken back.
+	require.NoError(t, ctrl.Close())
+	ctrl2 := reopen(t, host)
+	nw2, err := ctrl2.NetworkByName("n")
+	require.NoError(t, err)
+	require.NoError(t, nw2.Delete(ctx))
+	cnmtest.AssertNoLeaks(t, host)
+}

@@ -288,7 +288,10 @@ func (sb *Sandbox) detachForDelete(ctx context.Context, ep *Endpoint) error {
 	if err := ep.revokeExternal(ctx); err != nil {
 		return err
 	}
-	err := n.driver.Leave(ctx, driverapi.LeaveRequest{NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns, SandboxGone: sb.owned})
+	err := sb.ctrl.step(ctx, stepSandboxDetach)
+	if err == nil {
+		err = n.driver.Leave(ctx, driverapi.LeaveRequest{NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns, SandboxGone: sb.owned})
+	}
 	if err != nil {
 		_ = ep.programExternal(ctx)
 		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)

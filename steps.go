@@ -24,7 +24,10 @@ const (
 	stepJoinExternal  = "join:external"
 	stepJoinCommit    = "join:commit"
 
+	stepLeave                  = "leave:driver"            // fails as the driver's leave would
 	stepLeaveDriver            = "leave:recorded"          // after the driver's leave, before the record
+	stepNetworkDelete          = "network-delete:driver"   // fails as the driver's delete would
+	stepSandboxDetach          = "sandbox-delete:detach"   // fails as a driver's leave would
 	stepNetworkDeleted         = "network-delete:recorded" // after the driver's delete, before the record
 	stepSandboxDeleteNamespace = "sandbox-delete:namespace"
 
