@@ -435,14 +435,6 @@ func TestCloseWaitsForOperations(t *testing.T) {
 	// Close kept the data plane; the next controller takes it back whole and
 	// removes it.
 	ctrl2 := reopen(t, host)
-	for _, sb := range ctrl2.Sandboxes() {
-		require.NoError(t, sb.Delete(ctx))
-	}
-	for _, n := range ctrl2.Networks() {
-		for _, e := range n.Endpoints() {
-			require.NoError(t, e.Delete(ctx))
-		}
-		require.NoError(t, n.Delete(ctx))
-	}
+	deleteAll(t, ctrl2)
 	cnmtest.AssertNoLeaks(t, host)
 }

@@ -119,15 +119,7 @@ func TestRestartKeepsEverything(t *testing.T) {
 	// Everything still works and goes away cleanly.
 	c, _ := container(t, web2, "c")
 	require.NoError(t, cnmtest.TCPExchange(ctx, a2.Key(), c.Key(), addrPort(epA.Info().IPv4, 9003), tcpTimeout))
-	for _, sb := range ctrl2.Sandboxes() {
-		require.NoError(t, sb.Delete(ctx))
-	}
-	for _, nw := range ctrl2.Networks() {
-		for _, ep := range nw.Endpoints() {
-			require.NoError(t, ep.Delete(ctx))
-		}
-		require.NoError(t, nw.Delete(ctx))
-	}
+	deleteAll(t, ctrl2)
 	cnmtest.AssertNoLeaks(t, host)
 }
 
@@ -319,15 +311,7 @@ func TestCrashRecovery(t *testing.T) {
 				}
 			}
 			// The recovered state is usable: clean it all up through the API.
-			for _, sb := range ctrl.Sandboxes() {
-				require.NoError(t, sb.Delete(ctx))
-			}
-			for _, nw := range ctrl.Networks() {
-				for _, ep := range nw.Endpoints() {
-					require.NoError(t, ep.Delete(ctx))
-				}
-				require.NoError(t, nw.Delete(ctx))
-			}
+			deleteAll(t, ctrl)
 			cnmtest.AssertNoLeaks(t, host)
 		})
 	}
