@@ -48,7 +48,7 @@ func (sb *Sandbox) writeHosts(eps []*Endpoint) error {
 	if same {
 		return nil // a sandbox without a host name: joins do not change the file
 	}
-	if err := os.WriteFile(sb.hostsPath, b.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(sb.cfg.hostsPath, b.Bytes(), 0o644); err != nil {
 		return fmt.Errorf("write hosts file: %w", err)
 	}
 	sb.mu.Lock()
@@ -83,7 +83,7 @@ func (sb *Sandbox) writeResolvConf() error {
 	for _, l := range extra {
 		b.WriteString(l + "\n")
 	}
-	if err := os.WriteFile(sb.resolvPath, b.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(sb.cfg.resolv, b.Bytes(), 0o644); err != nil {
 		return fmt.Errorf("write resolv.conf: %w", err)
 	}
 	return nil

@@ -349,7 +349,7 @@ type SandboxOption func(*sandboxConfig) error
 type sandboxConfig struct {
 	hostname, domainname string
 	netnsPath            string
-	hostsPath, resolv    string
+	hostsPath, resolv    string // made under the sandbox's run dir when not given
 	dns                  []netip.Addr
 	extraHosts           []ExtraHost
 	hostNetwork          bool

@@ -133,7 +133,7 @@ func (ep *Endpoint) record(sb *Sandbox) endpointRecord {
 func (sb *Sandbox) record() sandboxRecord {
 	return sandboxRecord{
 		Schema: recordSchema, ID: sb.id, ContainerID: sb.containerID, Key: sb.ns.Path(), Owned: sb.owned,
-		Dir: sb.dir, HostsPath: sb.hostsPath, ResolvPath: sb.resolvPath,
+		Dir: sb.dir, HostsPath: sb.cfg.hostsPath, ResolvPath: sb.cfg.resolv,
 		Hostname: sb.cfg.hostname, Domainname: sb.cfg.domainname, NetnsPath: sb.cfg.netnsPath,
 		DNS: sb.cfg.dns, ExtraHosts: sb.cfg.extraHosts, HostNetwork: sb.cfg.hostNetwork,
 	}

@@ -185,7 +185,7 @@ func (c *Controller) restoreSandbox(ctx context.Context, r sandboxRecord) (bool,
 	if err == nil {
 		sb := &Sandbox{
 			ctrl: c, id: r.ID, containerID: r.ContainerID, ns: ns, owned: r.Owned,
-			dir: r.Dir, hostsPath: r.HostsPath, resolvPath: r.ResolvPath,
+			dir: r.Dir,
 			cfg: sandboxConfig{
 				hostname: r.Hostname, domainname: r.Domainname, netnsPath: r.NetnsPath,
 				hostsPath: r.HostsPath, resolv: r.ResolvPath, dns: r.DNS, extraHosts: r.ExtraHosts, hostNetwork: r.HostNetwork,

@@ -29,8 +29,6 @@ type Sandbox struct {
 	ns          *osl.Namespace
 	owned       bool   // cnm made the namespace: deleting drops it whole
 	dir         string // run dir of the sandbox's files
-	hostsPath   string
-	resolvPath  string
 
 	// joinMu serialises Join, Leave and Delete on this sandbox. Acquire it
 	// before any Endpoint, Network or Controller lock.
@@ -63,10 +61,10 @@ func (sb *Sandbox) String() string { return sb.containerID }
 func (sb *Sandbox) Key() string { return sb.ns.Path() }
 
 // HostsPath returns the path of the sandbox's hosts file.
-func (sb *Sandbox) HostsPath() string { return sb.hostsPath }
+func (sb *Sandbox) HostsPath() string { return sb.cfg.hostsPath }
 
 // ResolvConfPath returns the path of the sandbox's resolv.conf.
-func (sb *Sandbox) ResolvConfPath() string { return sb.resolvPath }
+func (sb *Sandbox) ResolvConfPath() string { return sb.cfg.resolv }
 
 // Hostname returns the host name given with [WithHostname].
 func (sb *Sandbox) Hostname() string { return sb.cfg.hostname }
@@ -156,12 +154,11 @@ func (c *Controller) NewSandbox(ctx context.Context, containerID string, opts ..
 			_ = os.RemoveAll(sb.dir)
 		}
 	}()
-	sb.hostsPath, sb.resolvPath = cfg.hostsPath, cfg.resolv
-	if sb.hostsPath == "" {
-		sb.hostsPath = filepath.Join(sb.dir, "hosts")
+	if sb.cfg.hostsPath == "" {
+		sb.cfg.hostsPath = filepath.Join(sb.dir, "hosts")
 	}
-	if sb.resolvPath == "" {
-		sb.resolvPath = filepath.Join(sb.dir, "resolv.conf")
+	if sb.cfg.resolv == "" {
+		sb.cfg.resolv = filepath.Join(sb.dir, "resolv.conf")
 	}
 	if err := sb.writeHosts(nil); err != nil {
 		return nil, fmt.Errorf("sandbox %q: %w", containerID, err)
