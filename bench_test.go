@@ -86,3 +86,72 @@ func BenchmarkFloorJoin(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// BenchmarkLeave measures Leave of one joined endpoint through the public
+// API. The interface is taken out of use at once and deleted in the
+// background, so the figure is the caller's wait, not the kernel's. Setup
+// and the final Settle run outside the timer. Compare BenchmarkFloorLeave.
+func BenchmarkLeave(b *testing.B) {
+	ctx := context.Background()
+	ctrl, _ := cnmtest.NewController(b)
+	nw, err := ctrl.NewNetwork(ctx, "bridge", "bench", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.129.0.0/16")}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	for i := range b.N {
+		name := fmt.Sprintf("c%d", i)
+		sb, err := ctrl.NewSandbox(ctx, name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ep, err := nw.CreateEndpoint(ctx, name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := ep.Join(ctx, sb); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		if err := ep.Leave(ctx, sb); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if err := sb.Delete(ctx); err != nil {
+			b.Fatal(err)
+		}
+		if err := ep.Delete(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := ctrl.Settle(ctx); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkFloorLeave is the baseline for BenchmarkLeave: one RTM_DELLINK
+// of the container's veth pair, which is what leaving costs when the caller
+// waits for the kernel.
+func BenchmarkFloorLeave(b *testing.B) {
+	ctx := context.Background()
+	host := cnmtest.NewHostNS(b)
+	nw, err := floor.NewNetwork(ctx, host.NS, "br-floor", netip.MustParsePrefix("10.129.0.1/16"), b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	for i := range b.N {
+		c, err := nw.Setup(ctx, i)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		if err := host.NS.DeleteLink(ctx, c.HostIf); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if err := c.Teardown(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -263,7 +263,7 @@ func TestBridgeMTUAndGeneratedName(t *testing.T) {
 	br, err := host.NS.LinkByName(ctx, brName)
 	require.NoError(t, err)
 	assert.Equal(t, 1400, br.MTU)
-	assert.Equal(t, "cnm:"+nw.ID(), br.Alias, "the bridge is marked as this network's")
+	assert.Equal(t, "cnm:"+ctrl.ID()+":"+nw.ID(), br.Alias, "the bridge is marked as this network's, by this controller")
 	ns, err := osl.OpenNamespace(ctx, a.Key())
 	require.NoError(t, err)
 	eth0, err := ns.LinkByName(ctx, "eth0")

@@ -9,19 +9,15 @@ import (
 	"sort"
 	"sync"
 
-	"github.com/google/uuid"
 	"golang.org/x/sys/unix"
 
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/firewall"
+	"github.com/seed53641549/cnm/internal/mark"
 	"github.com/seed53641549/cnm/ipam"
 	"github.com/seed53641549/cnm/osl"
 	"github.com/seed53641549/cnm/store"
 )
-
-// FirewallTable is the name of the controller's nftables tables (inet, and
-// bridge where the kernel needs one) in its host namespace.
-const FirewallTable = "cnm"
 
 // Controller manages the networks, endpoints and sandboxes of one host. Make
 // one per host namespace with [New]. It is safe for concurrent use.
@@ -30,8 +26,9 @@ const FirewallTable = "cnm"
 // Controller.mu. Locks are never held across kernel work except joinMu,
 // which serialises the joins and leaves of one sandbox only.
 type Controller struct {
-	id       string
+	owner    mark.Owner // persistent identity, carried by every mark
 	cfg      config
+	files    string // the controller's own folder in the run dir
 	hostNS   *osl.Namespace
 	firewall *firewall.Firewall
 	drivers  driverapi.Registry
@@ -45,6 +42,10 @@ type Controller struct {
 
 	// faultHook fails a chosen step; set only by tests (export_test.go).
 	faultHook func(step string) error
+
+	// reaper removes left and deleted endpoints' interfaces in the
+	// background, and releases addresses once their interfaces are gone.
+	reaper reaper
 
 	// opMu is held for reading by every operation in flight and for writing
 	// by Close, so Close waits for them and none starts afterwards. An
@@ -67,6 +68,10 @@ type Controller struct {
 // (default, null), then restores and reconciles what the stores record.
 // Close it when done; Close leaves the data plane (bridges, sandboxes)
 // running for the next New.
+//
+// Several controllers may share one host namespace, each with its own data
+// and run dirs: each marks what it makes with its own identity (see
+// [Controller.ID]) and never removes what carries another's.
 func New(opts ...Option) (_ *Controller, retErr error) {
 	cfg := config{dataDir: DefaultDataDir, runDir: DefaultRunDir}
 	for _, o := range opts {
@@ -86,7 +91,11 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 			st.Close()
 		}
 	}()
-	rst, err := store.Open(cfg.runDir)
+	owner, err := loadOwner(ctx, st)
+	if err != nil {
+		return nil, fmt.Errorf("data dir %q: %w", cfg.dataDir, err)
+	}
+	rst, err := store.OpenRuntime(cfg.runDir, "")
 	if err != nil {
 		return nil, fmt.Errorf("run dir %q: %w", cfg.runDir, err)
 	}
@@ -108,7 +117,8 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 			hostNS.Close()
 		}
 	}()
-	for _, d := range []string{filepath.Join(cfg.runDir, "netns"), filepath.Join(cfg.runDir, "sandboxes")} {
+	files := filepath.Join(cfg.runDir, owner.Dir())
+	for _, d := range []string{filepath.Join(files, "netns"), filepath.Join(files, "sandboxes")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("make directory %s: %w", d, err)
 		}
@@ -117,7 +127,7 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	fw, err := firewall.New(ctx, fd, FirewallTable)
+	fw, err := firewall.New(ctx, fd, owner.Table())
 	unix.Close(fd)
 	if err != nil {
 		return nil, fmt.Errorf("set up firewall in %s: %w", hostPath, err)
@@ -132,8 +142,9 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 		return nil, fmt.Errorf("default address pools: %w", err)
 	}
 	c := &Controller{
-		id:           uuid.NewString(),
+		owner:        owner,
 		cfg:          cfg,
+		files:        files,
 		hostNS:       hostNS,
 		firewall:     fw,
 		store:        st,
@@ -143,7 +154,8 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 		sandboxes:    map[string]*Sandbox{},
 		containerIDs: map[string]bool{},
 	}
-	if err := registerBuiltinDrivers(&c.drivers, hostNS, fw); err != nil {
+	c.reaper.init()
+	if err := registerBuiltinDrivers(&c.drivers, builtinConfig{hostNS: hostNS, firewall: fw, owner: owner, leaveHostSysctls: cfg.leaveHostSysctls}); err != nil {
 		return nil, err
 	}
 	if err := ipam.RegisterBuiltins(&c.ipams, alloc); err != nil {
@@ -156,8 +168,38 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 	return c, nil
 }
 
-// ID returns the controller's ID, fresh for every New.
-func (c *Controller) ID() string { return c.id }
+// loadOwner returns the controller identity the data dir records, making
+// one the first time.
+func loadOwner(ctx context.Context, st store.Store) (mark.Owner, error) {
+	kv, err := st.Get(ctx, keyOwner)
+	if errors.Is(err, store.ErrNotFound) {
+		owner := mark.NewOwner()
+		if err := st.Txn(ctx, store.Put(keyOwner, []byte(owner))); err != nil {
+			return "", fmt.Errorf("record controller identity: %w", err)
+		}
+		return owner, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	owner, err := mark.Parse(string(kv.Value))
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", store.ErrCorrupt, err)
+	}
+	return owner, nil
+}
+
+// ID returns the controller's identity: 16 hex digits, made when its data
+// dir was first used and the same at every New on it. Everything the
+// controller makes carries it: bridges the alias "cnm:<id>:<network id>",
+// its nftables tables the name "cnm-<id>" ([Controller.FirewallTable]), its
+// files the run dir folder "cnm-<id>". Restore removes nothing that does not
+// carry it.
+func (c *Controller) ID() string { return string(c.owner) }
+
+// FirewallTable returns the name of the controller's nftables table
+// ("cnm-" and its ID) in its host namespace.
+func (c *Controller) FirewallTable() string { return c.owner.Table() }
 
 // HostNamespace returns the path of the controller's host namespace.
 func (c *Controller) HostNamespace() string { return c.hostNS.Path() }
@@ -182,6 +224,9 @@ func (c *Controller) Close() error {
 	c.closed = true
 	sandboxes := c.sandboxListLocked()
 	c.mu.Unlock()
+	// Background removals stop; the records they would have finished stay,
+	// and the next New finishes them.
+	c.reaper.stop()
 	for _, sb := range sandboxes {
 		sb.ns.Close()
 	}

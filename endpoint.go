@@ -15,7 +15,6 @@ import (
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/internal/mac"
 	"github.com/seed53641549/cnm/ipam"
-	"github.com/seed53641549/cnm/store"
 )
 
 // Endpoint attaches one sandbox to one network. Its addresses and MAC are
@@ -37,6 +36,15 @@ type Endpoint struct {
 	deleted  bool
 	external bool // external connectivity programmed
 	joinState
+	// Interfaces of earlier joins still being removed (reaper.go): while
+	// reaping > 0, reaped is open and the addresses stay reserved.
+	reaping int
+	reaped  chan struct{}
+	// deleteWhenReaped: Delete came while reaping; the last job finishes it.
+	deleteWhenReaped bool
+	// stuck: a background removal failed, so an interface may live on; the
+	// addresses stay reserved until the next New.
+	stuck bool
 }
 
 // joinState is what an endpoint has while joined; its zero value is "not
@@ -166,49 +174,50 @@ func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...Endpo
 	if ep.mac == nil {
 		ep.mac = mac.Random()
 	}
-	if err := c.step(ctx, stepEndpointIPv4); err != nil {
-		return nil, err
-	}
-	if ep.ipv4, err = n.requestAddress(ctx, n.ipv4, cfg.ipv4); err != nil {
-		return nil, fmt.Errorf("endpoint %q: ipv4 address: %w", name, err)
-	}
-	defer func() {
-		if retErr != nil && !keepAddresses {
-			n.releaseAddress(ctx, n.ipv4, ep.ipv4)
-		}
-	}()
-	if err := c.step(ctx, stepEndpointIPv6); err != nil {
-		return nil, err
-	}
-	if ep.ipv6, err = n.requestAddress(ctx, n.ipv6, cfg.ipv6); err != nil {
-		return nil, fmt.Errorf("endpoint %q: ipv6 address: %w", name, err)
-	}
-	defer func() {
-		if retErr != nil && !keepAddresses {
-			n.releaseAddress(ctx, n.ipv6, ep.ipv6)
-		}
-	}()
-
-	if err := c.step(ctx, stepEndpointDriver); err != nil {
-		return nil, err
-	}
-	err = n.driver.CreateEndpoint(ctx, driverapi.EndpointRequest{NetworkID: n.id, EndpointID: ep.id, MAC: ep.mac, IPv4: ep.ipv4, IPv6: ep.ipv6})
-	if err != nil {
-		return nil, fmt.Errorf("endpoint %q: %w", name, err)
-	}
-	defer func() {
-		if retErr != nil {
-			if err := n.driver.DeleteEndpoint(context.WithoutCancel(ctx), n.id, ep.id); err != nil {
-				keepAddresses = true
-				slog.Warn("cnm: rollback: delete endpoint in driver; its addresses stay reserved", "endpoint", name, "err", err)
+	release := func(fam *networkIPAM, a *netip.Prefix) func(context.Context) error {
+		return func(ctx context.Context) error {
+			if !keepAddresses {
+				n.releaseAddress(ctx, fam, *a)
 			}
+			return nil
 		}
-	}()
-
-	if err := c.step(ctx, stepEndpointCommit); err != nil {
-		return nil, err
 	}
-	if err := c.saveRecord(ctx, endpointKey(n.id, ep.id), ep.record(nil)); err != nil {
+	err = c.run(ctx,
+		step{name: stepEndpointIPv4,
+			do: func(ctx context.Context) (err error) {
+				if ep.ipv4, err = n.requestAddress(ctx, n.ipv4, cfg.ipv4); err != nil {
+					return fmt.Errorf("ipv4 address: %w", err)
+				}
+				return nil
+			},
+			undo: release(n.ipv4, &ep.ipv4)},
+		step{name: stepEndpointIPv6,
+			do: func(ctx context.Context) (err error) {
+				if ep.ipv6, err = n.requestAddress(ctx, n.ipv6, cfg.ipv6); err != nil {
+					return fmt.Errorf("ipv6 address: %w", err)
+				}
+				return nil
+			},
+			undo: release(n.ipv6, &ep.ipv6)},
+		step{name: stepEndpointDriver,
+			do: func(ctx context.Context) error {
+				if p, ok := n.driver.(driverapi.EndpointPreparer); ok {
+					return p.CreateEndpoint(ctx, ep.driverRequest())
+				}
+				return nil
+			},
+			undo: func(ctx context.Context) error {
+				if err := ep.removeFromDriver(ctx); err != nil {
+					keepAddresses = true
+					return fmt.Errorf("delete endpoint %q in driver; its addresses stay reserved: %w", name, err)
+				}
+				return nil
+			}},
+		step{name: stepEndpointCommit, do: func(ctx context.Context) error {
+			return c.saveRecord(ctx, endpointKey(n.id, ep.id), ep.record(nil))
+		}},
+	)
+	if err != nil {
 		return nil, fmt.Errorf("endpoint %q: %w", name, err)
 	}
 	n.mu.Lock()
@@ -255,7 +264,10 @@ func (n *Network) releaseAddress(ctx context.Context, fam *networkIPAM, a netip.
 }
 
 // Delete removes an endpoint that is not joined and releases its addresses.
-// A joined endpoint is not deleted: the error wraps [ErrInUse].
+// A joined endpoint is not deleted: the error wraps [ErrInUse]. If the
+// interface of its last join is still being removed in the background (see
+// [Controller.Settle]), Delete returns at once and the addresses are
+// released once that interface is gone.
 func (ep *Endpoint) Delete(ctx context.Context) error {
 	end, err := ep.nw.ctrl.begin()
 	if err != nil {
@@ -277,44 +289,63 @@ func (ep *Endpoint) Delete(ctx context.Context) error {
 		return fmt.Errorf("%w: endpoint %q is joined to sandbox %q: leave first", ErrInUse, ep.name, sb)
 	}
 	ep.busy = true
+	pending := ep.reaping > 0 || ep.stuck
 	ep.mu.Unlock()
+	defer func() {
+		ep.mu.Lock()
+		ep.busy = false
+		ep.mu.Unlock()
+	}()
 
-	err = ep.remove(ctx)
-	ep.mu.Lock()
-	ep.busy = false
-	ep.mu.Unlock()
-	return err
-}
-
-// remove deletes the endpoint from its driver, releases its addresses and
-// drops its record. The caller holds ep.busy and the endpoint is not joined.
-func (ep *Endpoint) remove(ctx context.Context) error {
-	if err := ep.removeFromDriver(ctx); err != nil {
-		return err
+	if !pending {
+		// The common case: no interface exists, nothing waits.
+		if err := ep.finishDelete(ctx); err != nil {
+			return err
+		}
+		ep.forget()
+		return nil
 	}
-	if err := ep.nw.ctrl.save(ctx, store.Del(endpointKey(ep.nw.id, ep.id))); err != nil {
-		// The addresses stay reserved: the record still claims them.
+	// An interface of an earlier join may still exist: mark the record,
+	// so a restart finishes the deletion, and leave the rest to the job.
+	rec := ep.record(nil)
+	rec.Deleting = true
+	if err := ep.nw.ctrl.saveRecord(ctx, endpointKey(ep.nw.id, ep.id), rec); err != nil {
 		return fmt.Errorf("delete endpoint %q: %w", ep.name, err)
 	}
-	ep.forget(ctx)
+	ep.mu.Lock()
+	ep.deleteWhenReaped = true
+	finishNow := ep.reaping == 0 && !ep.stuck
+	ep.mu.Unlock()
+	ep.forget()
+	if finishNow { // the job ended between the check and the mark
+		return ep.finishDelete(ctx)
+	}
 	return nil
 }
 
-// removeFromDriver deletes the endpoint in its driver.
+// driverRequest describes the endpoint to a driver that prepares endpoints.
+func (ep *Endpoint) driverRequest() driverapi.EndpointRequest {
+	return driverapi.EndpointRequest{NetworkID: ep.nw.id, EndpointID: ep.id, MAC: ep.mac, IPv4: ep.ipv4, IPv6: ep.ipv6}
+}
+
+// removeFromDriver deletes the endpoint in a driver that prepares endpoints.
 func (ep *Endpoint) removeFromDriver(ctx context.Context) error {
 	n := ep.nw
-	if err := n.driver.DeleteEndpoint(ctx, n.id, ep.id); err != nil && !errors.Is(err, ErrNotFound) {
+	p, ok := n.driver.(driverapi.EndpointPreparer)
+	if !ok {
+		return nil
+	}
+	if err := p.DeleteEndpoint(ctx, n.id, ep.id); err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("delete endpoint %q: %w", ep.name, err)
 	}
 	return nil
 }
 
-// forget releases the endpoint's addresses and drops it from memory, once
-// its record is gone.
-func (ep *Endpoint) forget(ctx context.Context) {
+// forget drops a deleted endpoint from its network: its name is free at
+// once. Its addresses are released separately (finishDelete), once no
+// interface holds them.
+func (ep *Endpoint) forget() {
 	n := ep.nw
-	n.releaseAddress(ctx, n.ipv4, ep.ipv4)
-	n.releaseAddress(ctx, n.ipv6, ep.ipv6)
 	n.mu.Lock()
 	delete(n.endpoints, ep.id)
 	delete(n.epNames, ep.name)

@@ -24,37 +24,51 @@ ff02::2	ip6-allrouters
 // so a bind mount of it into a container sees every update; it is not
 // rewritten when its content would not change.
 func (sb *Sandbox) writeHosts(eps []*Endpoint) error {
-	var b bytes.Buffer
-	b.WriteString(hostsHeader)
-	for _, h := range sb.cfg.extraHosts {
-		fmt.Fprintf(&b, "%s\t%s\n", h.IP, h.Name)
-	}
-	if name := sb.cfg.hostname; name != "" {
-		names := name
-		if sb.cfg.domainname != "" {
-			names = name + "." + sb.cfg.domainname + " " + name
-		}
-		for _, ep := range eps {
-			for _, a := range []netip.Prefix{ep.ipv4, ep.ipv6} {
-				if a.IsValid() {
-					fmt.Fprintf(&b, "%s\t%s\n", a.Addr(), names)
-				}
+	var addrs []netip.Addr
+	for _, ep := range eps {
+		for _, a := range []netip.Prefix{ep.ipv4, ep.ipv6} {
+			if a.IsValid() {
+				addrs = append(addrs, a.Addr())
 			}
 		}
 	}
+	b := hostsFile(&sb.cfg, addrs)
 	sb.mu.Lock()
-	same := sb.hostsWritten != nil && bytes.Equal(sb.hostsWritten, b.Bytes())
+	same := sb.hostsWritten != nil && bytes.Equal(sb.hostsWritten, b)
 	sb.mu.Unlock()
 	if same {
 		return nil // a sandbox without a host name: joins do not change the file
 	}
-	if err := os.WriteFile(sb.cfg.hostsPath, b.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(sb.cfg.hostsPath, b, 0o644); err != nil {
 		return fmt.Errorf("write hosts file: %w", err)
 	}
 	sb.mu.Lock()
-	sb.hostsWritten = b.Bytes()
+	sb.hostsWritten = b
 	sb.mu.Unlock()
 	return nil
+}
+
+// hostsFile returns the content of a hosts file: the header, a line per
+// extra host of cfg, and if cfg has a host name, a line per address in
+// addrs with the host name (after the full name, with a domain name). It
+// writes names and addresses as they are: the options that filled cfg let
+// through no white space, control character or IPv6 zone.
+func hostsFile(cfg *sandboxConfig, addrs []netip.Addr) []byte {
+	var b bytes.Buffer
+	b.WriteString(hostsHeader)
+	for _, h := range cfg.extraHosts {
+		fmt.Fprintf(&b, "%s\t%s\n", h.IP, h.Name)
+	}
+	if name := cfg.hostname; name != "" {
+		names := name
+		if cfg.domainname != "" {
+			names = name + "." + cfg.domainname + " " + name
+		}
+		for _, a := range addrs {
+			fmt.Fprintf(&b, "%s\t%s\n", a, names)
+		}
+	}
+	return b.Bytes()
 }
 
 // Fallback name servers when the host has none a sandbox can reach, as Docker.
@@ -76,6 +90,15 @@ func (sb *Sandbox) writeResolvConf() error {
 	if len(servers) == 0 {
 		servers = fallbackDNS
 	}
+	if err := os.WriteFile(sb.cfg.resolv, resolvConf(servers, extra), 0o644); err != nil {
+		return fmt.Errorf("write resolv.conf: %w", err)
+	}
+	return nil
+}
+
+// resolvConf returns the content of a resolv.conf: a nameserver line per
+// server, then the lines extra (the host's search and options lines).
+func resolvConf(servers []netip.Addr, extra []string) []byte {
 	var b bytes.Buffer
 	for _, s := range servers {
 		fmt.Fprintf(&b, "nameserver %s\n", s)
@@ -83,10 +106,7 @@ func (sb *Sandbox) writeResolvConf() error {
 	for _, l := range extra {
 		b.WriteString(l + "\n")
 	}
-	if err := os.WriteFile(sb.cfg.resolv, b.Bytes(), 0o644); err != nil {
-		return fmt.Errorf("write resolv.conf: %w", err)
-	}
-	return nil
+	return b.Bytes()
 }
 
 // readHostResolvConf returns the non-loopback name servers of a resolv.conf

@@ -2,6 +2,7 @@ package cnm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -22,7 +23,7 @@ import (
 //
 // A sandbox holds at most one endpoint per network; an endpoint is joined to
 // at most one sandbox.
-func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) (retErr error) {
+func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) error {
 	var cfg joinConfig
 	for _, o := range opts {
 		if err := o(&cfg); err != nil {
@@ -55,6 +56,11 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) (
 	}
 	joined := false
 	defer func() { ep.release(joined) }()
+	// The driver serves one interface per endpoint: one left a moment ago
+	// must be gone first (reaper.go).
+	if err := ep.waitReaped(ctx); err != nil {
+		return wrap(err)
+	}
 
 	ifName := ""
 	if !noIf {
@@ -62,95 +68,70 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) (
 			return wrap(err)
 		}
 	}
-	if err := c.step(ctx, stepJoinDriver); err != nil {
-		return err
-	}
-	resp, err := n.driver.Join(ctx, driverapi.JoinRequest{
-		NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns, InterfaceName: ifName,
-		MAC: ep.mac, IPv4: ep.ipv4, IPv6: ep.ipv6,
-	})
+	var (
+		resp    driverapi.JoinResponse
+		ifIndex int
+		ifMAC   net.HardwareAddr
+		others  = sb.Endpoints()
+		with    = append(slices.Clone(others), ep)
+	)
+	err = c.run(ctx,
+		step{name: stepJoinDriver,
+			do: func(ctx context.Context) (err error) {
+				resp, err = n.driver.Join(ctx, driverapi.JoinRequest{
+					NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns, InterfaceName: ifName,
+					MAC: ep.mac, IPv4: ep.ipv4, IPv6: ep.ipv6,
+				})
+				return err
+			},
+			// The interface, its addresses and routes go with it.
+			undo: func(ctx context.Context) error {
+				return n.driver.Leave(ctx, driverapi.LeaveRequest{NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns})
+			}},
+		step{name: stepJoinInterface, do: func(ctx context.Context) (err error) {
+			if !noIf {
+				ifIndex, ifMAC, err = sb.configureInterface(ctx, ep, ifName, resp.SrcName)
+			}
+			return err
+		}},
+		step{name: stepJoinRoutes, do: func(ctx context.Context) error {
+			for _, r := range resp.StaticRoutes {
+				if noIf {
+					break
+				}
+				if err := sb.ns.AddRoute(ctx, osl.Route{Dst: r.Destination, Gateway: r.NextHop, LinkIndex: ifIndex}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
+		step{name: stepJoinGateway,
+			do: func(ctx context.Context) error {
+				// From here on the endpoint takes part in the sandbox's choices.
+				ep.mu.Lock()
+				ep.joinState = joinState{ifName: ifName, ifIndex: ifIndex, ifMAC: ifMAC, gw4: resp.Gateway, gw6: resp.GatewayIPv6, gwPriority: cfg.gatewayPriority}
+				ep.mu.Unlock()
+				if err := sb.updateGateways(ctx, with, nil); err != nil {
+					// One family's route may have moved: put both back.
+					if rerr := sb.updateGateways(context.WithoutCancel(ctx), others, nil); rerr != nil {
+						slog.Warn("cnm: rollback: restore default routes", "sandbox", sb.containerID, "err", rerr)
+					}
+					return err
+				}
+				return nil
+			},
+			undo: func(ctx context.Context) error { return sb.updateGateways(ctx, others, nil) }},
+		step{name: stepJoinHosts,
+			do:   func(context.Context) error { return sb.writeHosts(with) },
+			undo: func(context.Context) error { return sb.writeHosts(others) }},
+		step{name: stepJoinExternal,
+			do:   ep.programExternal,
+			undo: ep.revokeExternal},
+		step{name: stepJoinCommit, do: func(ctx context.Context) error {
+			return c.saveRecord(ctx, endpointKey(n.id, ep.id), ep.record(sb))
+		}},
+	)
 	if err != nil {
-		return wrap(err)
-	}
-	defer func() {
-		if retErr != nil {
-			err := n.driver.Leave(context.WithoutCancel(ctx), driverapi.LeaveRequest{NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns})
-			if err != nil {
-				slog.Warn("cnm: rollback: leave in driver", "endpoint", ep.name, "err", err)
-			}
-		}
-	}()
-
-	ifIndex := 0
-	var ifMAC net.HardwareAddr
-	if !noIf {
-		if err := c.step(ctx, stepJoinInterface); err != nil {
-			return err
-		}
-		if ifIndex, ifMAC, err = sb.configureInterface(ctx, ep, ifName, resp.SrcName); err != nil {
-			return wrap(err)
-		}
-		if err := c.step(ctx, stepJoinRoutes); err != nil {
-			return err
-		}
-		for _, r := range resp.StaticRoutes {
-			if err := sb.ns.AddRoute(ctx, osl.Route{Dst: r.Destination, Gateway: r.NextHop, LinkIndex: ifIndex}); err != nil {
-				return wrap(err)
-			}
-		}
-	}
-
-	// From here on the endpoint takes part in the sandbox's choices.
-	ep.mu.Lock()
-	ep.joinState = joinState{ifName: ifName, ifIndex: ifIndex, ifMAC: ifMAC, gw4: resp.Gateway, gw6: resp.GatewayIPv6, gwPriority: cfg.gatewayPriority}
-	ep.mu.Unlock()
-	others := sb.Endpoints()
-	with := append(slices.Clone(others), ep)
-
-	if err := c.step(ctx, stepJoinGateway); err != nil {
-		return err
-	}
-	// Registered before the change: updateGateways may fail after moving one
-	// family's route, and the restore recomputes both.
-	defer func() {
-		if retErr != nil {
-			if err := sb.updateGateways(context.WithoutCancel(ctx), others, nil); err != nil {
-				slog.Warn("cnm: rollback: restore default routes", "sandbox", sb.containerID, "err", err)
-			}
-		}
-	}()
-	if err := sb.updateGateways(ctx, with, nil); err != nil {
-		return wrap(err)
-	}
-
-	if err := c.step(ctx, stepJoinHosts); err != nil {
-		return err
-	}
-	if err := sb.writeHosts(with); err != nil {
-		return err
-	}
-	defer func() {
-		if retErr != nil {
-			_ = sb.writeHosts(others)
-		}
-	}()
-
-	if err := c.step(ctx, stepJoinExternal); err != nil {
-		return err
-	}
-	if err := ep.programExternal(ctx); err != nil {
-		return wrap(err)
-	}
-	defer func() {
-		if retErr != nil {
-			_ = ep.revokeExternal(context.WithoutCancel(ctx))
-		}
-	}()
-
-	if err := c.step(ctx, stepJoinCommit); err != nil {
-		return err
-	}
-	if err := c.saveRecord(ctx, endpointKey(n.id, ep.id), ep.record(sb)); err != nil {
 		return wrap(err)
 	}
 	sb.mu.Lock()
@@ -266,11 +247,14 @@ func (sb *Sandbox) configureInterface(ctx context.Context, ep *Endpoint, ifName,
 	return link.Index, link.MAC, nil
 }
 
-// Leave detaches the endpoint from the sandbox: its interface is deleted
-// (one link deletion), its default route, if it held one, moves to the next
-// best endpoint first, so the sandbox is never without one while another
-// endpoint offers it. The endpoint keeps its addresses for a later Join.
-func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) (retErr error) {
+// Leave detaches the endpoint from the sandbox. Its default route, if it
+// held one, moves to the next best endpoint first, so the sandbox is never
+// without one while another endpoint offers it. The interface is taken out
+// of use at once (down, and renamed, so its name is free for the next
+// Join); the kernel's deletion of it, which takes 20-30 ms, runs in the
+// background (see [Controller.Settle]). The endpoint keeps its addresses
+// for a later Join.
+func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) error {
 	n := ep.nw
 	c := n.ctrl
 	if sb == nil || sb.ctrl != c {
@@ -294,6 +278,7 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) (retErr error) {
 		return fmt.Errorf("%w: endpoint %q: another operation is in progress", ErrInUse, ep.name)
 	}
 	ep.busy = true
+	ifName, ifIndex := ep.ifName, ep.ifIndex
 	ep.mu.Unlock()
 	left := false
 	defer func() {
@@ -314,9 +299,14 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) (retErr error) {
 	if err := sb.updateGateways(ctx, rest, ep); err != nil {
 		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
 	}
+	req := driverapi.LeaveRequest{NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns}
 	err = c.step(ctx, stepLeave)
-	if err == nil {
-		err = n.driver.Leave(ctx, driverapi.LeaveRequest{NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns})
+	if err == nil && ifName != "" {
+		req.InterfaceName = retiredName()
+		err = sb.ns.RetireLink(ctx, ifIndex, req.InterfaceName)
+		if errors.Is(err, osl.ErrLinkNotFound) {
+			err, req.InterfaceName = nil, "" // someone deleted it already
+		}
 	}
 	if err != nil {
 		rctx := context.WithoutCancel(ctx)
@@ -328,6 +318,7 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) (retErr error) {
 		}
 		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
 	}
+	// From here on the leave is done: nothing fails it any more.
 	if err := c.step(ctx, stepLeaveDriver); err != nil {
 		return err
 	}
@@ -335,11 +326,25 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) (retErr error) {
 		slog.Warn("cnm: rewrite hosts file", "sandbox", sb.containerID, "err", err)
 	}
 	if err := c.saveRecord(ctx, endpointKey(n.id, ep.id), ep.record(nil)); err != nil {
-		// The interface is gone; the next New sees that and finishes the leave.
+		// The interface is retired; the next New sees that and finishes the leave.
 		slog.Warn("cnm: record leave", "endpoint", ep.name, "err", err)
 	}
 	sb.drop(ep)
 	left = true
+	if ifName == "" {
+		// No interface: the driver only forgets the join.
+		if err := n.driver.Leave(ctx, req); err != nil {
+			slog.Warn("cnm: leave in driver", "endpoint", ep.name, "err", err)
+		}
+		return nil
+	}
+	var hold *Sandbox
+	if !n.driver.Capability().GoneWithSandbox {
+		hold = sb // the driver deletes the interface inside the sandbox
+	} else {
+		req.Sandbox = nil
+	}
+	ep.reap(req, hold)
 	return nil
 }
 

@@ -219,6 +219,7 @@ func TestAdoptedNamespaceIsKept(t *testing.T) {
 	cancelled, cancel := context.WithCancel(ctx)
 	cancel()
 	require.NoError(t, sb.Delete(cancelled))
+	require.NoError(t, ctrl.Settle(ctx)) // the interface goes in the background
 	assert.Equal(t, "eth0,lo", linkNames(t, mine.Path()), "cnm's interface is gone, the runtime's and the namespace stay")
 	var st unix.Stat_t
 	require.NoError(t, unix.Stat(mine.Path(), &st))

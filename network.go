@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -35,6 +36,7 @@ type Network struct {
 	deleting  bool
 	endpoints map[string]*Endpoint // by ID, committed only
 	epNames   map[string]bool      // taken names, in-flight creations included
+	reaping   int                  // endpoint interfaces still being removed (reaper.go)
 }
 
 // networkIPAM is a network's addressing in one family, as IPAM resolved it.
@@ -148,72 +150,74 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 	// If the driver's rollback fails, its kernel objects may still hold the
 	// subnet: then the pools stay reserved rather than be handed out twice.
 	keepPools := false
-	if err := c.step(ctx, stepNetworkIPAM); err != nil {
-		return nil, err
-	}
-	if !drv.Capability().NoInterface {
-		ipamDriver, alloc, err := c.allocator(cfg.ipamDriver)
-		if err != nil {
-			return nil, fmt.Errorf("%w: network %q: %w", ErrInvalid, name, err)
-		}
-		v4 := cfg.ipv4
-		if v4 == nil {
-			v4 = &IPAMConfig{}
-		}
-		// A subnet taken from the default pools must not collide with the
-		// host's own networks.
-		var avoid []netip.Prefix
-		if !v4.Subnet.IsValid() || (cfg.ipv6 != nil && !cfg.ipv6.Subnet.IsValid()) {
-			if avoid, err = c.hostPrefixes(ctx); err != nil {
-				return nil, fmt.Errorf("network %q: %w", name, err)
-			}
-		}
-		req := poolRequest{alloc: alloc, driver: ipamDriver, avoid: avoid}
-		if n.ipv4, err = c.requestNetworkIPAM(ctx, req, *v4, false); err != nil {
-			return nil, fmt.Errorf("network %q: %w", name, err)
-		}
-		defer func() {
-			if retErr != nil && !keepPools {
-				c.releaseNetworkIPAM(ctx, n.ipv4)
-			}
-		}()
-		if cfg.ipv6 != nil {
-			if n.ipv6, err = c.requestNetworkIPAM(ctx, req, *cfg.ipv6, true); err != nil {
-				return nil, fmt.Errorf("network %q: %w", name, err)
-			}
-			defer func() {
-				if retErr != nil && !keepPools {
+	err = c.run(ctx,
+		step{name: stepNetworkIPAM,
+			do: func(ctx context.Context) error {
+				if drv.Capability().NoInterface {
+					return nil
+				}
+				return c.requestNetworkPools(ctx, n, cfg)
+			},
+			undo: func(ctx context.Context) error {
+				if !keepPools {
+					c.releaseNetworkIPAM(ctx, n.ipv4)
 					c.releaseNetworkIPAM(ctx, n.ipv6)
 				}
-			}()
-		}
-	}
-
-	if err := c.step(ctx, stepNetworkDriver); err != nil {
-		return nil, err
-	}
-	if err := drv.CreateNetwork(ctx, n.driverRequest()); err != nil {
-		return nil, fmt.Errorf("network %q: %w", name, err)
-	}
-	defer func() {
-		if retErr != nil {
-			if err := drv.DeleteNetwork(context.WithoutCancel(ctx), n.id); err != nil {
-				keepPools = true
-				slog.Warn("cnm: rollback: delete network in driver; its subnets stay reserved", "network", name, "err", err)
-			}
-		}
-	}()
-
-	if err := c.step(ctx, stepNetworkCommit); err != nil {
-		return nil, err
-	}
-	if err := c.saveRecord(ctx, networkKey(n.id), n.record()); err != nil {
+				return nil
+			}},
+		step{name: stepNetworkDriver,
+			do: func(ctx context.Context) error { return drv.CreateNetwork(ctx, n.driverRequest()) },
+			undo: func(ctx context.Context) error {
+				if err := drv.DeleteNetwork(ctx, n.id); err != nil {
+					keepPools = true
+					return fmt.Errorf("delete network in driver; its subnets stay reserved: %w", err)
+				}
+				return nil
+			}},
+		step{name: stepNetworkCommit, do: func(ctx context.Context) error {
+			return c.saveRecord(ctx, networkKey(n.id), n.record())
+		}},
+	)
+	if err != nil {
 		return nil, fmt.Errorf("network %q: %w", name, err)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.networks[n.id] = n
 	return n, nil
+}
+
+// requestNetworkPools reserves the network's address pools, IPv4 and, if
+// asked for, IPv6. On error nothing stays reserved.
+func (c *Controller) requestNetworkPools(ctx context.Context, n *Network, cfg networkConfig) error {
+	ipamDriver, alloc, err := c.allocator(cfg.ipamDriver)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	v4 := cfg.ipv4
+	if v4 == nil {
+		v4 = &IPAMConfig{}
+	}
+	// A subnet taken from the default pools must not collide with the
+	// host's own networks.
+	var avoid []netip.Prefix
+	if !v4.Subnet.IsValid() || (cfg.ipv6 != nil && !cfg.ipv6.Subnet.IsValid()) {
+		if avoid, err = c.hostPrefixes(ctx); err != nil {
+			return err
+		}
+	}
+	req := poolRequest{alloc: alloc, driver: ipamDriver, avoid: avoid}
+	if n.ipv4, err = c.requestNetworkIPAM(ctx, req, *v4, false); err != nil {
+		return err
+	}
+	if cfg.ipv6 != nil {
+		if n.ipv6, err = c.requestNetworkIPAM(ctx, req, *cfg.ipv6, true); err != nil {
+			c.releaseNetworkIPAM(ctx, n.ipv4)
+			n.ipv4 = nil
+			return err
+		}
+	}
+	return nil
 }
 
 // driverRequest describes the network to its driver, at creation and at
@@ -350,7 +354,8 @@ func (n *Network) EndpointByID(id string) (*Endpoint, error) {
 
 // Delete removes the network: its driver's kernel objects, its address pools
 // and its record. A network that still has endpoints is not deleted: the
-// error wraps [ErrInUse].
+// error wraps [ErrInUse]. If interfaces of its deleted endpoints are still
+// being removed in the background, Delete waits for them (bounded by ctx).
 func (n *Network) Delete(ctx context.Context) error {
 	c := n.ctrl
 	end, err := c.begin()
@@ -358,6 +363,9 @@ func (n *Network) Delete(ctx context.Context) error {
 		return err
 	}
 	defer end()
+	if err := n.waitReaped(ctx); err != nil {
+		return fmt.Errorf("delete network %q: %w", n.name, err)
+	}
 	ctx = context.WithoutCancel(ctx) // a delete, once begun, is finished
 	n.mu.Lock()
 	switch {
@@ -368,6 +376,9 @@ func (n *Network) Delete(ctx context.Context) error {
 		count := len(n.epNames)
 		n.mu.Unlock()
 		return fmt.Errorf("%w: network %q has %d endpoints", ErrInUse, n.name, count)
+	case n.reaping > 0:
+		n.mu.Unlock()
+		return fmt.Errorf("%w: network %q: interfaces of deleted endpoints are still being removed", ErrInUse, n.name)
 	}
 	n.deleting = true
 	n.mu.Unlock()
@@ -395,7 +406,13 @@ func (n *Network) Delete(ctx context.Context) error {
 		return err
 	}
 	if err := c.save(ctx, store.Del(networkKey(n.id))); err != nil {
-		slog.Warn("cnm: delete network record; the next New finishes it", "network", n.name, "err", err)
+		// The record, marked Deleting, still claims the subnets and the
+		// name: both stay reserved in this process too, so that the next
+		// New, which finishes the deletion, finds them free.
+		c.mu.Lock()
+		delete(c.networks, n.id)
+		c.mu.Unlock()
+		return fmt.Errorf("delete network %q: its kernel objects are gone, its record stays until the next New: %w", n.name, err)
 	}
 	c.releaseNetworkIPAM(ctx, n.ipv4)
 	c.releaseNetworkIPAM(ctx, n.ipv6)
@@ -408,3 +425,21 @@ func (n *Network) Delete(ctx context.Context) error {
 
 // Controller returns the controller that owns the network.
 func (n *Network) Controller() *Controller { return n.ctrl }
+
+// waitReaped waits until no interface of the network's endpoints is being
+// removed in the background.
+func (n *Network) waitReaped(ctx context.Context) error {
+	for {
+		n.mu.Lock()
+		busy := n.reaping > 0
+		n.mu.Unlock()
+		if !busy {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for the interfaces of deleted endpoints to go: %w", ctx.Err())
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}

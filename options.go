@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/internal/linkrules"
 	"github.com/seed53641549/cnm/ipam"
 )
 
@@ -22,6 +23,8 @@ type config struct {
 	dataDir      string
 	runDir       string
 	defaultPools []ipam.DefaultPool // nil: Docker's
+
+	leaveHostSysctls bool // WithoutHostSysctls
 }
 
 // Defaults of [New].
@@ -158,6 +161,9 @@ func (c IPAMConfig) validate(family string, v6 bool) error {
 			return fmt.Errorf("%w: %s ip-range %s is not a prefix inside subnet %s", ErrInvalid, field, c.IPRange, c.Subnet)
 		}
 	}
+	if err := noZone(field+" gateway", c.Gateway); err != nil {
+		return err // Contains would call it outside the subnet
+	}
 	if c.Gateway.IsValid() {
 		if !c.Subnet.Contains(c.Gateway) {
 			return fmt.Errorf("%w: %s gateway %s is outside subnet %s", ErrInvalid, field, c.Gateway, c.Subnet)
@@ -276,7 +282,7 @@ type endpointConfig struct {
 func WithIPv4Address(a netip.Addr) EndpointOption {
 	return func(o *endpointConfig) error {
 		if !a.Is4() {
-			return fmt.Errorf("%w: ipv4 address %s is not an IPv4 address", ErrInvalid, a)
+			return fmt.Errorf("%w: ipv4 address %q is not an IPv4 address", ErrInvalid, a)
 		}
 		o.ipv4 = a
 		return nil
@@ -284,8 +290,12 @@ func WithIPv4Address(a netip.Addr) EndpointOption {
 }
 
 // WithIPv6Address asks for this IPv6 address instead of the next free one.
+// It has no zone: the interface is the endpoint's.
 func WithIPv6Address(a netip.Addr) EndpointOption {
 	return func(o *endpointConfig) error {
+		if err := noZone("ipv6 address", a); err != nil {
+			return err
+		}
 		if !a.Is6() || a.Is4In6() {
 			return fmt.Errorf("%w: ipv6 address %s is not an IPv6 address", ErrInvalid, a)
 		}
@@ -294,12 +304,12 @@ func WithIPv6Address(a netip.Addr) EndpointOption {
 	}
 }
 
-// WithMACAddress sets the interface's MAC address. Default: a random locally
-// administered unicast address.
+// WithMACAddress sets the interface's MAC address: 6 bytes, unicast, not
+// all zero. Default: a random locally administered unicast address.
 func WithMACAddress(mac net.HardwareAddr) EndpointOption {
 	return func(o *endpointConfig) error {
-		if len(mac) != 6 || mac[0]&1 == 1 {
-			return fmt.Errorf("%w: mac address %q: not a unicast Ethernet address", ErrInvalid, mac.String())
+		if err := linkrules.CheckMAC(mac); err != nil {
+			return fmt.Errorf("%w: mac address %q: %v", ErrInvalid, mac.String(), err)
 		}
 		o.mac = append(net.HardwareAddr(nil), mac...)
 		return nil
@@ -361,6 +371,10 @@ type ExtraHost struct {
 	IP   netip.Addr
 }
 
+// validHostname checks a name written to a sandbox's hosts file: at most
+// 253 characters, in dot-separated labels of 1 to 63 letters, digits and
+// '-', neither first nor last (RFC 1123). Nothing else may pass: a control
+// character or white space would add a line or a name to the file.
 func validHostname(field, s string) error {
 	if len(s) > 253 {
 		return fmt.Errorf("%w: %s %.20q... is longer than 253 characters", ErrInvalid, field, s)
@@ -374,6 +388,17 @@ func validHostname(field, s string) error {
 				return fmt.Errorf("%w: %s %q: not a valid DNS name", ErrInvalid, field, s)
 			}
 		}
+	}
+	return nil
+}
+
+// noZone refuses an address with an IPv6 zone ("fe80::1%eth0"). A zone is
+// any string (netip.ParseAddr takes "fe80::1%x\n6.6.6.6 registry"), so in a
+// hosts file or resolv.conf it could add a line; and it names an interface
+// of whichever namespace reads it.
+func noZone(field string, a netip.Addr) error {
+	if a.Zone() != "" {
+		return fmt.Errorf("%w: %s %q: has an IPv6 zone; give the address without it", ErrInvalid, field, a.String())
 	}
 	return nil
 }
@@ -438,8 +463,8 @@ func WithResolvConfPath(path string) SandboxOption {
 	}
 }
 
-// WithDNS sets the sandbox's name servers. Default: the host's
-// /etc/resolv.conf servers except loopback ones (unreachable from a
+// WithDNS sets the sandbox's name servers, without IPv6 zones. Default: the
+// host's /etc/resolv.conf servers except loopback ones (unreachable from a
 // sandbox); if none remain, Google's public servers, as Docker does.
 func WithDNS(servers ...netip.Addr) SandboxOption {
 	return func(o *sandboxConfig) error {
@@ -447,13 +472,17 @@ func WithDNS(servers ...netip.Addr) SandboxOption {
 			if !s.IsValid() {
 				return fmt.Errorf("%w: dns server: invalid address", ErrInvalid)
 			}
+			if err := noZone("dns server", s); err != nil {
+				return err
+			}
 		}
 		o.dns = append([]netip.Addr(nil), servers...)
 		return nil
 	}
 }
 
-// WithExtraHosts adds lines to the sandbox's hosts file.
+// WithExtraHosts adds lines to the sandbox's hosts file. Each name is a
+// DNS name, each address has no IPv6 zone.
 func WithExtraHosts(hosts ...ExtraHost) SandboxOption {
 	return func(o *sandboxConfig) error {
 		for _, h := range hosts {
@@ -462,6 +491,9 @@ func WithExtraHosts(hosts ...ExtraHost) SandboxOption {
 			}
 			if !h.IP.IsValid() {
 				return fmt.Errorf("%w: extra host %q: invalid address", ErrInvalid, h.Name)
+			}
+			if err := noZone(fmt.Sprintf("extra host %q address", h.Name), h.IP); err != nil {
+				return err
 			}
 		}
 		o.extraHosts = append([]ExtraHost(nil), hosts...)

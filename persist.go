@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/seed53641549/cnm/ipam"
+	"github.com/seed53641549/cnm/osl"
 	"github.com/seed53641549/cnm/store"
 )
 
@@ -27,6 +28,7 @@ const recordSchema = 1
 // finds and removes them.
 const (
 	keyRunDir      = "meta/run-dir"
+	keyOwner       = "meta/controller-id"
 	prefixNetwork  = "network/"
 	prefixEndpoint = "endpoint/"
 	prefixSandbox  = "sandbox/"
@@ -67,9 +69,15 @@ type endpointRecord struct {
 	IPv6      netip.Prefix  `json:"ipv6,omitzero"`
 	Aliases   []string      `json:"aliases,omitempty"`
 	Ports     []PortMapping `json:"ports,omitempty"`
-	// Set while joined.
+	// Deleting: the endpoint was deleted, but an interface of it may still
+	// exist; its addresses stay reserved until the interface is gone.
+	Deleting bool `json:"deleting,omitempty"`
+	// Set while joined. IfIndex and IfMAC identify the interface: restore
+	// takes back only an interface of that name with that index and MAC.
 	SandboxID       string     `json:"sandbox_id,omitempty"`
 	InterfaceName   string     `json:"interface,omitempty"`
+	IfIndex         int        `json:"if_index,omitempty"`
+	IfMAC           string     `json:"if_mac,omitempty"` // "": the endpoint's own MAC
 	Gateway         netip.Addr `json:"gateway,omitzero"`
 	GatewayIPv6     netip.Addr `json:"gateway_ipv6,omitzero"`
 	GatewayPriority int        `json:"gateway_priority,omitempty"`
@@ -80,6 +88,7 @@ type sandboxRecord struct {
 	ID          string       `json:"id"`
 	ContainerID string       `json:"container_id"`
 	Key         string       `json:"key"`
+	NSID        osl.ID       `json:"nsid"` // the namespace Key opened when the sandbox was made
 	Owned       bool         `json:"owned,omitempty"`
 	Dir         string       `json:"dir"`
 	HostsPath   string       `json:"hosts_path"`
@@ -124,7 +133,10 @@ func (ep *Endpoint) record(sb *Sandbox) endpointRecord {
 		IPv4: ep.ipv4, IPv6: ep.ipv6, Aliases: ep.aliases, Ports: ep.ports,
 	}
 	if sb != nil {
-		r.SandboxID, r.InterfaceName = sb.id, ep.ifName
+		r.SandboxID, r.InterfaceName, r.IfIndex = sb.id, ep.ifName, ep.ifIndex
+		if ep.ifMAC != nil {
+			r.IfMAC = ep.ifMAC.String()
+		}
 		r.Gateway, r.GatewayIPv6, r.GatewayPriority = ep.gw4, ep.gw6, ep.gwPriority
 	}
 	return r
@@ -132,7 +144,7 @@ func (ep *Endpoint) record(sb *Sandbox) endpointRecord {
 
 func (sb *Sandbox) record() sandboxRecord {
 	return sandboxRecord{
-		Schema: recordSchema, ID: sb.id, ContainerID: sb.containerID, Key: sb.ns.Path(), Owned: sb.owned,
+		Schema: recordSchema, ID: sb.id, ContainerID: sb.containerID, Key: sb.ns.Path(), NSID: sb.ns.ID(), Owned: sb.owned,
 		Dir: sb.dir, HostsPath: sb.cfg.hostsPath, ResolvPath: sb.cfg.resolv,
 		Hostname: sb.cfg.hostname, Domainname: sb.cfg.domainname, NetnsPath: sb.cfg.netnsPath,
 		DNS: sb.cfg.dns, ExtraHosts: sb.cfg.extraHosts, HostNetwork: sb.cfg.hostNetwork,

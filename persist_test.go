@@ -166,15 +166,16 @@ func TestRebootSimulation(t *testing.T) {
 	require.NoError(t, ctrl.Close())
 
 	// "Reboot": every namespace, link and rule of the host is gone.
-	entries, err := os.ReadDir(filepath.Join(host.RunDir, "netns"))
+	nsDir := filepath.Join(host.RunDir, "cnm-"+ctrl.ID(), "netns")
+	entries, err := os.ReadDir(nsDir)
 	require.NoError(t, err)
 	for _, e := range entries {
-		require.NoError(t, osl.RemoveNamespaceFile(filepath.Join(host.RunDir, "netns", e.Name())))
+		require.NoError(t, osl.RemoveNamespaceFile(filepath.Join(nsDir, e.Name())))
 	}
 	require.NoError(t, host.NS.DeleteLink(ctx, "br-reboot"))
 	fd, err := host.NS.FD()
 	require.NoError(t, err)
-	fw, err := firewall.New(ctx, fd, cnm.FirewallTable)
+	fw, err := firewall.New(ctx, fd, ctrl.FirewallTable())
 	unix.Close(fd)
 	require.NoError(t, err)
 	require.NoError(t, fw.Delete(ctx))
@@ -193,7 +194,7 @@ func TestRebootSimulation(t *testing.T) {
 	// Rules are back: networks are isolated again, and the freed address is free.
 	fd, err = host.NS.FD()
 	require.NoError(t, err)
-	n, err := firewall.CountRules(ctx, fd, cnm.FirewallTable)
+	n, err := firewall.CountRules(ctx, fd, ctrl2.FirewallTable())
 	unix.Close(fd)
 	require.NoError(t, err)
 	assert.Positive(t, n)
@@ -275,7 +276,7 @@ func TestCrashRecovery(t *testing.T) {
 				require.NoError(t, err)
 				ports, joined := 0, 0
 				for _, l := range links {
-					if l.Alias == "cnm:"+nw.ID() {
+					if l.Alias == "cnm:"+ctrl.ID()+":"+nw.ID() {
 						for _, p := range links {
 							if p.MasterIndex == l.Index {
 								ports++

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -12,18 +14,28 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/google/uuid"
+
 	"github.com/seed53641549/cnm/driverapi"
-	"github.com/seed53641549/cnm/drivers/bridge"
 	"github.com/seed53641549/cnm/osl"
 	"github.com/seed53641549/cnm/store"
 )
 
-// restore takes back everything the data dir records and reconciles it with
-// the kernel: networks whose kernel objects are gone are made again;
-// sandboxes whose namespace survived are taken back untouched; sandboxes
-// whose namespace is gone are removed with their endpoints; deletions a
-// crash interrupted are finished; kernel objects that carry this
-// controller's marks but that no record explains are removed.
+// restore takes back everything the stores record and reconciles it with
+// the kernel:
+//
+//   - networks whose kernel objects are gone are made again;
+//   - sandboxes whose namespace survived, and is the one recorded, are taken
+//     back untouched; those whose namespace is gone are removed;
+//   - joined endpoints whose interface survived, and is the one recorded, are
+//     taken back; deletions a crash interrupted are finished;
+//   - kernel objects and files that carry this controller's marks but that
+//     no record explains are removed; nothing else is.
+//
+// Only "no such file", "not a network namespace" and "no such link" mean
+// gone. Any other error (out of file descriptors, of memory, of netlink
+// buffers) fails restore before it changes anything: a transient error must
+// never be read as a dead container.
 func (c *Controller) restore(ctx context.Context) error {
 	if err := c.checkRunDir(ctx); err != nil {
 		return err
@@ -40,24 +52,48 @@ func (c *Controller) restore(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+
+	// Look first, change afterwards.
+	found := make([]foundSandbox, 0, len(sbs))
+	for _, r := range sbs {
+		f, err := c.findSandbox(ctx, r)
+		if err != nil {
+			for _, f := range found {
+				f.close()
+			}
+			return fmt.Errorf("sandbox %q: %w", r.ContainerID, err)
+		}
+		found = append(found, f)
+	}
+
 	for _, r := range nets {
 		if err := c.restoreNetwork(ctx, r); err != nil {
 			return fmt.Errorf("network %q: %w", r.Name, err)
 		}
 	}
-	gone := map[string]bool{} // sandboxes removed now: their endpoints go too
-	for _, r := range sbs {
-		alive, err := c.restoreSandbox(ctx, r)
-		if err != nil {
-			return fmt.Errorf("sandbox %q: %w", r.ContainerID, err)
+	alive := map[string]foundSandbox{}
+	for _, f := range found {
+		if f.ns == nil {
+			if err := c.removeGoneSandbox(ctx, f.rec); err != nil {
+				return fmt.Errorf("sandbox %q: %w", f.rec.ContainerID, err)
+			}
+			continue
 		}
-		if !alive {
-			gone[r.ID] = true
-		}
+		c.adoptSandbox(f)
+		alive[f.rec.ID] = f
 	}
+	var (
+		finish []*Endpoint         // deleted: released once FinishRestore ran
+		ours   = map[string]bool{} // MACs of this controller's endpoints
+	)
 	for _, r := range eps {
-		if err := c.restoreEndpoint(ctx, r, gone[r.SandboxID]); err != nil {
+		ours[r.MAC] = true
+		ep, done, err := c.restoreEndpoint(ctx, r, alive)
+		if err != nil {
 			return fmt.Errorf("endpoint %q: %w", r.Name, err)
+		}
+		if done {
+			finish = append(finish, ep)
 		}
 	}
 	for _, name := range c.drivers.Names() {
@@ -68,12 +104,113 @@ func (c *Controller) restore(ctx context.Context) error {
 			}
 		}
 	}
-	for _, sb := range c.sandboxes {
-		if err := sb.reassert(ctx); err != nil {
-			return fmt.Errorf("sandbox %q: %w", sb.containerID, err)
+	for _, f := range alive {
+		if err := c.sandboxes[f.rec.ID].reassert(ctx, f.links, ours); err != nil {
+			return fmt.Errorf("sandbox %q: %w", f.rec.ContainerID, err)
+		}
+	}
+	// FinishRestore removed every veth port no restored endpoint owns, and
+	// reassert every interface of ours that no joined endpoint explains: the
+	// interfaces of deleted endpoints are gone now, so their addresses go.
+	for _, ep := range finish {
+		if err := ep.finishDelete(ctx); err != nil {
+			return err
 		}
 	}
 	return c.removeOrphans(ctx)
+}
+
+// foundSandbox is what restore found of a recorded sandbox: its namespace,
+// open (nil: gone), and the links in it.
+type foundSandbox struct {
+	rec   sandboxRecord
+	ns    *osl.Namespace
+	links []osl.Link
+}
+
+func (f foundSandbox) close() {
+	if f.ns != nil {
+		f.ns.Close()
+	}
+}
+
+// findSandbox opens a recorded sandbox's namespace and lists its links. A
+// namespace is gone when its file is missing or is no network namespace, or
+// when the path now opens another namespace (a reused /proc/PID/ns/net, a
+// re-pointed bind mount): that one is not the sandbox's, and is never
+// adopted. Any other error is returned.
+func (c *Controller) findSandbox(ctx context.Context, r sandboxRecord) (foundSandbox, error) {
+	f := foundSandbox{rec: r}
+	key := r.Key
+	if r.HostNetwork {
+		key = c.hostNS.Path()
+	}
+	open := osl.OpenNamespace
+	if r.Owned {
+		open = osl.ReopenNamespace
+	}
+	ns, err := open(ctx, key)
+	switch {
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, osl.ErrNotNamespace):
+		return f, nil
+	case err != nil:
+		return f, err
+	}
+	want := r.NSID
+	if r.HostNetwork {
+		want = c.hostNS.ID()
+	}
+	if !want.IsZero() && ns.ID() != want {
+		slog.Warn("cnm: restore: sandbox path opens another namespace; not adopted",
+			"sandbox", r.ContainerID, "path", key, "recorded", want, "found", ns.ID())
+		ns.Close()
+		return f, nil
+	}
+	if f.links, err = ns.Links(ctx); err != nil {
+		ns.Close()
+		return f, err
+	}
+	f.ns = ns
+	return f, nil
+}
+
+// adoptSandbox takes a sandbox whose namespace survived back.
+func (c *Controller) adoptSandbox(f foundSandbox) {
+	r := f.rec
+	sb := &Sandbox{
+		ctrl: c, id: r.ID, containerID: r.ContainerID, ns: f.ns, owned: r.Owned, dir: r.Dir,
+		cfg: sandboxConfig{
+			hostname: r.Hostname, domainname: r.Domainname, netnsPath: r.NetnsPath,
+			hostsPath: r.HostsPath, resolv: r.ResolvPath, dns: r.DNS, extraHosts: r.ExtraHosts, hostNetwork: r.HostNetwork,
+		},
+	}
+	c.sandboxes[sb.id] = sb
+	c.containerIDs[sb.containerID] = true
+}
+
+// removeGoneSandbox removes what is left of a sandbox whose namespace is
+// gone: its namespace file, when it is cnm's and still names no namespace,
+// its files and its record. Its endpoints are finished by restoreEndpoint.
+func (c *Controller) removeGoneSandbox(ctx context.Context, r sandboxRecord) error {
+	if r.Owned && c.ownsPath(r.Key) {
+		if _, err := osl.OpenNamespace(ctx, r.Key); errors.Is(err, fs.ErrNotExist) || errors.Is(err, osl.ErrNotNamespace) {
+			if err := osl.RemoveNamespaceFile(r.Key); err != nil {
+				return err
+			}
+		}
+	}
+	if c.ownsPath(r.Dir) {
+		if err := os.RemoveAll(r.Dir); err != nil {
+			return err
+		}
+	}
+	return c.save(ctx, store.Del(sandboxKey(r.ID)))
+}
+
+// ownsPath reports whether path lies in the controller's own run dir folder.
+func (c *Controller) ownsPath(path string) bool {
+	rel, err := filepath.Rel(c.files, path)
+	return err == nil && rel != "." && !strings.HasPrefix(rel, "..")
 }
 
 // checkRunDir refuses a data dir made with another run dir: its sandboxes'
@@ -129,10 +266,6 @@ func (c *Controller) restoreNetwork(ctx context.Context, r networkRecord) error 
 	if err != nil {
 		return err
 	}
-	restorer, ok := drv.(driverapi.Restorer)
-	if !ok {
-		return fmt.Errorf("%w: driver %s cannot restore networks", ErrNotSupported, r.Driver)
-	}
 	n := &Network{
 		ctrl: c, id: r.ID, name: r.Name, driver: drv, internal: r.Internal, labels: r.Labels, options: r.Options,
 		endpoints: map[string]*Endpoint{}, epNames: map[string]bool{},
@@ -153,7 +286,13 @@ func (c *Controller) restoreNetwork(ctx context.Context, r networkRecord) error 
 			return err
 		}
 	}
-	if err := restorer.RestoreNetwork(ctx, n.driverRequest()); err != nil {
+	// A driver without Restorer is told about the network as if it were
+	// new; it must accept one whose kernel objects exist.
+	restoreNet := drv.CreateNetwork
+	if rd, ok := drv.(driverapi.Restorer); ok {
+		restoreNet = rd.RestoreNetwork
+	}
+	if err := restoreNet(ctx, n.driverRequest()); err != nil {
 		return err
 	}
 	if r.Deleting { // a crash interrupted Delete: finish it
@@ -169,50 +308,15 @@ func (c *Controller) restoreNetwork(ctx context.Context, r networkRecord) error 
 	return nil
 }
 
-// restoreSandbox takes one sandbox back if its namespace survived, and
-// reports whether it did. A gone sandbox is removed: its namespace file, its
-// files and its record.
-func (c *Controller) restoreSandbox(ctx context.Context, r sandboxRecord) (bool, error) {
-	key := r.Key
-	if r.HostNetwork {
-		key = c.hostNS.Path()
-	}
-	open := osl.OpenNamespace
-	if r.Owned {
-		open = osl.ReopenNamespace
-	}
-	ns, err := open(ctx, key)
-	if err == nil {
-		sb := &Sandbox{
-			ctrl: c, id: r.ID, containerID: r.ContainerID, ns: ns, owned: r.Owned,
-			dir: r.Dir,
-			cfg: sandboxConfig{
-				hostname: r.Hostname, domainname: r.Domainname, netnsPath: r.NetnsPath,
-				hostsPath: r.HostsPath, resolv: r.ResolvPath, dns: r.DNS, extraHosts: r.ExtraHosts, hostNetwork: r.HostNetwork,
-			},
-		}
-		c.sandboxes[sb.id] = sb
-		c.containerIDs[sb.containerID] = true
-		return true, nil
-	}
-	if r.Owned {
-		if err := osl.RemoveNamespaceFile(r.Key); err != nil {
-			return false, err
-		}
-	}
-	if err := os.RemoveAll(r.Dir); err != nil {
-		return false, err
-	}
-	return false, c.save(ctx, store.Del(sandboxKey(r.ID)))
-}
-
 // restoreEndpoint takes one endpoint back: its addresses reserved again, its
-// driver told, and, if its sandbox and interface survived, joined again. An
-// endpoint of a sandbox that is gone goes with it.
-func (c *Controller) restoreEndpoint(ctx context.Context, r endpointRecord, sandboxGone bool) error {
+// driver told, and, if its sandbox and its interface (that name, that index,
+// that MAC) survived, joined again. A deleted endpoint, or one of a sandbox
+// that is gone, keeps its addresses reserved and is returned with done set:
+// restore finishes it once the drivers have removed what is left of it.
+func (c *Controller) restoreEndpoint(ctx context.Context, r endpointRecord, alive map[string]foundSandbox) (_ *Endpoint, done bool, _ error) {
 	n, ok := c.networks[r.NetworkID]
-	if !ok || sandboxGone {
-		return c.save(ctx, store.Del(endpointKey(r.NetworkID, r.ID)))
+	if !ok {
+		return nil, false, c.save(ctx, store.Del(endpointKey(r.NetworkID, r.ID)))
 	}
 	ep := &Endpoint{
 		nw: n, id: r.ID, name: r.Name, mac: parseMAC(r.MAC), ipv4: r.IPv4, ipv6: r.IPv6,
@@ -226,28 +330,27 @@ func (c *Controller) restoreEndpoint(ctx context.Context, r endpointRecord, sand
 			continue
 		}
 		if _, err := n.requestAddress(ctx, a.fam, a.addr.Addr()); err != nil {
-			return fmt.Errorf("reserve %s: %w", a.addr, err)
+			return nil, false, fmt.Errorf("reserve %s: %w", a.addr, err)
 		}
 	}
+	f, sbAlive := alive[r.SandboxID]
+	if r.Deleting || (r.SandboxID != "" && !sbAlive) {
+		return ep, true, nil
+	}
 	var sb *Sandbox
-	ifIndex := 0
+	var link osl.Link
 	if r.SandboxID != "" {
 		sb = c.sandboxes[r.SandboxID]
-		if sb != nil && !n.driver.Capability().NoInterface {
-			l, err := sb.ns.LinkByName(ctx, r.InterfaceName)
-			if err != nil {
-				sb = nil // the interface is gone: a leave a crash interrupted
-			} else {
-				ifIndex = l.Index
-				if l.MAC.String() != ep.mac.String() {
-					ep.ifMAC = l.MAC
-				}
+		if !n.driver.Capability().NoInterface {
+			var ok bool
+			if link, ok = r.findInterface(f.links); !ok {
+				sb = nil // gone, or not ours: a leave a crash interrupted
 			}
 		}
 		if sb == nil {
-			r.SandboxID, r.InterfaceName = "", ""
+			r.SandboxID, r.InterfaceName, r.IfIndex, r.IfMAC = "", "", 0, ""
 			if err := c.saveRecord(ctx, endpointKey(n.id, ep.id), r); err != nil {
-				return err
+				return nil, false, err
 			}
 		}
 	}
@@ -258,39 +361,58 @@ func (c *Controller) restoreEndpoint(ctx context.Context, r endpointRecord, sand
 			req.InterfaceName = ""
 		}
 	}
-	if err := n.driver.(driverapi.Restorer).RestoreEndpoint(ctx, req); err != nil {
-		return err
+	var err error
+	if rd, ok := n.driver.(driverapi.Restorer); ok {
+		err = rd.RestoreEndpoint(ctx, req)
+	} else if p, ok := n.driver.(driverapi.EndpointPreparer); ok {
+		err = p.CreateEndpoint(ctx, ep.driverRequest())
+	}
+	if err != nil {
+		return nil, false, err
 	}
 	if sb != nil {
-		ep.joinState = joinState{sandbox: sb, ifName: r.InterfaceName, ifIndex: ifIndex, ifMAC: ep.ifMAC,
+		ep.joinState = joinState{sandbox: sb, ifName: r.InterfaceName, ifIndex: link.Index, ifMAC: link.MAC,
 			gw4: r.Gateway, gw6: r.GatewayIPv6, gwPriority: r.GatewayPriority}
 		sb.endpoints = append(sb.endpoints, ep)
 	}
 	n.endpoints[ep.id] = ep
 	n.epNames[ep.name] = true
-	return nil
+	return ep, false, nil
+}
+
+// findInterface finds the endpoint's interface among a sandbox's links: the
+// one with the recorded name, index (if recorded) and MAC.
+func (r endpointRecord) findInterface(links []osl.Link) (osl.Link, bool) {
+	mac := r.IfMAC
+	if mac == "" {
+		mac = r.MAC
+	}
+	for _, l := range links {
+		if l.Name == r.InterfaceName {
+			ok := (r.IfIndex == 0 || l.Index == r.IfIndex) && l.MAC.String() == mac
+			return l, ok
+		}
+	}
+	return osl.Link{}, false
 }
 
 // reassert puts a restored sandbox's endpoints in interface order and makes
 // its default routes and hosts file match them again (a crash may have
 // interrupted a change); routes that are already right are replaced by
-// themselves, which does not disturb traffic. In a namespace cnm made, an
-// interface no endpoint names (a crash between a driver's join and its
-// record) is deleted.
-func (sb *Sandbox) reassert(ctx context.Context) error {
+// themselves, which does not disturb traffic. An interface that carries the
+// MAC of one of this controller's endpoints but is no joined endpoint's (a
+// crash interrupted a join, or the removal of a left one) is deleted; every
+// other interface (a user's device, another tool's) is left alone.
+func (sb *Sandbox) reassert(ctx context.Context, links []osl.Link, ours map[string]bool) error {
 	slices.SortFunc(sb.endpoints, func(a, b *Endpoint) int { return ifNumber(a.ifName) - ifNumber(b.ifName) })
-	if sb.owned {
-		named := map[string]bool{"lo": true}
-		for _, ep := range sb.endpoints {
-			named[ep.ifName] = true
-		}
-		links, err := sb.ns.Links(ctx)
-		if err != nil {
-			return err
-		}
+	joined := map[int]bool{}
+	for _, ep := range sb.endpoints {
+		joined[ep.ifIndex] = true
+	}
+	if !sb.cfg.hostNetwork {
 		for _, l := range links {
-			if !named[l.Name] {
-				if err := sb.ns.DeleteLink(ctx, l.Name); err != nil {
+			if !joined[l.Index] && ours[l.MAC.String()] {
+				if err := sb.ns.DeleteLinkIndex(ctx, l.Index, l.Name); err != nil {
 					return err
 				}
 			}
@@ -311,33 +433,38 @@ func ifNumber(name string) int {
 }
 
 // removeOrphans removes what carries this controller's marks but is
-// explained by no record: namespace files and sandbox directories in the run
-// dir, bridges marked with a network ID, and firewall rules tagged with one.
+// explained by no record: entries of its own run dir folder (namespace files
+// and sandbox directories named by a sandbox ID), links whose alias names
+// this controller and an unknown network, and rules of unknown networks in
+// its own nftables table. Nothing outside those is touched.
 func (c *Controller) removeOrphans(ctx context.Context) error {
 	keys, dirs := map[string]bool{}, map[string]bool{}
 	for _, sb := range c.sandboxes {
 		keys[sb.ns.Path()] = true
 		dirs[sb.dir] = true
 	}
-	nsDir := filepath.Join(c.cfg.runDir, "netns")
-	entries, err := os.ReadDir(nsDir)
-	if err != nil {
-		return err
-	}
-	for _, e := range entries {
-		if p := filepath.Join(nsDir, e.Name()); !keys[p] {
-			if err := osl.RemoveNamespaceFile(p); err != nil {
-				return err
-			}
+	for _, sub := range []struct {
+		dir    string
+		known  map[string]bool
+		remove func(string) error
+	}{
+		{filepath.Join(c.files, "netns"), keys, osl.RemoveNamespaceFile},
+		{filepath.Join(c.files, "sandboxes"), dirs, os.RemoveAll},
+	} {
+		entries, err := os.ReadDir(sub.dir)
+		if err != nil {
+			return err
 		}
-	}
-	sbDir := filepath.Join(c.cfg.runDir, "sandboxes")
-	if entries, err = os.ReadDir(sbDir); err != nil {
-		return err
-	}
-	for _, e := range entries {
-		if p := filepath.Join(sbDir, e.Name()); !dirs[p] {
-			if err := os.RemoveAll(p); err != nil {
+		for _, e := range entries {
+			p := filepath.Join(sub.dir, e.Name())
+			if sub.known[p] {
+				continue
+			}
+			if uuid.Validate(e.Name()) != nil {
+				slog.Warn("cnm: restore: not a sandbox of cnm's; left alone", "path", p)
+				continue
+			}
+			if err := sub.remove(p); err != nil {
 				return err
 			}
 		}
@@ -347,8 +474,8 @@ func (c *Controller) removeOrphans(ctx context.Context) error {
 		return err
 	}
 	for _, l := range links {
-		if id, ok := strings.CutPrefix(l.Alias, bridge.Mark("")); ok && c.networks[id] == nil {
-			if err := c.hostNS.DeleteLink(ctx, l.Name); err != nil {
+		if id, ok := c.owner.NetworkOf(l.Alias); ok && c.networks[id] == nil {
+			if err := c.hostNS.DeleteLinkIndex(ctx, l.Index, l.Name); err != nil {
 				return err
 			}
 		}

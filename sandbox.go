@@ -37,6 +37,7 @@ type Sandbox struct {
 	// mu guards the fields below. Writers also hold joinMu.
 	mu        sync.Mutex
 	deleted   bool
+	holds     int         // background jobs that need ns open (reaper.go)
 	endpoints []*Endpoint // in join order
 	gw4, gw6  *Endpoint   // holders of the default routes
 	// hostsWritten is the hosts file's content as last written.
@@ -116,61 +117,36 @@ func (c *Controller) NewSandbox(ctx context.Context, containerID string, opts ..
 	}()
 
 	sb := &Sandbox{ctrl: c, id: uuid.NewString(), containerID: containerID, cfg: cfg}
-	sb.dir = filepath.Join(c.cfg.runDir, "sandboxes", sb.id)
-	if err := c.step(ctx, stepSandboxNamespace); err != nil {
-		return nil, err
-	}
-	switch {
-	case cfg.hostNetwork:
-		sb.ns, err = osl.OpenNamespace(ctx, c.hostNS.Path())
-	case cfg.netnsPath != "":
-		sb.ns, err = osl.OpenNamespace(ctx, cfg.netnsPath)
-		if err != nil {
-			err = fmt.Errorf("%w: netns path %q: %w", ErrInvalid, cfg.netnsPath, err)
-		}
-	default:
-		sb.ns, err = osl.NewNamespace(ctx, filepath.Join(c.cfg.runDir, "netns", sb.id))
-		sb.owned = true
-	}
-	if err != nil {
-		return nil, fmt.Errorf("sandbox %q: %w", containerID, err)
-	}
-	defer func() {
-		if retErr != nil {
-			if err := sb.ns.Delete(); err != nil {
-				slog.Warn("cnm: rollback: delete namespace", "sandbox", containerID, "err", err)
-			}
-		}
-	}()
-
-	if err := c.step(ctx, stepSandboxFiles); err != nil {
-		return nil, err
-	}
-	if err := os.Mkdir(sb.dir, 0o755); err != nil {
-		return nil, fmt.Errorf("sandbox %q: make run directory: %w", containerID, err)
-	}
-	defer func() {
-		if retErr != nil {
-			_ = os.RemoveAll(sb.dir)
-		}
-	}()
+	sb.dir = filepath.Join(c.files, "sandboxes", sb.id)
 	if sb.cfg.hostsPath == "" {
 		sb.cfg.hostsPath = filepath.Join(sb.dir, "hosts")
 	}
 	if sb.cfg.resolv == "" {
 		sb.cfg.resolv = filepath.Join(sb.dir, "resolv.conf")
 	}
-	if err := sb.writeHosts(nil); err != nil {
-		return nil, fmt.Errorf("sandbox %q: %w", containerID, err)
-	}
-	if err := sb.writeResolvConf(); err != nil {
-		return nil, fmt.Errorf("sandbox %q: %w", containerID, err)
-	}
-
-	if err := c.step(ctx, stepSandboxCommit); err != nil {
-		return nil, err
-	}
-	if err := c.saveRecord(ctx, sandboxKey(sb.id), sb.record()); err != nil {
+	err = c.run(ctx,
+		step{name: stepSandboxNamespace, do: sb.openNamespace, undo: func(context.Context) error { return sb.ns.Delete() }},
+		step{name: stepSandboxFiles,
+			do: func(context.Context) error {
+				if err := os.Mkdir(sb.dir, 0o755); err != nil {
+					return fmt.Errorf("make run directory: %w", err)
+				}
+				if err := sb.writeHosts(nil); err != nil {
+					_ = os.RemoveAll(sb.dir)
+					return err
+				}
+				if err := sb.writeResolvConf(); err != nil {
+					_ = os.RemoveAll(sb.dir)
+					return err
+				}
+				return nil
+			},
+			undo: func(context.Context) error { return os.RemoveAll(sb.dir) }},
+		step{name: stepSandboxCommit, do: func(ctx context.Context) error {
+			return c.saveRecord(ctx, sandboxKey(sb.id), sb.record())
+		}},
+	)
+	if err != nil {
 		return nil, fmt.Errorf("sandbox %q: %w", containerID, err)
 	}
 	c.mu.Lock()
@@ -179,18 +155,44 @@ func (c *Controller) NewSandbox(ctx context.Context, containerID string, opts ..
 	return sb, nil
 }
 
+// openNamespace gives a new sandbox its namespace: the host's, the one
+// given with WithNetnsPath (never the host's), or a new one.
+func (sb *Sandbox) openNamespace(ctx context.Context) (err error) {
+	c, cfg := sb.ctrl, sb.cfg
+	switch {
+	case cfg.hostNetwork:
+		sb.ns, err = osl.OpenNamespace(ctx, c.hostNS.Path())
+	case cfg.netnsPath != "":
+		if sb.ns, err = osl.OpenNamespace(ctx, cfg.netnsPath); err != nil {
+			return fmt.Errorf("%w: netns path %q: %w", ErrInvalid, cfg.netnsPath, err)
+		}
+		if sb.ns.ID() == c.hostNS.ID() {
+			sb.ns.Close()
+			return fmt.Errorf("%w: netns path %q is the controller's host namespace: use WithHostNetwork", ErrInvalid, cfg.netnsPath)
+		}
+	default:
+		sb.ns, err = osl.NewNamespace(ctx, filepath.Join(c.files, "netns", sb.id))
+		sb.owned = true
+	}
+	return err
+}
+
 // Delete removes the sandbox: every endpoint still joined leaves and is
-// deleted (its addresses released), then the namespace is dropped whole, so
-// the kernel removes its interfaces in one go instead of one link at a time.
-// Call it after the container's processes have exited: a namespace that a
-// process (or an open file) still holds outlives Delete, with its interfaces.
-// An adopted namespace ([WithNetnsPath], [WithHostNetwork]) is kept: cnm's
-// interfaces are deleted from it one by one instead.
+// deleted, then the namespace is dropped whole, so the kernel removes its
+// interfaces in one go instead of one link at a time. An adopted namespace
+// ([WithNetnsPath], [WithHostNetwork]) is kept: cnm's interfaces are deleted
+// from it instead.
 //
-// Once begun, Delete runs to the end even if ctx is cancelled. If a driver
-// fails to detach an endpoint, Delete stops there and returns the error; the
-// sandbox stays, with the endpoints not yet detached, and Delete can be
-// called again. Deleting a deleted sandbox is an error wrapping [ErrNotFound].
+// Delete returns once the sandbox is gone from cnm's view; the interfaces go
+// in the background (see [Controller.Settle]). Each endpoint's addresses are
+// released only once its interface is gone: a namespace that a process or
+// an open file still holds outlives Delete with its interfaces, so after a
+// grace period cnm deletes them itself.
+//
+// If publishing ports or dropping the namespace fails, Delete changes
+// nothing and can be called again. Once begun past that, it runs to the end
+// even if ctx is cancelled. Deleting a deleted sandbox is an error wrapping
+// [ErrNotFound].
 func (sb *Sandbox) Delete(ctx context.Context) error {
 	c := sb.ctrl
 	end, err := c.begin()
@@ -209,17 +211,13 @@ func (sb *Sandbox) Delete(ctx context.Context) error {
 	eps := slices.Clone(sb.endpoints)
 	sb.mu.Unlock()
 
-	// No record changes until the namespace is gone: a crash before that
-	// leaves records that still match the kernel (the interfaces go only
-	// with the namespace), and one after it leaves records of a namespace
-	// that is gone, which the next New removes.
-	var (
-		errs []error // errors that do not stop the deletion
-		gone []*Endpoint
-	)
-	// busy keeps a concurrent Join or Delete of an endpoint out while it is
-	// between detached and forgotten. No Join or Leave of it is in flight:
-	// those hold sb.joinMu.
+	// busy keeps a concurrent Join or Delete of an endpoint out. No Join or
+	// Leave of it is in flight: those hold sb.joinMu.
+	for _, ep := range eps {
+		ep.mu.Lock()
+		ep.busy = true
+		ep.mu.Unlock()
+	}
 	defer func() {
 		for _, ep := range eps {
 			ep.mu.Lock()
@@ -227,43 +225,99 @@ func (sb *Sandbox) Delete(ctx context.Context) error {
 			ep.mu.Unlock()
 		}
 	}()
+
+	// 1. The steps that can fail, each undone if a later one does: no
+	// endpoint changes state until the namespace file is gone.
+	revoked := 0
+	undo := func() {
+		for _, ep := range eps[:revoked] {
+			if err := ep.programExternal(ctx); err != nil {
+				slog.Warn("cnm: rollback: republish ports", "endpoint", ep.name, "err", err)
+			}
+		}
+	}
+	err = c.step(ctx, stepSandboxDetach)
 	for _, ep := range eps {
-		ep.mu.Lock()
-		ep.busy = true
-		ep.mu.Unlock()
-		if err := sb.detachForDelete(ctx, ep); err != nil {
-			return fmt.Errorf("delete sandbox %q: %w", sb.containerID, err)
+		if err != nil {
+			break
 		}
-		if err := ep.removeFromDriver(ctx); err != nil {
-			errs = append(errs, err) // left, not deleted: ep.Delete can retry
-			continue
+		if err = ep.revokeExternal(ctx); err == nil {
+			revoked++
 		}
-		gone = append(gone, ep)
 	}
-	if err := c.step(ctx, stepSandboxDeleteNamespace); err != nil {
-		return err
+	if err == nil {
+		err = c.step(ctx, stepSandboxDeleteNamespace)
 	}
-	if err := sb.ns.Delete(); err != nil {
+	if err == nil {
+		// The namespace file goes, the namespace stays open: background
+		// jobs may need it (reaper.go).
+		err = sb.ns.RemoveFile()
+	}
+	if err != nil {
+		undo()
 		return fmt.Errorf("delete sandbox %q: %w", sb.containerID, err)
 	}
-	// One write for the sandbox and its endpoints.
+
+	// 2. One write: the sandbox's record goes; its endpoints' records say
+	// Deleting until their interfaces are gone. If it fails, the namespace
+	// is gone all the same: the next New sees that and finishes.
+	var errs []error
 	ops := []store.Op{store.Del(sandboxKey(sb.id))}
-	for _, ep := range gone {
-		ops = append(ops, store.Del(endpointKey(ep.nw.id, ep.id)))
+	for _, ep := range eps {
+		rec := ep.record(nil)
+		rec.Deleting = true
+		op, err := put(endpointKey(ep.nw.id, ep.id), rec)
+		if err != nil {
+			return err
+		}
+		ops = append(ops, op)
 	}
 	if err := c.save(ctx, ops...); err != nil {
-		// The endpoints keep their addresses: the records still claim them,
-		// until the next New sees the namespace gone and removes them.
 		errs = append(errs, err)
-	} else {
-		for _, ep := range gone {
-			ep.forget(ctx)
-		}
 	}
+
+	// 3. The endpoints leave and are deleted; their interfaces go in the
+	// background, their addresses after them.
+	for _, ep := range eps {
+		n := ep.nw
+		caps := n.driver.Capability()
+		ep.mu.Lock()
+		ifName := ep.ifName
+		ep.joinState = joinState{}
+		ep.mu.Unlock()
+		sb.drop(ep)
+		req := driverapi.LeaveRequest{NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns, InterfaceName: ifName}
+		if caps.NoInterface {
+			if err := n.driver.Leave(ctx, req); err != nil {
+				errs = append(errs, fmt.Errorf("leave endpoint %q: %w", ep.name, err))
+			}
+			if err := ep.finishDelete(ctx); err != nil {
+				errs = append(errs, err)
+			}
+			ep.forget()
+			continue
+		}
+		var hold *Sandbox
+		if caps.GoneWithSandbox {
+			req.Sandbox, req.SandboxGone = nil, sb.owned
+		} else {
+			hold = sb // the driver deletes the interface inside the namespace
+		}
+		ep.mu.Lock()
+		ep.deleteWhenReaped = true
+		ep.mu.Unlock()
+		ep.reap(req, hold)
+		ep.forget()
+	}
+
 	sb.mu.Lock()
 	sb.deleted = true
 	sb.gw4, sb.gw6 = nil, nil
+	closeNS := sb.holds == 0
 	sb.mu.Unlock()
+	if closeNS {
+		sb.ns.Close()
+	}
 	if err := os.RemoveAll(sb.dir); err != nil {
 		errs = append(errs, err)
 	}
@@ -274,29 +328,6 @@ func (sb *Sandbox) Delete(ctx context.Context) error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("delete sandbox %q: %w", sb.containerID, err)
 	}
-	return nil
-}
-
-// detachForDelete takes one endpoint out of a sandbox being deleted. For a
-// namespace cnm made, the driver deletes no link: dropping the namespace
-// removes them all at once. The caller holds sb.joinMu.
-func (sb *Sandbox) detachForDelete(ctx context.Context, ep *Endpoint) error {
-	n := ep.nw
-	if err := ep.revokeExternal(ctx); err != nil {
-		return err
-	}
-	err := sb.ctrl.step(ctx, stepSandboxDetach)
-	if err == nil {
-		err = n.driver.Leave(ctx, driverapi.LeaveRequest{NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns, SandboxGone: sb.owned})
-	}
-	if err != nil {
-		_ = ep.programExternal(ctx)
-		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
-	}
-	sb.drop(ep)
-	ep.mu.Lock()
-	ep.joinState = joinState{}
-	ep.mu.Unlock()
 	return nil
 }
 

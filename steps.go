@@ -1,6 +1,9 @@
 package cnm
 
-import "context"
+import (
+	"context"
+	"log/slog"
+)
 
 // Names of the steps of multi-step operations. A fault hook (tests only, see
 // export_test.go) can fail any of them to prove that the operation rolls
@@ -24,12 +27,13 @@ const (
 	stepJoinExternal  = "join:external"
 	stepJoinCommit    = "join:commit"
 
-	stepLeave                  = "leave:driver"            // fails as the driver's leave would
-	stepLeaveDriver            = "leave:recorded"          // after the driver's leave, before the record
+	stepLeave                  = "leave:interface"         // fails as taking the interface out of use would
+	stepLeaveDriver            = "leave:recorded"          // after the interface is out of use, before the record
 	stepNetworkDelete          = "network-delete:driver"   // fails as the driver's delete would
-	stepSandboxDetach          = "sandbox-delete:detach"   // fails as a driver's leave would
+	stepSandboxDetach          = "sandbox-delete:detach"   // fails as withdrawing published ports would
 	stepNetworkDeleted         = "network-delete:recorded" // after the driver's delete, before the record
 	stepSandboxDeleteNamespace = "sandbox-delete:namespace"
+	stepReapDriver             = "reap:driver" // fails a background removal as the driver's Leave would
 
 	stepSandboxNamespace = "sandbox:namespace"
 	stepSandboxFiles     = "sandbox:files"
@@ -44,6 +48,42 @@ func (c *Controller) step(ctx context.Context, name string) error {
 	}
 	if c.faultHook != nil {
 		return c.faultHook(name)
+	}
+	return nil
+}
+
+// A step is one step of a multi-step operation: what it does, and how to
+// undo it if a later step fails. A step whose do fails cleans up after
+// itself: only the steps before it are undone.
+type step struct {
+	name string
+	do   func(ctx context.Context) error
+	undo func(ctx context.Context) error // nil: nothing to undo
+}
+
+// run runs steps in order. Before each it checks ctx and the fault hook;
+// if a step fails, the undos of the steps done so far run in reverse order,
+// with a context that is not cancelled (an undo must finish), and the
+// step's error is returned. An undo that fails is logged: what it could not
+// undo stays, and the operation's own error is what the caller needs.
+func (c *Controller) run(ctx context.Context, steps ...step) error {
+	for i, s := range steps {
+		err := c.step(ctx, s.name)
+		if err == nil {
+			err = s.do(ctx)
+		}
+		if err == nil {
+			continue
+		}
+		uctx := context.WithoutCancel(ctx)
+		for j := i - 1; j >= 0; j-- {
+			if u := steps[j].undo; u != nil {
+				if uerr := u(uctx); uerr != nil {
+					slog.Warn("cnm: rollback", "step", steps[j].name, "err", uerr)
+				}
+			}
+		}
+		return err
 	}
 	return nil
 }

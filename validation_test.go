@@ -206,3 +206,96 @@ func TestControllerBadInput(t *testing.T) {
 	require.ErrorIs(t, err, cnm.ErrInvalid)
 	assert.ErrorContains(t, err, "/nonexistent/ns")
 }
+
+// TestBadInputRefusedEarly checks the refusals of issue 9: input that
+// reached a file or the kernel before, now refused by the option or the
+// driver's option parsing, with ErrInvalid and a message naming the field
+// and the value (quoted, so a line break in it stays on one line), and
+// nothing left behind.
+func TestBadInputRefusedEarly(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ctrl, host := cnmtest.NewController(t)
+	nw, err := ctrl.NewNetwork(ctx, "bridge", "n", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.50.0.0/24")}))
+	require.NoError(t, err)
+	a := netip.MustParseAddr
+	v6 := cnm.WithIPv6(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("fd50::/64")})
+	sandbox := func(opts ...cnm.SandboxOption) func() error {
+		return func() error { _, err := ctrl.NewSandbox(ctx, "c", opts...); return err }
+	}
+	endpoint := func(opts ...cnm.EndpointOption) func() error {
+		return func() error { _, err := nw.CreateEndpoint(ctx, "e", opts...); return err }
+	}
+	network := func(driver string, opts ...cnm.NetworkOption) func() error {
+		return func() error { _, err := ctrl.NewNetwork(ctx, driver, "x", opts...); return err }
+	}
+	driverOpts := func(kv ...string) cnm.NetworkOption {
+		m := map[string]string{}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return cnm.WithDriverOptions(m)
+	}
+
+	for _, tc := range []struct {
+		name    string
+		do      func() error
+		mention string
+	}{
+		// Sandbox files: a zone is any string, and reaches the file as is.
+		{"extra host address with a zone", sandbox(cnm.WithExtraHosts(cnm.ExtraHost{Name: "registry", IP: a("fe80::1%x\n6.6.6.6 registry")})),
+			`extra host "registry" address "fe80::1%x\n6.6.6.6 registry": has an IPv6 zone`},
+		{"extra host address with a plain zone", sandbox(cnm.WithExtraHosts(cnm.ExtraHost{Name: "r", IP: a("fe80::1%eth0")})),
+			`extra host "r" address "fe80::1%eth0"`},
+		{"dns server with a zone", sandbox(cnm.WithDNS(a("10.0.0.53"), a("fe80::1%x\nnameserver 6.6.6.6"))),
+			`dns server "fe80::1%x\nnameserver 6.6.6.6": has an IPv6 zone`},
+		{"hostname with a line break", sandbox(cnm.WithHostname("web\n6.6.6.6 evil")), `hostname "web\n6.6.6.6 evil"`},
+		{"hostname with a NUL", sandbox(cnm.WithHostname("web\x00")), `hostname "web\x00"`},
+		{"hostname with DEL", sandbox(cnm.WithHostname("web\x7f")), `hostname "web\x7f"`},
+		{"domain name with a line break", sandbox(cnm.WithDomainname("example.com\nsearch evil")), `domainname "example.com\nsearch evil"`},
+		{"extra host name with a tab", sandbox(cnm.WithExtraHosts(cnm.ExtraHost{Name: "a\tb", IP: a("10.0.0.1")})), `extra host name "a\tb"`},
+		{"extra host name with a line break", sandbox(cnm.WithExtraHosts(cnm.ExtraHost{Name: "a\n10.0.0.2 b", IP: a("10.0.0.1")})), `extra host name "a\n10.0.0.2 b"`},
+		{"extra host name with a comment", sandbox(cnm.WithExtraHosts(cnm.ExtraHost{Name: "a#b", IP: a("10.0.0.1")})), `extra host name "a#b"`},
+		{"alias with a line break", endpoint(cnm.WithAliases("db\nevil")), `alias "db\nevil"`},
+		{"alias with a control character", endpoint(cnm.WithAliases("db\x1b")), `alias "db\x1b"`},
+
+		// Endpoint addresses, at CreateEndpoint rather than at Join.
+		{"all-zero mac", endpoint(cnm.WithMACAddress(net.HardwareAddr{0, 0, 0, 0, 0, 0})), `mac address "00:00:00:00:00:00": all zero`},
+		{"multicast mac", endpoint(cnm.WithMACAddress(net.HardwareAddr{1, 0, 0x5e, 0, 0, 1})), `mac address "01:00:5e:00:00:01": a multicast address`},
+		{"broadcast mac", endpoint(cnm.WithMACAddress(net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})), `mac address "ff:ff:ff:ff:ff:ff"`},
+		{"short mac", endpoint(cnm.WithMACAddress(net.HardwareAddr{2, 0, 0, 0, 1})), `mac address "02:00:00:00:01": 5 bytes long`},
+		{"ipv6 address with a zone", endpoint(cnm.WithIPv6Address(a("fd50::5%eth0"))), `ipv6 address "fd50::5%eth0": has an IPv6 zone`},
+		{"mapped ipv6 address with a zone", endpoint(cnm.WithIPv6Address(a("::ffff:10.50.0.5%x\ny"))), `ipv6 address "::ffff:10.50.0.5%x\ny": has an IPv6 zone`},
+		{"ipv6 address in WithIPv4Address", endpoint(cnm.WithIPv4Address(a("fe80::1%x\ny"))), `ipv4 address "fe80::1%x\ny" is not an IPv4 address`},
+		{"gateway with a zone", network("bridge", cnm.WithIPv6(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("fe80::/64"), Gateway: a("fe80::1%eth0")})),
+			`ipv6 gateway "fe80::1%eth0": has an IPv6 zone`},
+
+		// Interface names: the kernel expands '%' (br%d -> br0), and the bridge
+		// it made would carry a name cnm never asked for.
+		{"bridge name with %", network("bridge", driverOpts("com.docker.network.bridge.name", "br%d")), `com.docker.network.bridge.name="br%d": contains '%'`},
+		{"bridge name with a line break", network("bridge", driverOpts("com.docker.network.bridge.name", "br\n0")), `com.docker.network.bridge.name="br\n0": contains byte 0x0a`},
+		{"macvlan parent with %", network("macvlan", driverOpts("parent", "eth%d")), `parent="eth%d": contains '%'`},
+		{"ipvlan parent with %", network("ipvlan", driverOpts("parent", "%d")), `parent="%d": contains '%'`},
+		{"macvlan parent with a space", network("macvlan", driverOpts("parent", "eth 1")), `parent="eth 1": contains byte 0x20`},
+
+		// MTU: IPv6 needs 1280; the kernel turns IPv6 off on a link below it.
+		{"macvlan mtu below 1280 with ipv6", network("macvlan", v6, driverOpts("com.docker.network.driver.mtu", "1279")),
+			"com.docker.network.driver.mtu=1279: below 1280, the minimum for a network with IPv6"},
+		{"bridge mtu below 1280 with ipv6", network("bridge", v6, driverOpts("com.docker.network.driver.mtu", "1279")),
+			"com.docker.network.driver.mtu=1279: below 1280, the minimum for a network with IPv6"},
+		{"ipvlan mtu below 1280 with ipv6", network("ipvlan", v6, driverOpts("com.docker.network.driver.mtu", "1000")),
+			"com.docker.network.driver.mtu=1000: below 1280"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.do()
+			require.ErrorIs(t, err, cnm.ErrInvalid)
+			assert.ErrorContains(t, err, tc.mention)
+			assert.NotContains(t, err.Error(), "\n", "the value is quoted")
+		})
+	}
+	assert.Empty(t, ctrl.Sandboxes())
+	assert.Empty(t, nw.Endpoints())
+	assert.Len(t, ctrl.Networks(), 1)
+	require.NoError(t, nw.Delete(ctx))
+	cnmtest.AssertNoLeaks(t, host)
+}

@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 
-	"github.com/seed53641549/cnm"
 	"github.com/seed53641549/cnm/firewall"
 )
 
@@ -25,8 +25,8 @@ const leakWait = 10 * time.Second
 
 // AssertNoLeaks fails the test if h still holds anything a controller made:
 // links other than those named in keep (loopback is always kept), nftables
-// rules in the controller's tables, namespace files or mounts under the run
-// dir, or sandbox files. Call it after deleting everything the test made.
+// rules in controllers' tables, namespace files or mounts under the run dir,
+// or sandbox files. Call it after deleting everything the test made.
 func AssertNoLeaks(t testing.TB, h *HostNS, keep ...string) {
 	t.Helper()
 	for _, l := range Leaks(h, keep...) {
@@ -59,16 +59,25 @@ func Leaks(h *HostNS, keep ...string) []string {
 	}
 
 	if fd, err := h.NS.FD(); err == nil {
-		if n, err := firewall.CountRules(ctx, fd, cnm.FirewallTable); err != nil || n != 0 {
-			leaks = append(leaks, fmt.Sprintf("nftables rules in table %s: %d (err: %v)", cnm.FirewallTable, n, err))
+		tables, err := firewallTables(fd)
+		if err != nil {
+			leaks = append(leaks, "list nftables tables: "+err.Error())
+		}
+		for _, name := range tables {
+			if n, err := firewall.CountRules(ctx, fd, name); err != nil || n != 0 {
+				leaks = append(leaks, fmt.Sprintf("nftables rules in table %s: %d (err: %v)", name, n, err))
+			}
 		}
 		unix.Close(fd)
 	}
 
-	for _, sub := range []string{"netns", "sandboxes"} {
-		entries, _ := os.ReadDir(filepath.Join(h.RunDir, sub))
-		for _, e := range entries {
-			leaks = append(leaks, "file "+filepath.Join(h.RunDir, sub, e.Name()))
+	folders, _ := filepath.Glob(filepath.Join(h.RunDir, "cnm-*"))
+	for _, f := range folders {
+		for _, sub := range []string{"netns", "sandboxes"} {
+			entries, _ := os.ReadDir(filepath.Join(f, sub))
+			for _, e := range entries {
+				leaks = append(leaks, "file "+filepath.Join(f, sub, e.Name()))
+			}
 		}
 	}
 	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
@@ -80,4 +89,25 @@ func Leaks(h *HostNS, keep ...string) []string {
 		}
 	}
 	return leaks
+}
+
+// firewallTables lists the inet tables of controllers ("cnm-" and an ID) in
+// the namespace fd.
+func firewallTables(fd int) ([]string, error) {
+	c, err := nftables.New(nftables.WithNetNSFd(fd))
+	if err != nil {
+		return nil, err
+	}
+	defer c.CloseLasting()
+	ts, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, t := range ts {
+		if strings.HasPrefix(t.Name, "cnm-") {
+			out = append(out, t.Name)
+		}
+	}
+	return out, nil
 }

@@ -50,6 +50,14 @@ type Capability struct {
 	// stack). The controller then asks IPAM for nothing and configures nothing
 	// inside the sandbox.
 	NoInterface bool
+	// GoneWithSandbox is true for drivers that can tell, from the host
+	// namespace alone, when an endpoint's interface is gone (the bridge
+	// driver: the host end of a veth pair vanishes with its peer). The
+	// controller then drops a deleted sandbox's namespace at once and calls
+	// Leave with SandboxGone, and Leave waits for the kernel to destroy the
+	// interface. Without it, the controller keeps the sandbox's namespace
+	// open until Leave has deleted the interface inside it.
+	GoneWithSandbox bool
 }
 
 // Driver is a network driver. Every method may be called concurrently, for
@@ -67,22 +75,34 @@ type Driver interface {
 	// DeleteNetwork removes every kernel object of the network. The controller
 	// calls it only when the network has no endpoints.
 	DeleteNetwork(ctx context.Context, networkID string) error
-	// CreateEndpoint prepares an endpoint. Addresses and MAC come from the
-	// controller; drivers of this module make no kernel object here: the
-	// interface is made at Join, directly inside the sandbox.
-	CreateEndpoint(ctx context.Context, req EndpointRequest) error
-	// DeleteEndpoint forgets an endpoint that is not joined.
-	DeleteEndpoint(ctx context.Context, networkID, endpointID string) error
 	// Join attaches the endpoint to a sandbox: it either makes the interface
 	// inside req.Sandbox, named req.InterfaceName, with req.MAC, and reports
 	// nothing in SrcName; or it makes a link in the host namespace and names it
 	// in JoinResponse.SrcName for the controller to move in. The controller then
 	// sets addresses, brings the interface up and installs routes.
 	Join(ctx context.Context, req JoinRequest) (JoinResponse, error)
-	// Leave undoes Join. With req.SandboxGone the sandbox's namespace is about
-	// to be destroyed (with every link in it): the driver then deletes no link
-	// that the kernel will delete anyway, and only forgets state.
+	// Leave undoes Join and returns once the endpoint's interface is gone
+	// from the kernel: only then does the controller release its addresses.
+	// The controller calls it off its callers' path, so it may block; it
+	// has already taken the interface out of use inside the sandbox (down,
+	// renamed to req.InterfaceName). With req.SandboxGone the sandbox's
+	// namespace has been dropped (req.Sandbox is nil): the kernel destroys
+	// the interface with it, unless something else holds the namespace;
+	// the driver waits for that, and deletes the interface itself if it
+	// lingers (see Capability.GoneWithSandbox).
 	Leave(ctx context.Context, req LeaveRequest) error
+}
+
+// EndpointPreparer is implemented by drivers that need to hear of an
+// endpoint before it joins (remote plugins, which allocate per-endpoint
+// state). Drivers of this module need not: an endpoint's interface is made
+// at Join, and the controller keeps the endpoint's addresses and MAC.
+type EndpointPreparer interface {
+	// CreateEndpoint prepares an endpoint. Addresses and MAC come from the
+	// controller.
+	CreateEndpoint(ctx context.Context, req EndpointRequest) error
+	// DeleteEndpoint forgets an endpoint that is not joined.
+	DeleteEndpoint(ctx context.Context, networkID, endpointID string) error
 }
 
 // ExternalConnector is implemented by drivers that give an endpoint a way in
@@ -97,7 +117,10 @@ type ExternalConnector interface {
 // Restorer is implemented by drivers that can take their networks and
 // endpoints back after the controller restarts. The controller calls
 // RestoreNetwork for every network it has a record of, RestoreEndpoint for
-// every endpoint, then FinishRestore once.
+// every endpoint, then FinishRestore once. It is optional: for a driver
+// without it, the controller calls CreateNetwork (which must then accept a
+// network whose kernel objects exist) and, for an EndpointPreparer,
+// CreateEndpoint.
 type Restorer interface {
 	// RestoreNetwork takes a network back: it adopts the kernel objects that
 	// still exist and makes again those that are gone (after a reboot),
@@ -192,8 +215,13 @@ type JoinResponse struct {
 type LeaveRequest struct {
 	NetworkID  string
 	EndpointID string
-	Sandbox    *osl.Namespace
-	// SandboxGone: the sandbox's namespace is being destroyed with its links;
-	// delete no link, forget state only.
+	// Sandbox is the sandbox's namespace, open until Leave returns; nil
+	// with SandboxGone, and for drivers with Capability.GoneWithSandbox.
+	Sandbox *osl.Namespace
+	// InterfaceName is the interface's name inside the sandbox now: the
+	// controller renames an interface it takes out of use. Empty: as joined.
+	InterfaceName string
+	// SandboxGone: the sandbox's namespace was dropped; the kernel destroys
+	// its links once nothing holds it.
 	SandboxGone bool
 }

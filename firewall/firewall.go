@@ -1,57 +1,67 @@
 // Package firewall programs the nftables rules of one controller: isolation
-// between bridge networks, inter-container communication (ICC) and
-// masquerading. It talks to the kernel over netlink through
-// github.com/google/nftables and never runs nft or iptables.
+// between bridge networks, internal networks, and masquerading. It talks to
+// the kernel over netlink through github.com/google/nftables and never runs
+// nft or iptables.
 //
-// A [Firewall] owns two tables named after the controller in its host network
+// A [Firewall] owns one table named after the controller in its host network
 // namespace:
 //
 //	table inet <name>
 //	    chain forward      filter hook forward priority 0, policy accept:
-//	                       jump isolate-in; jump isolate-out
-//	    chain isolate-in   per network: oifname <br> iifname <br> accept (ICC only)
+//	                       jump allow; jump internal; jump published; jump isolate
+//	    chain allow        per network: oifname <br> iifname <br> accept (ICC only)
 //	                                    oifname <br> ct state established,related accept
-//	                                    oifname <br> drop
-//	    chain isolate-out  per network: iifname <br> accept (drop if internal)
+//	    chain internal     per internal network: iifname <br> drop
+//	                                             oifname <br> drop
+//	    chain published    empty: the hook for published ports (see below)
+//	    chain isolate      per network: oifname <br> drop
 //	    chain postrouting  nat hook postrouting priority 100, policy accept:
 //	                       per subnet of a masquerading network:
 //	                       ip saddr <subnet> oifname != <br> masquerade
-//	table bridge <name>    only when the kernel has CONFIG_NFT_BRIDGE_META
-//	    chain forward      filter hook forward priority 0, policy accept:
-//	                       per network without ICC:
-//	                       meta ibrname <br> meta obrname <br> drop
 //
-// Every rule of isolate-in is evaluated before any rule of isolate-out, so a
-// packet from bridge A to bridge B meets B's `oifname B drop` before A's
-// `iifname A accept`. Base chains accept by default: traffic that is not ours
-// is never dropped here.
+// The forward chain is a list of stages, each a chain, and a packet leaves
+// our table at the first accept or drop:
+//
+//  1. allow: what a network lets into its bridge: traffic between its own
+//     ports (with ICC), and the replies and related packets of established
+//     flows.
+//  2. internal: an internal network sends nothing out of its bridge and
+//     takes nothing new in.
+//  3. published: a hook for port publishing, which will accept the new flows
+//     it has DNAT'ed to a container (`ct status dnat accept`, as Docker
+//     does). It sees only packets that no earlier stage decided, so never
+//     one from or to an internal network. It is empty for now.
+//  4. isolate: nothing else new enters a bridge, whether it comes from
+//     another bridge or from any other interface of the host. A host with
+//     forwarding on is not a router into cnm's bridges: an outside host that
+//     routes a container's subnet through it still cannot open a connection
+//     to the container.
+//
+// Traffic out of a bridge that is not internal, and traffic that is not
+// ours, is never dropped here: the forward policy accepts it. Another
+// table's forward chain (the host's own firewall) still sees every packet
+// and may drop it.
 //
 // Each per-network rule carries the comment "cnm:<network id>" (rule UserData),
 // which is how [Firewall.RemoveNetwork] finds it again, also after a restart.
 // The kernel is the only record: a Firewall keeps no per-network state in memory.
 //
-// # ICC=false
+// # ICC
 //
-// Frames between two ports of one bridge are switched at layer 2 and reach the
-// inet forward hook only when br_netfilter is enabled
-// (net.bridge.bridge-nf-call-iptables and -ip6tables set to 1 in the host
-// namespace, their default once br_netfilter is loaded). Without it only a
-// bridge-family rule keyed on the bridge name (`meta ibrname`, `meta obrname`)
-// sees them, and those keys need CONFIG_NFT_BRIDGE_META. [Firewall.AddNetwork]
-// uses the bridge rule when the kernel supports it. Otherwise, unless the
-// caller isolates the bridge's ports itself ([Network.PortsIsolated], as the
-// bridge driver does), it relies on br_netfilter and refuses
-// (errdefs.ErrNotSupported) a network with ICC=false when neither is
-// available, rather than promising an isolation it cannot enforce.
+// Frames between two ports of one bridge are switched at layer 2 and reach
+// the inet forward hook only when br_netfilter passes them there
+// (net.bridge.bridge-nf-call-iptables and -ip6tables). This package does not
+// rely on it: a caller that turns ICC off isolates the bridge's ports itself
+// (IFLA_BRPORT_ISOLATED, as the bridge driver does), so such frames never
+// leave the bridge. When br_netfilter does pass them, [Network.ICC] decides
+// whether allow accepts them; without ICC they are dropped too.
 //
 // # Namespaces and threads
 //
 // The netlink socket is opened inside the namespace given to [New] by a
 // helper goroutine on a locked OS thread (github.com/mdlayher/socket), so the
 // caller's thread never changes namespace. The socket stays bound to that
-// namespace for its lifetime. Reading the br_netfilter sysctls of the
-// namespace likewise happens on a helper thread that enters the namespace and
-// leaves it again (or is discarded if it cannot).
+// namespace for its lifetime.
 package firewall
 
 import (
@@ -74,10 +84,11 @@ import (
 // find the chains an earlier one made.
 const (
 	chainForward     = "forward"
-	chainIsolateIn   = "isolate-in"
-	chainIsolateOut  = "isolate-out"
+	chainAllow       = "allow"
+	chainInternal    = "internal"
+	chainPublished   = "published"
+	chainIsolate     = "isolate"
 	chainPostrouting = "postrouting"
-	chainProbe       = "probe-bridge-meta" // exists only inside New's probe batch
 )
 
 // sockBuf is the netlink socket buffer size. The kernel echoes every added
@@ -88,37 +99,34 @@ const sockBuf = 4 << 20
 
 var nameRE = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,32}$`)
 
-// Firewall programs one controller's nftables tables in one network namespace.
+// Firewall programs one controller's nftables table in one network namespace.
 //
 // All methods are safe for concurrent use; they are serialised, because
 // google/nftables collects the messages of a batch in its connection. One
 // Firewall should own a table name in a namespace: two instances on the same
-// tables do not see each other's in-flight changes.
+// table do not see each other's in-flight changes.
 type Firewall struct {
 	name string
 	nsFD int // our duplicate of the namespace fd given to New; closed by Close
 
-	inet, bridge *nftables.Table
-	forward      *nftables.Chain // inet, base: jumps only
-	isolateIn    *nftables.Chain // inet, regular
-	isolateOut   *nftables.Chain // inet, regular
-	postrouting  *nftables.Chain // inet, nat base
-	brForward    *nftables.Chain // bridge, base; exists only if bridgeMeta
-	probe        *nftables.Chain // bridge, regular; never survives a batch
-
-	// bridgeMeta is whether the kernel supports meta ibrname/obrname
-	// (CONFIG_NFT_BRIDGE_META), probed once by New.
-	bridgeMeta bool
+	table       *nftables.Table
+	forward     *nftables.Chain   // base: jumps only
+	stages      []*nftables.Chain // what forward jumps to, in order
+	allow       *nftables.Chain   // regular
+	internal    *nftables.Chain   // regular
+	published   *nftables.Chain   // regular, empty: port publishing's hook
+	isolate     *nftables.Chain   // regular
+	postrouting *nftables.Chain   // nat base
 
 	mu      sync.Mutex     // guards all following fields; held across netlink I/O (see type doc)
 	conn    *nftables.Conn // nil after a failed operation until the next one redials
 	closed  bool           // Close was called
-	deleted bool           // Delete removed the tables
+	deleted bool           // Delete removed the table
 }
 
 // New opens a netlink connection in the namespace referred to by nsFD (an open
 // fd of /proc/.../ns/net or a bind-mounted netns file) and ensures the
-// controller's tables and base chains exist (idempotent: calling New again on
+// controller's table and chains exist (idempotent: calling New again on
 // an existing setup, e.g. after a restart, keeps existing network rules). name
 // is the table name (e.g. "cnm" or "cnm-<short id>"), validated: 1..32 chars of
 // [a-zA-Z0-9_-].
@@ -127,7 +135,7 @@ type Firewall struct {
 // forward chain's jump rules are replaced in the same atomic batch that
 // ensures the chains, so a restart never leaves a window without isolation.
 // Invalid arguments return an error wrapping errdefs.ErrInvalid. On error
-// nothing stays open; tables New created before the error are left in place.
+// nothing stays open; a table New created before the error is left in place.
 func New(ctx context.Context, nsFD int, name string) (*Firewall, error) {
 	if !nameRE.MatchString(name) {
 		return nil, fmt.Errorf("%w: firewall name %q: must be 1 to 32 characters of [a-zA-Z0-9_-]", errdefs.ErrInvalid, name)
@@ -147,94 +155,57 @@ func New(ctx context.Context, nsFD int, name string) (*Firewall, error) {
 		return nil, fmt.Errorf("duplicate namespace fd %d: %w", nsFD, err)
 	}
 	f := newFirewall(name, fd)
-	if err := f.ensure(); err != nil {
+	f.mu.Lock()
+	err = f.ensureLocked()
+	f.mu.Unlock()
+	if err != nil {
 		_ = f.Close()
-		return nil, err
+		return nil, fmt.Errorf("ensure table inet %s: %w", name, err)
 	}
 	return f, nil
-}
-
-// ensure creates what is missing of the tables, chains and jump rules, and
-// probes the kernel's bridge support.
-func (f *Firewall) ensure() error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err := f.ensureInetLocked(); err != nil {
-		return fmt.Errorf("ensure table inet %s: %w", f.name, err)
-	}
-	if err := f.ensureBridgeLocked(); err != nil {
-		return fmt.Errorf("ensure table bridge %s: %w", f.name, err)
-	}
-	return nil
 }
 
 // newFirewall returns a Firewall for table name in namespace fd, with its
 // table and chain descriptions filled in and no connection yet.
 func newFirewall(name string, fd int) *Firewall {
-	f := &Firewall{
-		name:   name,
-		nsFD:   fd,
-		inet:   &nftables.Table{Name: name, Family: nftables.TableFamilyINet},
-		bridge: &nftables.Table{Name: name, Family: nftables.TableFamilyBridge},
-	}
+	t := &nftables.Table{Name: name, Family: nftables.TableFamilyINet}
+	regular := func(name string) *nftables.Chain { return &nftables.Chain{Name: name, Table: t} }
 	accept := nftables.ChainPolicyAccept
-	f.forward = &nftables.Chain{Name: chainForward, Table: f.inet, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept}
-	f.isolateIn = &nftables.Chain{Name: chainIsolateIn, Table: f.inet}
-	f.isolateOut = &nftables.Chain{Name: chainIsolateOut, Table: f.inet}
-	f.postrouting = &nftables.Chain{Name: chainPostrouting, Table: f.inet, Type: nftables.ChainTypeNAT,
-		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept}
-	f.brForward = &nftables.Chain{Name: chainForward, Table: f.bridge, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept}
-	f.probe = &nftables.Chain{Name: chainProbe, Table: f.bridge}
+	f := &Firewall{
+		name:  name,
+		nsFD:  fd,
+		table: t,
+		forward: &nftables.Chain{Name: chainForward, Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept},
+		allow:     regular(chainAllow),
+		internal:  regular(chainInternal),
+		published: regular(chainPublished),
+		isolate:   regular(chainIsolate),
+		postrouting: &nftables.Chain{Name: chainPostrouting, Table: t, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept},
+	}
+	f.stages = []*nftables.Chain{f.allow, f.internal, f.published, f.isolate}
 	return f
 }
 
-// ensureInetLocked creates the inet table and its chains if missing and
-// (re)writes the two jump rules of forward, in one batch.
-func (f *Firewall) ensureInetLocked() error {
+// ensureLocked creates the table and its chains if missing and (re)writes
+// the jump rules of forward, in one batch.
+func (f *Firewall) ensureLocked() error {
 	c, err := f.connLocked()
 	if err != nil {
 		return err
 	}
-	c.AddTable(f.inet)
+	c.AddTable(f.table)
 	c.AddChain(f.forward)
-	c.AddChain(f.isolateIn)
-	c.AddChain(f.isolateOut)
+	for _, ch := range f.stages {
+		c.AddChain(ch)
+	}
 	c.AddChain(f.postrouting)
 	c.FlushChain(f.forward)
-	c.AddRule(&nftables.Rule{Table: f.inet, Chain: f.forward, Exprs: []expr.Any{jump(chainIsolateIn)}})
-	c.AddRule(&nftables.Rule{Table: f.inet, Chain: f.forward, Exprs: []expr.Any{jump(chainIsolateOut)}})
+	for _, ch := range f.stages {
+		c.AddRule(&nftables.Rule{Table: f.table, Chain: f.forward, Exprs: []expr.Any{jump(ch.Name)}})
+	}
 	return f.flushLocked()
-}
-
-// ensureBridgeLocked creates the bridge table and its forward chain if the
-// kernel can match on a port's bridge name. The probe adds such a rule to a
-// scratch chain and removes the chain again within the same batch, so the
-// batch either fails as a whole (EOPNOTSUPP: no CONFIG_NFT_BRIDGE_META, or
-// no bridge family at all) or leaves only the table and forward chain.
-func (f *Firewall) ensureBridgeLocked() error {
-	c, err := f.connLocked()
-	if err != nil {
-		return err
-	}
-	c.AddTable(f.bridge)
-	c.AddChain(f.brForward)
-	c.AddChain(f.probe)
-	c.AddRule(&nftables.Rule{Table: f.bridge, Chain: f.probe, Exprs: bridgePortToPort("probe")})
-	c.FlushChain(f.probe)
-	c.DelChain(f.probe)
-	err = f.flushLocked()
-	switch {
-	case err == nil:
-		f.bridgeMeta = true
-		return nil
-	case errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.EAFNOSUPPORT):
-		f.bridgeMeta = false
-		return nil
-	default:
-		return err
-	}
 }
 
 // dial opens a lasting nftables netlink connection in namespace nsFD with
@@ -261,7 +232,7 @@ func (f *Firewall) usableLocked() error {
 		return fmt.Errorf("firewall %s: %w", f.name, net.ErrClosed)
 	}
 	if f.deleted {
-		return fmt.Errorf("firewall %s: tables were deleted: %w", f.name, errdefs.ErrNotFound)
+		return fmt.Errorf("firewall %s: table was deleted: %w", f.name, errdefs.ErrNotFound)
 	}
 	return nil
 }
@@ -310,23 +281,19 @@ func (f *Firewall) getRulesLocked(c *nftables.Chain) ([]*nftables.Rule, error) {
 	rules, err := conn.GetRules(c.Table, c)
 	if err != nil {
 		f.dropConnLocked()
-		return nil, fmt.Errorf("list chain %s %s %s: %w", familyName(c.Table.Family), c.Table.Name, c.Name, err)
+		return nil, fmt.Errorf("list chain inet %s %s: %w", c.Table.Name, c.Name, err)
 	}
 	return rules, nil
 }
 
-// networkChainsLocked returns the chains that hold per-network rules.
-func (f *Firewall) networkChainsLocked() []*nftables.Chain {
-	chains := []*nftables.Chain{f.isolateIn, f.isolateOut, f.postrouting}
-	if f.bridgeMeta {
-		chains = append(chains, f.brForward)
-	}
-	return chains
+// networkChains returns the chains that hold per-network rules.
+func (f *Firewall) networkChains() []*nftables.Chain {
+	return []*nftables.Chain{f.allow, f.internal, f.isolate, f.postrouting}
 }
 
-// RuleCount returns the number of rules in this firewall's tables (used by
+// RuleCount returns the number of rules in this firewall's table (used by
 // tests' leak checks). It counts the rules of the per-network chains, so the
-// two fixed jump rules New installs in forward are not included: after every
+// fixed jump rules New installs in forward are not included: after every
 // network is removed the count is 0.
 func (f *Firewall) RuleCount(ctx context.Context) (int, error) {
 	if err := ctx.Err(); err != nil {
@@ -341,7 +308,7 @@ func (f *Firewall) RuleCount(ctx context.Context) (int, error) {
 		return 0, nil
 	}
 	n := 0
-	for _, c := range f.networkChainsLocked() {
+	for _, c := range f.networkChains() {
 		rules, err := f.getRulesLocked(c)
 		if err != nil {
 			return 0, fmt.Errorf("count rules: %w", err)
@@ -375,11 +342,11 @@ func (f *Firewall) Close() error {
 	return nil
 }
 
-// Delete removes this firewall's tables entirely (used when a controller is
-// torn down for good, and by tests), with every rule in them, in one batch.
-// Tables that are already gone are not an error, so Delete can be called
-// twice. Afterwards AddNetwork fails with errdefs.ErrNotFound, RemoveNetwork
-// does nothing and RuleCount returns 0; call Close to release the connection.
+// Delete removes this firewall's table entirely (used when a controller is
+// torn down for good, and by tests), with every rule in it. A table that is
+// already gone is not an error, so Delete can be called twice. Afterwards
+// AddNetwork fails with errdefs.ErrNotFound, RemoveNetwork does nothing and
+// RuleCount returns 0; call Close to release the connection.
 func (f *Firewall) Delete(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -393,42 +360,18 @@ func (f *Firewall) Delete(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	tables, err := c.ListTables()
-	if err != nil {
-		f.dropConnLocked()
-		return fmt.Errorf("delete firewall %s: list tables: %w", f.name, err)
-	}
-	n := 0
-	for _, t := range tables {
-		if t.Name == f.name && (t.Family == nftables.TableFamilyINet || t.Family == nftables.TableFamilyBridge) {
-			c.DelTable(t)
-			n++
-		}
-	}
-	if n > 0 {
-		if err := f.flushLocked(); err != nil {
-			return fmt.Errorf("delete firewall %s: %w", f.name, err)
-		}
+	c.DelTable(f.table)
+	if err := f.flushLocked(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("delete firewall %s: %w", f.name, err)
 	}
 	f.deleted = true
 	return nil
 }
 
-func familyName(fam nftables.TableFamily) string {
-	switch fam {
-	case nftables.TableFamilyINet:
-		return "inet"
-	case nftables.TableFamilyBridge:
-		return "bridge"
-	default:
-		return fmt.Sprintf("family(%d)", fam)
-	}
-}
-
-// CountRules returns the number of per-network rules in the tables called
+// CountRules returns the number of per-network rules in the table called
 // name in the namespace nsFD, like [Firewall.RuleCount], without making the
-// tables if they are missing (then the count is 0): a read-only look for
-// leak checks.
+// table if it is missing (then the count is 0): a read-only look for leak
+// checks.
 func CountRules(ctx context.Context, nsFD int, name string) (int, error) {
 	if !nameRE.MatchString(name) {
 		return 0, fmt.Errorf("%w: firewall name %q: must be 1 to 32 characters of [a-zA-Z0-9_-]", errdefs.ErrInvalid, name)
@@ -442,8 +385,5 @@ func CountRules(ctx context.Context, nsFD int, name string) (int, error) {
 	}
 	f := newFirewall(name, fd)
 	defer f.Close()
-	f.mu.Lock()
-	f.bridgeMeta = true // also look at the bridge table; a missing chain lists no rules
-	f.mu.Unlock()
 	return f.RuleCount(ctx)
 }

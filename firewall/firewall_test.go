@@ -58,9 +58,9 @@ func TestNewCreatesTables(t *testing.T) {
 	}
 }
 
-// TestNewIdempotent opens a second Firewall on existing tables, as a restarted
-// controller would: rules stay, forward keeps exactly its two jumps, and the
-// new instance can remove what the old one added.
+// TestNewIdempotent opens a second Firewall on an existing table, as a
+// restarted controller would: rules stay, forward keeps exactly its jumps,
+// and the new instance can remove what the old one added.
 func TestNewIdempotent(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

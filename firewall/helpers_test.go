@@ -151,14 +151,13 @@ func assertNoTables(t *testing.T, fd int) {
 	require.NoError(t, err)
 	var names []string
 	for _, tb := range tables {
-		names = append(names, familyName(tb.Family)+" "+tb.Name)
+		names = append(names, fmt.Sprintf("family %d %s", tb.Family, tb.Name))
 	}
 	require.Empty(t, names, "tables left in the namespace")
 }
 
 // dump renders the inet table name in namespace fd as canonical text: one
-// line per chain, then one per rule in evaluation order. The bridge table is
-// left out: whether it exists depends on the kernel (see TestBridgeRule).
+// line per chain, then one per rule in evaluation order.
 func dump(t *testing.T, fd int, name string) string {
 	t.Helper()
 	c, err := nftables.New(nftables.WithNetNSFd(fd))
@@ -171,7 +170,7 @@ func dump(t *testing.T, fd int, name string) string {
 	slices.SortFunc(chains, func(a, b *nftables.Chain) int { return strings.Compare(a.Name, b.Name) })
 	var b strings.Builder
 	for _, ch := range chains {
-		fmt.Fprintf(&b, "%s %s %s%s\n", familyName(ch.Table.Family), ch.Table.Name, ch.Name, renderChain(ch))
+		fmt.Fprintf(&b, "inet %s %s%s\n", ch.Table.Name, ch.Name, renderChain(ch))
 		rules, err := c.GetRules(ch.Table, ch)
 		require.NoError(t, err)
 		for _, r := range rules {
@@ -205,7 +204,7 @@ func renderRule(r *nftables.Rule) string {
 	var src string // what register 1 holds
 	value := func(b []byte) string {
 		switch src {
-		case "iifname", "oifname", "ibrname", "obrname":
+		case "iifname", "oifname":
 			return fmt.Sprintf("%q", string(bytes.TrimRight(b, "\x00")))
 		case "nfproto":
 			if len(b) == 1 && b[0] == unix.NFPROTO_IPV4 {
@@ -229,7 +228,6 @@ func renderRule(r *nftables.Rule) string {
 		case *expr.Meta:
 			src = map[expr.MetaKey]string{
 				expr.MetaKeyIIFNAME: "iifname", expr.MetaKeyOIFNAME: "oifname", expr.MetaKeyNFPROTO: "nfproto",
-				expr.MetaKeyBRIIIFNAME: "ibrname", expr.MetaKeyBRIOIFNAME: "obrname",
 			}[e.Key]
 			if src == "" {
 				src = fmt.Sprintf("key%d", e.Key)
@@ -407,15 +405,66 @@ func serve(t *testing.T, fd int, addr netip.Addr, port uint16) {
 	}()
 }
 
-// dialFrom connects from namespace fd to addr:port and returns the source address
-// the server saw.
-func dialFrom(fd int, addr netip.Addr, port uint16, timeout time.Duration) (string, error) {
+// serveEcho listens on addr:echoPort inside namespace fd and answers every
+// connection, once the client has closed its side, with the remote address
+// it sees, a space, and what the client sent, until the test ends.
+func serveEcho(t *testing.T, fd int, addr netip.Addr) {
+	t.Helper()
+	var l net.Listener
+	require.NoError(t, inNS(fd, func() error {
+		var err error
+		l, err = net.Listen("tcp", netip.AddrPortFrom(addr, echoPort).String())
+		return err
+	}))
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		_ = l.Close()
+		<-done
+	})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if b, err := io.ReadAll(c); err == nil {
+				_, _ = io.WriteString(c, c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap().String()+" "+string(b))
+			}
+			_ = c.Close()
+		}
+	}()
+}
+
+// echo sends msg on c, a connection to a server of serveEcho, closes its
+// side and returns the answer.
+func echo(t *testing.T, c net.Conn, msg string) string {
+	t.Helper()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	_, err := io.WriteString(c, msg)
+	require.NoError(t, err)
+	require.NoError(t, c.(*net.TCPConn).CloseWrite())
+	b, err := io.ReadAll(c)
+	require.NoError(t, err)
+	return string(b)
+}
+
+// dialTCP connects from namespace fd to to.
+func dialTCP(fd int, to netip.AddrPort, timeout time.Duration) (net.Conn, error) {
 	var c net.Conn
 	err := inNS(fd, func() error {
 		var err error
-		c, err = net.DialTimeout("tcp", netip.AddrPortFrom(addr, port).String(), timeout)
+		c, err = net.DialTimeout("tcp", to.String(), timeout)
 		return err
 	})
+	return c, err
+}
+
+// dialFrom connects from namespace fd to addr:port and returns the source address
+// the server saw.
+func dialFrom(fd int, addr netip.Addr, port uint16, timeout time.Duration) (string, error) {
+	c, err := dialTCP(fd, netip.AddrPortFrom(addr, port), timeout)
 	if err != nil {
 		return "", err
 	}
@@ -443,10 +492,23 @@ func requireReach(t *testing.T, fd int, addr netip.Addr, what string) string {
 // times out (dropped, not refused).
 func requireBlocked(t *testing.T, fd int, addr netip.Addr, what string) {
 	t.Helper()
-	_, err := dialFrom(fd, addr, testPort, blockedTimeout)
-	require.Error(t, err, "%s: expected %s to be unreachable", what, addr)
+	requireTimeout(t, fd, netip.AddrPortFrom(addr, testPort), what)
+}
+
+// requireTimeout checks that a TCP connection from namespace fd to to times
+// out (dropped, not refused).
+func requireTimeout(t *testing.T, fd int, to netip.AddrPort, what string) {
+	t.Helper()
+	c, err := dialTCP(fd, to, blockedTimeout)
+	if err == nil {
+		c.Close()
+	}
+	require.Error(t, err, "%s: expected %s to be unreachable", what, to)
 	var ne net.Error
 	require.True(t, errors.As(err, &ne) && ne.Timeout(), "%s: expected a timeout, got %v", what, err)
 }
 
-const testPort = 8080
+const (
+	testPort = 8080 // every namespace of a topology serves it (serve)
+	echoPort = 8081 // where a test asks for it (serveEcho)
+)

@@ -32,17 +32,14 @@ type Network struct {
 	// Masquerade masquerades traffic from Subnets leaving through any interface
 	// other than Bridge. Ignored for an Internal network.
 	Masquerade bool
-	// ICC allows inter-container communication on the same bridge. Without it
-	// containers on the bridge reach the gateway (the host) but not each other.
+	// ICC accepts traffic between two ports of the bridge that br_netfilter
+	// passes to the forward hook. Without it such traffic is dropped. This
+	// alone does not stop containers on one bridge from talking to each
+	// other: the caller isolates the bridge's ports (see the package doc).
 	ICC bool
 	// Internal allows no traffic in or out of the bridge except between its own
 	// ports (if ICC) and to/from the host itself.
 	Internal bool
-	// PortsIsolated says the caller isolates the bridge's ports at layer 2
-	// (IFLA_BRPORT_ISOLATED on every port) when ICC is false, so frames
-	// between ports never reach the forward hook and no br_netfilter or
-	// bridge-family rule is needed.
-	PortsIsolated bool
 }
 
 const maxIDLen = 64
@@ -96,10 +93,6 @@ func (n Network) validate() error {
 // Invalid input (empty ID, empty/too long bridge name, invalid subnet) returns
 // errdefs.ErrInvalid naming the field and value, before anything is sent.
 //
-// A network with ICC=false needs the kernel to see frames between two ports
-// of the bridge (see the package doc); when it cannot, AddNetwork returns an
-// error wrapping errdefs.ErrNotSupported and installs nothing.
-//
 // The context is checked before the request is sent; the kernel applies a
 // batch synchronously and it cannot be interrupted.
 func (f *Firewall) AddNetwork(ctx context.Context, n Network) error {
@@ -114,11 +107,6 @@ func (f *Firewall) AddNetwork(ctx context.Context, n Network) error {
 	if err := f.usableLocked(); err != nil {
 		return fmt.Errorf("add network %s: %w", n.ID, err)
 	}
-	if !n.ICC && !f.bridgeMeta && !n.PortsIsolated {
-		if err := f.checkBrNetfilter(); err != nil {
-			return fmt.Errorf("add network %s: icc=false: %w", n.ID, err)
-		}
-	}
 	if err := f.checkUnusedLocked(n); err != nil {
 		return fmt.Errorf("add network %s: %w", n.ID, err)
 	}
@@ -127,7 +115,7 @@ func (f *Firewall) AddNetwork(ctx context.Context, n Network) error {
 	if err != nil {
 		return fmt.Errorf("add network %s: %w", n.ID, err)
 	}
-	for _, r := range f.networkRules(n, f.bridgeMeta) {
+	for _, r := range f.networkRules(n) {
 		c.AddRule(r)
 	}
 	if err := f.flushLocked(); err != nil {
@@ -143,35 +131,13 @@ func (f *Firewall) AddNetwork(ctx context.Context, n Network) error {
 	return nil
 }
 
-// checkBrNetfilter returns nil if br_netfilter passes bridged IPv4 and IPv6
-// traffic to the inet hooks of the firewall's namespace, where isolate-in
-// drops traffic between two ports of a bridge without ICC.
-func (f *Firewall) checkBrNetfilter() error {
-	for _, key := range []string{"net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables"} {
-		v, ok, err := readSysctl(f.nsFD, key)
-		if err != nil {
-			return err
-		}
-		if !ok || v != "1" {
-			name := strings.ReplaceAll(key, "/", ".")
-			if !ok {
-				v = "absent"
-			}
-			return fmt.Errorf("%w: blocking traffic between ports of a bridge needs nftables bridge meta "+
-				"(CONFIG_NFT_BRIDGE_META, missing in this kernel) or br_netfilter with %s=1 (it is %s)",
-				errdefs.ErrNotSupported, name, v)
-		}
-	}
-	return nil
-}
-
 // checkUnusedLocked returns an error wrapping errdefs.ErrExists if the kernel
 // already has network n.ID, or a network on the same bridge. Every network has
-// exactly one isolate-out rule (`iifname <br> accept|drop`), and networks are
-// added and removed whole, so isolate-out alone is the index of networks: the
-// check costs one rule per network, not all of them.
+// exactly one rule in isolate (`oifname <br> drop`), and networks are added
+// and removed whole, so isolate alone is the index of networks: the check
+// costs one rule per network, not all of them.
 func (f *Firewall) checkUnusedLocked(n Network) error {
-	rules, err := f.getRulesLocked(f.isolateOut)
+	rules, err := f.getRulesLocked(f.isolate)
 	if err != nil {
 		return err
 	}
@@ -251,7 +217,7 @@ func (f *Firewall) removeLocked(id string) error {
 // taggedLocked lists the rules of network id in every per-network chain.
 func (f *Firewall) taggedLocked(id string) ([]*nftables.Rule, error) {
 	var tagged []*nftables.Rule
-	for _, ch := range f.networkChainsLocked() {
+	for _, ch := range f.networkChains() {
 		rules, err := f.getRulesLocked(ch)
 		if err != nil {
 			return nil, err
@@ -266,7 +232,7 @@ func (f *Firewall) taggedLocked(id string) ([]*nftables.Rule, error) {
 }
 
 // NetworkIDs returns the IDs of the networks that have rules in this
-// firewall's tables, sorted. A controller restoring its state uses it to
+// firewall's table, sorted. A controller restoring its state uses it to
 // find rules that no network record explains.
 func (f *Firewall) NetworkIDs(ctx context.Context) ([]string, error) {
 	if err := ctx.Err(); err != nil {
@@ -278,7 +244,7 @@ func (f *Firewall) NetworkIDs(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	seen := map[string]bool{}
-	for _, ch := range f.networkChainsLocked() {
+	for _, ch := range f.networkChains() {
 		rules, err := f.getRulesLocked(ch)
 		if err != nil {
 			return nil, err

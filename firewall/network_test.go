@@ -186,9 +186,9 @@ func TestAddNetworkAtomic(t *testing.T) {
 
 	err = f.AddNetwork(ctx, testNetwork("n1", "br-a", "198.18.1.0/24"))
 	require.ErrorIs(t, err, unix.ENOENT)
-	rules, err := c.GetRules(f.inet, f.isolateIn)
+	rules, err := c.GetRules(f.table, f.allow)
 	require.NoError(t, err)
-	assert.Empty(t, rules, "isolate-in rules of a failed batch")
+	assert.Empty(t, rules, "allow rules of a failed batch")
 	assert.Zero(t, ruleCount(t, f))
 
 	// The connection is usable after the failure, and New repairs the chain.
@@ -217,15 +217,15 @@ func TestManyNetworks(t *testing.T) {
 		n.ICC = i%2 == 0
 		require.NoError(t, f.AddNetwork(ctx, n))
 	}
-	// Per network: 2 or 3 isolate-in rules, 1 isolate-out, 2 masquerade.
-	assert.Equal(t, count*5+count/2, ruleCount(t, f))
+	// Per network: 1 or 2 rules in allow, 1 in isolate, 2 masquerade.
+	assert.Equal(t, count*4+count/2, ruleCount(t, f))
 	for i := range count {
 		require.NoError(t, f.RemoveNetwork(ctx, fmt.Sprintf("net%03d", i)))
 	}
 	assert.Zero(t, ruleCount(t, f))
 
 	big := Network{ID: "big", Bridge: "br-big", Masquerade: true, ICC: true}
-	for i := range 496 {
+	for i := range 497 { // and 3 rules in allow and isolate
 		big.Subnets = append(big.Subnets, netip.MustParsePrefix(fmt.Sprintf("198.19.%d.%d/30", i/64, i%64*4)))
 	}
 	require.NoError(t, f.AddNetwork(ctx, big))
@@ -269,7 +269,7 @@ func TestConcurrent(t *testing.T) {
 	for err := range errs {
 		require.NoError(t, err)
 	}
-	assert.Equal(t, 8*2*5, ruleCount(t, f)) // 2 networks left per goroutine, 5 rules each
+	assert.Equal(t, 8*2*4, ruleCount(t, f)) // 2 networks left per goroutine, 4 rules each
 	for g := range 8 {
 		for i := range 5 {
 			require.NoError(t, f.RemoveNetwork(ctx, fmt.Sprintf("g%d-%d", g, i)))
@@ -289,67 +289,4 @@ func TestContextCanceled(t *testing.T) {
 	_, err := New(ctx, fd, "cnm")
 	require.ErrorIs(t, err, context.Canceled)
 	assert.Zero(t, ruleCount(t, f))
-}
-
-// TestICCOffNeedsKernelSupport turns br_netfilter off in the namespace: ICC
-// off then needs bridge meta (CONFIG_NFT_BRIDGE_META); without it AddNetwork
-// refuses rather than install an isolation that does not isolate.
-func TestICCOffNeedsKernelSupport(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	fd := newNS(t)
-	f := openFirewall(t, fd)
-	writeSysctl(t, fd, "net/bridge/bridge-nf-call-iptables", "0")
-	n := testNetwork("n1", "br-a", "198.18.1.0/24")
-	n.ICC = false
-	err := f.AddNetwork(ctx, n)
-	if f.bridgeMeta {
-		require.NoError(t, err)
-		require.NoError(t, f.RemoveNetwork(ctx, "n1"))
-		return
-	}
-	t.Log("kernel lacks CONFIG_NFT_BRIDGE_META: icc=false relies on br_netfilter")
-	require.ErrorIs(t, err, errdefs.ErrNotSupported)
-	assert.ErrorContains(t, err, "net.bridge.bridge-nf-call-iptables=1 (it is 0)")
-	assert.Zero(t, ruleCount(t, f))
-
-	// ICC on needs neither.
-	require.NoError(t, f.AddNetwork(ctx, testNetwork("n1", "br-a", "198.18.1.0/24")))
-	require.NoError(t, f.RemoveNetwork(ctx, "n1"))
-}
-
-// TestBridgeRule checks the bridge-family rule of a network without ICC: in
-// the kernel where supported, and as built everywhere.
-func TestBridgeRule(t *testing.T) {
-	n := testNetwork("n1", "br-a", "198.18.1.0/24")
-	n.ICC = false
-	f := newFirewall("cnm", -1)
-	var got []string
-	for _, r := range f.networkRules(n, true) {
-		if r.Table.Family == nftables.TableFamilyBridge {
-			got = append(got, renderRule(r))
-		}
-	}
-	want := []string{`meta ibrname == "br-a" meta obrname == "br-a" drop comment "cnm:n1"`}
-	require.Equal(t, want, got)
-
-	t.Run("kernel", func(t *testing.T) {
-		t.Parallel()
-		fd := newNS(t)
-		f := openFirewall(t, fd)
-		if !f.bridgeMeta {
-			t.Skip("kernel lacks CONFIG_NFT_BRIDGE_META (meta ibrname/obrname)")
-		}
-		ctx := context.Background()
-		require.NoError(t, f.AddNetwork(ctx, n))
-		rules, err := (&nftables.Conn{NetNS: fd}).GetRules(f.bridge, f.brForward)
-		require.NoError(t, err)
-		var got []string
-		for _, r := range rules {
-			got = append(got, renderRule(r))
-		}
-		assert.Equal(t, want, got)
-		require.NoError(t, f.RemoveNetwork(ctx, "n1"))
-		assert.Zero(t, ruleCount(t, f))
-	})
 }

@@ -2,12 +2,19 @@ package firewall
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/netip"
 	"testing"
+	"time"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // topology is a host namespace with two bridges, two containers on each and
@@ -178,15 +185,17 @@ func TestPacketNoMasquerade(t *testing.T) {
 }
 
 // TestPacketICCOff: containers on a bridge without ICC reach the gateway but
-// not each other. With br_netfilter the inet rules see the bridged traffic;
-// without it the bridge-family rule must, where the kernel has one.
+// not each other. Each of two mechanisms stops them on its own: the firewall,
+// when br_netfilter hands it the bridged traffic, and port isolation, which
+// the bridge driver sets on every port and which needs no netfilter at all.
 func TestPacketICCOff(t *testing.T) {
 	for _, tc := range []struct {
-		name        string
-		brNetfilter string
+		name         string
+		brNetfilter  string
+		isolatePorts bool
 	}{
-		{"br_netfilter", "1"},
-		{"bridge_meta", "0"},
+		{"firewall", "1", false},
+		{"isolated_ports", "0", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -195,11 +204,19 @@ func TestPacketICCOff(t *testing.T) {
 			writeSysctl(t, tp.host, "net/bridge/bridge-nf-call-iptables", tc.brNetfilter)
 			writeSysctl(t, tp.host, "net/bridge/bridge-nf-call-ip6tables", tc.brNetfilter)
 			tp.requireOpen(t)
+			isolate := func(on bool) {
+				h := handle(t, tp.host)
+				for _, port := range []string{"va1", "va2"} {
+					l, err := h.LinkByName(port)
+					require.NoError(t, err)
+					require.NoError(t, h.LinkSetIsolated(l, on))
+				}
+			}
+			if tc.isolatePorts {
+				isolate(true)
+			}
 
 			f := openFirewall(t, tp.host)
-			if tc.brNetfilter == "0" && !f.bridgeMeta {
-				t.Skip("kernel lacks CONFIG_NFT_BRIDGE_META (meta ibrname/obrname); ICC off needs br_netfilter")
-			}
 			a, b := networks()
 			a.ICC = false
 			require.NoError(t, f.AddNetwork(ctx, a))
@@ -220,9 +237,152 @@ func TestPacketICCOff(t *testing.T) {
 			require.NoError(t, f.RemoveNetwork(ctx, "A"))
 			require.NoError(t, f.RemoveNetwork(ctx, "B"))
 			assert.Zero(t, ruleCount(t, f))
+			if tc.isolatePorts {
+				isolate(false)
+			}
 			tp.requireOpen(t)
 		})
 	}
+}
+
+// TestPacketFromOutside: the host forwards and the outside routes the
+// containers' subnets through it, yet the outside cannot open a connection
+// to a container: forwarding does not make the host a router into cnm's
+// bridges. The container's own connection out works, masqueraded or not,
+// with data both ways, and while it is open the outside still cannot open
+// one back.
+func TestPacketFromOutside(t *testing.T) {
+	for _, masquerade := range []bool{true, false} {
+		t.Run(fmt.Sprintf("masquerade=%v", masquerade), func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			tp := newTopology(t)
+			for _, fam := range families {
+				serveEcho(t, tp.ext, fam.ext)
+			}
+			tp.requireOpen(t) // ext -> a1 too: only the rules can stop it
+
+			f := openFirewall(t, tp.host)
+			a, _ := networks()
+			a.Masquerade = masquerade
+			require.NoError(t, f.AddNetwork(ctx, a))
+
+			for _, fam := range families {
+				t.Run(fam.name, func(t *testing.T) {
+					requireBlocked(t, tp.ext, fam.a1, "ext -> a1, new connection from outside")
+					seen := fam.a1
+					if masquerade {
+						seen = fam.up
+					}
+					c, err := dialTCP(tp.a1, netip.AddrPortFrom(fam.ext, echoPort), okTimeout)
+					require.NoError(t, err, "a1 -> ext")
+					defer c.Close()
+					requireBlocked(t, tp.ext, fam.a1, "ext -> a1 while a1 has a connection to ext")
+					assert.Equal(t, seen.String()+" hello from a1", echo(t, c, "hello from a1"))
+				})
+			}
+			require.NoError(t, f.RemoveNetwork(ctx, "A"))
+			assert.Zero(t, ruleCount(t, f))
+		})
+	}
+}
+
+// TestPacketPublishedHook fills the published chain as port publishing
+// will, with `ct status dnat accept`, and has the host DNAT two ports of its
+// uplink address, one to a1 and one to b1 on an internal network. Until the
+// hook is filled a DNAT'ed flow is dropped like any other; then it reaches
+// a1, while a1's own address stays closed to the outside and the internal
+// network stays closed to everything, even to a lone datagram that needs no
+// answer.
+func TestPacketPublishedHook(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	tp := newTopology(t)
+	f := openFirewall(t, tp.host)
+	a, b := networks()
+	b.Internal = true
+	require.NoError(t, f.AddNetwork(ctx, a))
+	require.NoError(t, f.AddNetwork(ctx, b))
+	const toA, toB = 9090, 9091
+	addDNAT(t, tp.host, map[uint16]func(family) netip.Addr{
+		toA: func(fam family) netip.Addr { return fam.a1 },
+		toB: func(fam family) netip.Addr { return fam.b1 },
+	})
+
+	for _, fam := range families {
+		requireTimeout(t, tp.ext, netip.AddrPortFrom(fam.up, toA), fam.name+": ext -> a1 through DNAT, empty hook")
+	}
+
+	c, err := nftables.New(nftables.WithNetNSFd(tp.host))
+	require.NoError(t, err)
+	c.AddRule(&nftables.Rule{Table: f.table, Chain: f.published, Exprs: []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+		accept(),
+	}})
+	require.NoError(t, c.Flush())
+
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			src, err := dialFrom(tp.ext, fam.up, toA, okTimeout)
+			require.NoError(t, err, "ext -> a1 through DNAT")
+			assert.Equal(t, fam.ext.String(), src, "a1 sees the outside's address")
+			requireBlocked(t, tp.ext, fam.a1, "ext -> a1 directly")
+			requireTimeout(t, tp.ext, netip.AddrPortFrom(fam.up, toB), "ext -> b1 through DNAT, internal network")
+			requireReach(t, tp.a1, fam.ext, "a1 -> ext")
+			assert.True(t, udpArrives(t, tp.ext, netip.AddrPortFrom(fam.up, toA), tp.a1, fam.a1),
+				"udp ext -> a1 through DNAT")
+			assert.False(t, udpArrives(t, tp.ext, netip.AddrPortFrom(fam.up, toB), tp.b1, fam.b1),
+				"udp ext -> b1 through DNAT, internal network")
+		})
+	}
+	require.NoError(t, f.RemoveNetwork(ctx, "A"))
+	require.NoError(t, f.RemoveNetwork(ctx, "B"))
+}
+
+// ipsDstNAT is IPS_DST_NAT, the conntrack status bit of a DNAT'ed flow
+// (include/uapi/linux/netfilter/nf_conntrack_common.h).
+const ipsDstNAT = 1 << 5
+
+// addDNAT makes a table "dnat" in namespace fd, deleted at the end of the
+// test, that DNATs TCP and UDP to the uplink address (v4 and v6) on each
+// port of to to the address to gives, port testPort:
+//
+//	ip daddr <up> th dport <port> dnat to <addr>:testPort
+func addDNAT(t *testing.T, fd int, to map[uint16]func(family) netip.Addr) {
+	t.Helper()
+	c, err := nftables.New(nftables.WithNetNSFd(fd))
+	require.NoError(t, err)
+	tbl := c.AddTable(&nftables.Table{Name: "dnat", Family: nftables.TableFamilyINet})
+	accept := nftables.ChainPolicyAccept
+	ch := c.AddChain(&nftables.Chain{Name: "prerouting", Table: tbl, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest, Policy: &accept})
+	for port, addr := range to {
+		for _, fam := range families {
+			proto, daddr := byte(unix.NFPROTO_IPV4), uint32(16) // daddr offset in the IPv4 header
+			if fam.up.Is6() {
+				proto, daddr = unix.NFPROTO_IPV6, 24
+			}
+			c.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: []expr.Any{
+				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddr, Len: uint32(fam.up.BitLen() / 8)},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: fam.up.AsSlice()},
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
+				&expr.Immediate{Register: 1, Data: addr(fam).AsSlice()},
+				&expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(testPort)},
+				&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(proto), RegAddrMin: 1, RegProtoMin: 2, Specified: true},
+			}})
+		}
+	}
+	require.NoError(t, c.Flush())
+	t.Cleanup(func() {
+		c.DelTable(tbl)
+		require.NoError(t, c.Flush())
+	})
 }
 
 // TestPacketInternal: an internal network talks within its bridge and to the
@@ -255,4 +415,29 @@ func TestPacketInternal(t *testing.T) {
 	require.NoError(t, f.RemoveNetwork(ctx, "B"))
 	assert.Zero(t, ruleCount(t, f))
 	tp.requireOpen(t)
+}
+
+// udpArrives sends one datagram from namespace from to to, and reports
+// whether a socket on addr:testPort in namespace at receives it.
+func udpArrives(t *testing.T, from int, to netip.AddrPort, at int, addr netip.Addr) bool {
+	t.Helper()
+	var pc net.PacketConn
+	require.NoError(t, inNS(at, func() error {
+		var err error
+		pc, err = net.ListenPacket("udp", netip.AddrPortFrom(addr, testPort).String())
+		return err
+	}))
+	defer pc.Close()
+	var c net.Conn
+	require.NoError(t, inNS(from, func() error {
+		var err error
+		c, err = net.Dial("udp", to.String())
+		return err
+	}))
+	defer c.Close()
+	_, err := c.Write([]byte("hello"))
+	require.NoError(t, err)
+	_ = pc.SetReadDeadline(time.Now().Add(blockedTimeout))
+	_, _, err = pc.ReadFrom(make([]byte, 16))
+	return err == nil
 }

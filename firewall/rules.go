@@ -41,8 +41,8 @@ func ifname(name string) []byte {
 	return b
 }
 
-// matchName loads the interface name selected by key (iifname, oifname, or in
-// the bridge family ibrname/obrname) and compares it with name using op.
+// matchName loads the interface name selected by key (iifname or oifname)
+// and compares it with name using op.
 func matchName(key expr.MetaKey, op expr.CmpOp, name string) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: key, Register: 1},
@@ -116,64 +116,50 @@ func concat(parts ...[]expr.Any) []expr.Any {
 }
 
 // networkRules returns every rule of network n, in the order they are added
-// (appended) to their chains. n must be valid. bridgeMeta says whether the
-// kernel supports `meta ibrname/obrname` in the bridge family.
-func (f *Firewall) networkRules(n Network, bridgeMeta bool) []*nftables.Rule {
+// (appended) to their chains. n must be valid. The package doc says what
+// each chain is for.
+func (f *Firewall) networkRules(n Network) []*nftables.Rule {
 	ud := tag(n.ID)
 	var rules []*nftables.Rule
 	add := func(c *nftables.Chain, e ...[]expr.Any) {
 		rules = append(rules, &nftables.Rule{Table: c.Table, Chain: c, Exprs: concat(e...), UserData: ud})
 	}
-	br := n.Bridge
+	// Into the bridge (oifname <br>) and out of it (iifname <br>); each rule
+	// gets expressions of its own.
+	in := func() []expr.Any { return matchName(expr.MetaKeyOIFNAME, expr.CmpOpEq, n.Bridge) }
+	out := func() []expr.Any { return matchName(expr.MetaKeyIIFNAME, expr.CmpOpEq, n.Bridge) }
 
-	// isolate-in: nothing new enters the bridge from outside it.
+	// allow: oifname <br> iifname <br> accept (ICC only)
+	//        oifname <br> ct state established,related accept
 	if n.ICC {
-		// oifname <br> iifname <br> accept
-		add(f.isolateIn, matchName(expr.MetaKeyOIFNAME, expr.CmpOpEq, br),
-			matchName(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), []expr.Any{accept()})
+		add(f.allow, in(), out(), []expr.Any{accept()})
 	}
-	// oifname <br> ct state established,related accept
-	add(f.isolateIn, matchName(expr.MetaKeyOIFNAME, expr.CmpOpEq, br), matchEstablished(), []expr.Any{accept()})
-	// oifname <br> drop
-	add(f.isolateIn, matchName(expr.MetaKeyOIFNAME, expr.CmpOpEq, br), []expr.Any{drop()})
+	add(f.allow, in(), matchEstablished(), []expr.Any{accept()})
 
-	// isolate-out: iifname <br> accept, or drop for an internal network.
-	verdict := accept()
+	// internal: iifname <br> drop; oifname <br> drop
 	if n.Internal {
-		verdict = drop()
+		add(f.internal, out(), []expr.Any{drop()})
+		add(f.internal, in(), []expr.Any{drop()})
 	}
-	add(f.isolateOut, matchName(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), []expr.Any{verdict})
+
+	// isolate: oifname <br> drop
+	add(f.isolate, in(), []expr.Any{drop()})
 
 	// postrouting: ip saddr <subnet> oifname != <br> masquerade
 	if n.Masquerade && !n.Internal {
 		for _, p := range n.Subnets {
-			add(f.postrouting, matchSource(p), matchName(expr.MetaKeyOIFNAME, expr.CmpOpNeq, br),
+			add(f.postrouting, matchSource(p), matchName(expr.MetaKeyOIFNAME, expr.CmpOpNeq, n.Bridge),
 				[]expr.Any{&expr.Masq{}})
 		}
-	}
-
-	// bridge forward: meta ibrname <br> meta obrname <br> drop. Frames between
-	// two ports of one bridge are switched and never reach the inet hooks
-	// unless br_netfilter passes them there.
-	if !n.ICC && bridgeMeta {
-		add(f.brForward, bridgePortToPort(br), []expr.Any{drop()})
 	}
 	return rules
 }
 
-// bridgePortToPort is `meta ibrname <br> meta obrname <br>`: a frame forwarded
-// from one port of bridge br to another. In the bridge family iifname and
-// oifname are the ports, ibrname and obrname their bridge.
-func bridgePortToPort(br string) []expr.Any {
-	return concat(matchName(expr.MetaKeyBRIIIFNAME, expr.CmpOpEq, br),
-		matchName(expr.MetaKeyBRIOIFNAME, expr.CmpOpEq, br))
-}
-
-// ruleBridge returns the bridge name of an isolate-out rule (`iifname <br> ...`).
+// ruleBridge returns the bridge name of a rule of isolate (`oifname <br> drop`).
 func ruleBridge(r *nftables.Rule) (string, bool) {
 	for i := 0; i+1 < len(r.Exprs); i++ {
 		m, ok := r.Exprs[i].(*expr.Meta)
-		if !ok || m.Key != expr.MetaKeyIIFNAME || m.SourceRegister {
+		if !ok || m.Key != expr.MetaKeyOIFNAME || m.SourceRegister {
 			continue
 		}
 		c, ok := r.Exprs[i+1].(*expr.Cmp)

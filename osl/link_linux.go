@@ -219,21 +219,95 @@ func (ns *Namespace) AddVeth(ctx context.Context, spec VethSpec) error {
 // DeleteLink deletes the link called name; for a veth pair both ends go. A
 // link that does not exist is not an error.
 //
+// A deletion keeps the kernel busy for 20-30 ms. It runs on a socket of its
+// own, so other requests on the namespace do not wait for it, and several
+// deletions run side by side.
+//
 // Equivalent to: `ip link del $name`.
 func (ns *Namespace) DeleteLink(ctx context.Context, name string) error {
+	return ns.deleteLink(ctx, 0, name)
+}
+
+// DeleteLinkIndex deletes the link with the given index, if it is still
+// called name (an index is not reused soon, but a name check costs nothing:
+// both travel in the one request, and the kernel matches the index). A link
+// that does not exist is not an error.
+func (ns *Namespace) DeleteLinkIndex(ctx context.Context, index int, name string) error {
+	return ns.deleteLink(ctx, index, name)
+}
+
+func (ns *Namespace) deleteLink(ctx context.Context, index int, name string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	// Delete by name in one request (netlink.Handle.LinkDel would first look
-	// the index up, a second round trip).
-	req, err := ns.rawRequest(unix.RTM_DELLINK, unix.NLM_F_ACK)
-	if err != nil {
+	if index > 0 {
+		// The kernel looks a link up by index first and ignores the name,
+		// so check the name before: a link with this index and another
+		// name is not the one meant.
+		l, err := ns.LinkByIndex(ctx, index)
+		if errors.Is(err, ErrLinkNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if l.Name != name {
+			return nil
+		}
+	}
+	return ns.withSpare(func(sock *nl.SocketHandle) error {
+		// Delete in one request (netlink.Handle.LinkDel would first look
+		// the index up, a second round trip).
+		req := newRequest(sock, unix.RTM_DELLINK, unix.NLM_F_ACK)
+		msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+		msg.Index = int32(index)
+		req.AddData(msg)
+		if index == 0 {
+			req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
+		}
+		if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil && !isLinkNotFound(err) {
+			return fmt.Errorf("delete link %s: %w", name, err)
+		}
+		return nil
+	})
+}
+
+// RetireLink takes a link out of use at once, so that its name is free and
+// it carries no traffic, without waiting for a deletion: it brings the link
+// down (which removes its routes and IPv6 addresses, and takes the carrier
+// from a veth peer) and renames it to newName. The caller deletes it later.
+//
+// Equivalent to: `ip link set $link down`, then `ip link set $link name $newName`.
+func (ns *Namespace) RetireLink(ctx context.Context, index int, newName string) error {
+	if err := ctx.Err(); err != nil {
 		return err
 	}
-	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
-	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
-	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil && !isLinkNotFound(err) {
-		return fmt.Errorf("delete link %s: %w", name, err)
+	// The kernel renames a link only while it is down, and applies a
+	// name before flags within one request: two requests.
+	for _, set := range []func(*nl.NetlinkRequest){
+		func(req *nl.NetlinkRequest) {
+			msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+			msg.Index, msg.Change = int32(index), unix.IFF_UP
+			req.AddData(msg)
+		},
+		func(req *nl.NetlinkRequest) {
+			msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+			msg.Index = int32(index)
+			req.AddData(msg)
+			req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(newName)))
+		},
+	} {
+		req, err := ns.rawRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
+		if err != nil {
+			return err
+		}
+		set(req)
+		if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
+			if isLinkNotFound(err) {
+				return fmt.Errorf("retire link %d in %s: %w", index, ns.path, ErrLinkNotFound)
+			}
+			return fmt.Errorf("retire link %d as %s: %w", index, newName, err)
+		}
 	}
 	return nil
 }
@@ -247,14 +321,19 @@ func (ns *Namespace) rawRequest(typ, flags int) (*nl.NetlinkRequest, error) {
 	if raw == nil {
 		return nil, fmt.Errorf("namespace %s: %w", ns.path, ErrClosed)
 	}
+	return newRequest(raw, typ, flags), nil
+}
+
+// newRequest starts a request on the socket sock.
+func newRequest(sock *nl.SocketHandle, typ, flags int) *nl.NetlinkRequest {
 	return &nl.NetlinkRequest{
 		NlMsghdr: unix.NlMsghdr{
 			Len:   unix.SizeofNlMsghdr,
 			Type:  uint16(typ),
 			Flags: unix.NLM_F_REQUEST | uint16(flags),
 		},
-		Sockets: map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: raw},
-	}, nil
+		Sockets: map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: sock},
+	}
 }
 
 // SetLinkUp brings the link with the given index up.
@@ -404,6 +483,23 @@ func (ns *Namespace) LinkUp(ctx context.Context, index int, linkLocal bool) erro
 	return nil
 }
 
+// SetLinkMTU sets the link's MTU.
+//
+// Equivalent to: `ip link set $link mtu $mtu`.
+func (ns *Namespace) SetLinkMTU(ctx context.Context, index, mtu int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	h, err := ns.h()
+	if err != nil {
+		return err
+	}
+	if err := h.LinkSetMTU(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: index}}, mtu); err != nil {
+		return fmt.Errorf("set link %d mtu %d: %w", index, mtu, err)
+	}
+	return nil
+}
+
 // SetLinkMaster makes the link with the given index a port of the bridge
 // masterIndex.
 //
@@ -490,5 +586,20 @@ func (ns *Namespace) setAddrGenMode(index int, mode uint8, up bool) error {
 	spec.AddRtAttr(unix.AF_INET6, nil).AddRtAttr(unix.IFLA_INET6_ADDR_GEN_MODE, nl.Uint8Attr(mode))
 	req.AddData(spec)
 	_, err = req.Execute(unix.NETLINK_ROUTE, 0)
+	if errors.Is(err, unix.EAFNOSUPPORT) && mode == addrGenNone {
+		// A link with an MTU below 1280 has no IPv6 at all (the kernel
+		// refuses IPv6 settings for it), so no link-local address either:
+		// the up alone is what was asked.
+		if !up {
+			return nil
+		}
+		req, err := ns.rawRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
+		if err != nil {
+			return err
+		}
+		req.AddData(msg)
+		_, err = req.Execute(unix.NETLINK_ROUTE, 0)
+		return err
+	}
 	return err
 }

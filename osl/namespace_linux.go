@@ -27,6 +27,13 @@ const threadNS = "/proc/thread-self/ns/net"
 type Namespace struct {
 	path  string
 	owned bool // made by NewNamespace: Delete unmounts and removes path
+	id    ID   // the kernel namespace's identity, read when opened
+
+	// spare holds extra netlink sockets inside the namespace for requests
+	// that keep the kernel busy for long (a link deletion takes 20-30 ms):
+	// on the shared socket they would queue every other request behind
+	// them, and serialise deletions that the kernel can run side by side.
+	spare spareSockets
 
 	// mu guards the following fields.
 	mu     sync.Mutex
@@ -34,6 +41,28 @@ type Namespace struct {
 	handle *netlink.Handle
 	raw    *nl.SocketHandle // for requests netlink.Handle cannot build
 }
+
+// ID identifies a kernel network namespace: the device and inode of its nsfs
+// file. Two paths name the same namespace exactly when their IDs are equal,
+// and a path that now opens another namespace (a reused /proc/PID/ns/net, a
+// re-pointed bind mount) shows another ID.
+type ID struct {
+	Dev uint64 `json:"dev"`
+	Ino uint64 `json:"ino"`
+}
+
+// IsZero reports whether id was never set (a record written before IDs were).
+func (id ID) IsZero() bool { return id == ID{} }
+
+// String returns "dev:ino".
+func (id ID) String() string { return fmt.Sprintf("%d:%d", id.Dev, id.Ino) }
+
+// ID returns the identity of the kernel namespace, read when it was opened.
+func (ns *Namespace) ID() ID { return ns.id }
+
+// ErrNotNamespace reports a path that exists but is not a network namespace
+// file (an empty file left where a bind mount was, or any other file).
+var ErrNotNamespace = errors.New("not a network namespace file")
 
 // Path returns the namespace file: a bind mount made by [NewNamespace], or the
 // path given to [OpenNamespace].
@@ -105,9 +134,20 @@ func OpenNamespace(ctx context.Context, path string) (*Namespace, error) {
 		return nil, fmt.Errorf("open namespace %s: %w", path, err)
 	}
 	var st unix.Statfs_t
-	if err := unix.Fstatfs(fd, &st); err != nil || (st.Type != unix.NSFS_MAGIC && st.Type != unix.PROC_SUPER_MAGIC) {
+	if err := unix.Fstatfs(fd, &st); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("%s is not a network namespace file", path)
+		return nil, fmt.Errorf("open namespace %s: %w", path, err)
+	}
+	if st.Type != unix.NSFS_MAGIC {
+		unix.Close(fd)
+		return nil, fmt.Errorf("open namespace %s: %w", path, ErrNotNamespace)
+	}
+	if typ, err := unix.IoctlRetInt(fd, unix.NS_GET_NSTYPE); err != nil || typ != unix.CLONE_NEWNET {
+		unix.Close(fd)
+		if err != nil && !errors.Is(err, unix.ENOTTY) && !errors.Is(err, unix.EINVAL) {
+			return nil, fmt.Errorf("open namespace %s: %w", path, err)
+		}
+		return nil, fmt.Errorf("open namespace %s: another kind of namespace: %w", path, ErrNotNamespace)
 	}
 	ns := &Namespace{path: path, fd: -1}
 	err = onFreshThread(func(back func() error) (retErr error) {
@@ -158,6 +198,14 @@ func (ns *Namespace) openHere() error {
 		unix.Close(fd)
 		return fmt.Errorf("open netlink socket: %w", err)
 	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		sock.Close()
+		h.Close()
+		unix.Close(fd)
+		return fmt.Errorf("stat %s: %w", threadNS, err)
+	}
+	ns.id = ID{Dev: st.Dev, Ino: st.Ino}
 	ns.fd, ns.handle, ns.raw = fd, h, &nl.SocketHandle{Socket: sock}
 	return nil
 }
@@ -254,6 +302,7 @@ func (ns *Namespace) Close() error {
 }
 
 func (ns *Namespace) closeLocked() {
+	ns.spare.close()
 	if ns.handle != nil {
 		ns.handle.Close()
 		ns.handle = nil
@@ -275,6 +324,14 @@ func (ns *Namespace) closeLocked() {
 // after Delete returns. Deleting an already deleted namespace is not an error.
 func (ns *Namespace) Delete() error {
 	ns.Close()
+	return ns.RemoveFile()
+}
+
+// RemoveFile unmounts and removes the namespace's file when [NewNamespace]
+// made it, and keeps the Namespace open: the kernel namespace lives on,
+// reachable through ns only, until Close. (Delete is RemoveFile after
+// Close.) For a namespace cnm did not make it does nothing.
+func (ns *Namespace) RemoveFile() error {
 	if !ns.owned {
 		return nil
 	}
@@ -312,9 +369,5 @@ func (ns *Namespace) Inode() (uint64, error) {
 	if ns.fd < 0 {
 		return 0, fmt.Errorf("namespace %s: %w", ns.path, ErrClosed)
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(ns.fd, &st); err != nil {
-		return 0, err
-	}
-	return st.Ino, nil
+	return ns.id.Ino, nil
 }

@@ -1,7 +1,9 @@
 package osl
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -53,4 +55,38 @@ func (ns *Namespace) Sysctl(name string) (string, error) {
 		return nil
 	})
 	return v, err
+}
+
+// Sysctls reads, in one visit to this namespace, every net.* sysctl whose
+// name matches pattern, a [filepath.Match] pattern in the slash form such
+// as "net/ipv6/conf/*/accept_ra". The result is keyed by name in the slash
+// form ("net/ipv6/conf/eth1.50/accept_ra"), which [Namespace.SetSysctl]
+// takes. A sysctl that vanishes while they are read (its interface was
+// deleted) is left out.
+//
+// Equivalent to: `ip netns exec $ns grep -H . /proc/sys/$pattern`.
+func (ns *Namespace) Sysctls(pattern string) (map[string]string, error) {
+	p, err := sysctlPath(pattern)
+	if err != nil {
+		return nil, err
+	}
+	vals := map[string]string{}
+	err = ns.Do(func() error {
+		files, err := filepath.Glob(p)
+		if err != nil {
+			return fmt.Errorf("read sysctls %s: %w", pattern, err)
+		}
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("read sysctl %s: %w", f, err)
+			}
+			vals[strings.TrimPrefix(f, "/proc/sys/")] = strings.TrimSpace(string(b))
+		}
+		return nil
+	})
+	return vals, err
 }

@@ -21,4 +21,6 @@ if [ $# -gt 0 ] && [ -d "examples/$1" ]; then
 fi
 mkdir -p bin
 go build -o "bin/cnm-demo-$example" "./examples/$example"
-exec unshare --net -- "bin/cnm-demo-$example" "$@"
+# A fresh network namespace (nothing leaves the machine) and a private mount
+# namespace (no namespace bind mount can outlive a crashed demo).
+exec unshare --net --mount -- sh -c 'mount --make-rprivate / && exec "$@"' sh "bin/cnm-demo-$example" "$@"

@@ -26,6 +26,8 @@ if [ ${#args[@]} -eq 0 ]; then
 	args=(./...)
 fi
 
-echo "== go test -race inside a fresh network namespace"
-# GOPROXY=off and -mod=readonly: nothing is fetched from inside.
-exec unshare --net -- env GOPROXY=off GOFLAGS=-mod=readonly sh -c 'ip link set lo up && exec go test -race -count=1 "$@"' sh "${args[@]}"
+echo "== go test -race inside a fresh network and mount namespace"
+# GOPROXY=off and -mod=readonly: nothing is fetched from inside. The mount
+# namespace is private, so a test that crashes cannot leave a namespace
+# bind mount behind on the machine.
+exec unshare --net --mount -- env GOPROXY=off GOFLAGS=-mod=readonly sh -c 'mount --make-rprivate / && ip link set lo up && exec go test -race -count=1 "$@"' sh "${args[@]}"

@@ -43,12 +43,16 @@ var _ Store = (*Bolt)(nil)
 // Open opens (or makes) the store file in dir. A file locked by another
 // process is an error wrapping [ErrLocked]; an unreadable one [ErrCorrupt];
 // one of a newer schema [ErrSchema]. None of them is ever overwritten.
+// Every write is flushed to disk (fsync) before it returns.
 func Open(dir string) (*Bolt, error) {
-	path := filepath.Join(dir, FileName)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	return openFile(filepath.Join(dir, FileName), false)
+}
+
+func openFile(path string, noSync bool) (*Bolt, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("store: make data dir: %w", err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout, NoSync: noSync, NoFreelistSync: noSync})
 	switch {
 	case errors.Is(err, bolterrors.ErrTimeout):
 		return nil, fmt.Errorf("store %s: %w", path, ErrLocked)

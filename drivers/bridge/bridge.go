@@ -6,7 +6,8 @@
 // Kernel objects and their names:
 //   - the bridge: the com.docker.network.bridge.name option, or "br-" and the
 //     first 12 characters of the network ID (as Docker names them); it carries
-//     the gateway addresses and the alias "cnm:<network ID>";
+//     the gateway addresses and the alias mark.Owner.Link(network ID), which
+//     names the controller that made it;
 //   - per joined endpoint, a veth pair made at Join in one netlink request:
 //     the host end "veth" and 7 random hex digits, fresh at every Join so an
 //     asynchronous kernel cleanup never collides with a new endpoint, already
@@ -25,6 +26,7 @@ import (
 
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/firewall"
+	"github.com/seed53641549/cnm/internal/mark"
 	"github.com/seed53641549/cnm/osl"
 )
 
@@ -37,6 +39,14 @@ type Config struct {
 	HostNS *osl.Namespace
 	// Firewall programs the controller's nftables table in HostNS. Required.
 	Firewall *firewall.Firewall
+	// Owner is the controller's identity, carried by every bridge it makes.
+	// Required.
+	Owner mark.Owner
+	// LeaveHostSysctls makes the driver write no sysctl of HostNS, for a
+	// runtime that manages them itself. A network that routes out of its
+	// bridge then fails, naming the sysctl, while IP forwarding is off.
+	// Default false: the driver turns forwarding on as networks need it.
+	LeaveHostSysctls bool
 }
 
 // Register makes a bridge driver and registers it under [NetworkType].
@@ -50,14 +60,18 @@ func Register(r driverapi.Registerer, cfg Config) error {
 
 // New returns a bridge driver. Most programs call [Register] instead.
 func New(cfg Config) (driverapi.Driver, error) {
-	if cfg.HostNS == nil || cfg.Firewall == nil {
-		return nil, fmt.Errorf("%w: bridge driver: HostNS and Firewall are required", driverapi.ErrInvalid)
+	if cfg.HostNS == nil || cfg.Firewall == nil || cfg.Owner == "" {
+		return nil, fmt.Errorf("%w: bridge driver: HostNS, Firewall and Owner are required", driverapi.ErrInvalid)
 	}
 	return &driver{cfg: cfg, networks: map[string]*network{}}, nil
 }
 
 type driver struct {
 	cfg Config
+
+	// sysctlMu is held from a change of a host sysctl until the network
+	// that made it is made or rolled back (see ensureForwarding).
+	sysctlMu sync.Mutex
 
 	// mu guards networks.
 	mu       sync.Mutex
@@ -81,7 +95,8 @@ type network struct {
 }
 
 type endpoint struct {
-	hostIf string // host end of the veth while joined, "" otherwise
+	hostIf    string // host end of the veth while joined, "" otherwise
+	hostIndex int    // its index
 }
 
 // Type returns "bridge".
@@ -89,7 +104,7 @@ func (d *driver) Type() string { return NetworkType }
 
 // Capability says bridge networks are local and their endpoints have interfaces.
 func (d *driver) Capability() driverapi.Capability {
-	return driverapi.Capability{Scope: driverapi.LocalScope}
+	return driverapi.Capability{Scope: driverapi.LocalScope, GoneWithSandbox: true}
 }
 
 func (d *driver) network(id string) (*network, error) {

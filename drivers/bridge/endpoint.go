@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/internal/linkrules"
 	"github.com/seed53641549/cnm/osl"
 	"golang.org/x/sys/unix"
 )
@@ -16,8 +18,10 @@ func (d *driver) CreateEndpoint(ctx context.Context, req driverapi.EndpointReque
 	if err != nil {
 		return err
 	}
-	if req.MAC != nil && (len(req.MAC) != 6 || req.MAC[0]&1 == 1) {
-		return fmt.Errorf("%w: mac address %s: not a unicast Ethernet address", driverapi.ErrInvalid, req.MAC)
+	if req.MAC != nil {
+		if err := linkrules.CheckMAC(req.MAC); err != nil {
+			return fmt.Errorf("mac address %q: %w", req.MAC, err)
+		}
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -87,16 +91,12 @@ func (d *driver) Join(ctx context.Context, req driverapi.JoinRequest) (driverapi
 	if err != nil {
 		return driverapi.JoinResponse{}, err
 	}
-	if !n.opts.icc {
-		// No inter-container traffic: isolated ports reach the bridge (the
-		// gateway) but never each other, without any netfilter help.
-		if err := d.cfg.HostNS.SetBridgePortIsolated(ctx, hostIf, true); err != nil {
-			_ = d.cfg.HostNS.DeleteLink(context.WithoutCancel(ctx), hostIf)
-			return driverapi.JoinResponse{}, err
-		}
+	if err := d.configurePort(ctx, n, hostIf); err != nil {
+		_ = d.cfg.HostNS.DeleteLink(context.WithoutCancel(ctx), hostIf)
+		return driverapi.JoinResponse{}, err
 	}
 	n.mu.Lock()
-	ep.hostIf = hostIf
+	ep.hostIf, ep.hostIndex = hostIf, 0 // the name is fresh: it is enough
 	n.mu.Unlock()
 
 	var resp driverapi.JoinResponse
@@ -106,9 +106,22 @@ func (d *driver) Join(ctx context.Context, req driverapi.JoinRequest) (driverapi
 	return resp, nil
 }
 
-// Leave deletes the endpoint's veth pair (both ends go with the host end),
-// unless the sandbox's namespace is being destroyed, which takes the pair
-// with it.
+// configurePort applies the network's port settings to a port of its
+// bridge: at Join, and when a restore plugs a surviving port back into a
+// bridge made again. (The MTU travels with the veth's creation.)
+func (d *driver) configurePort(ctx context.Context, n *network, hostIf string) error {
+	if !n.opts.icc {
+		// No inter-container traffic: isolated ports reach the bridge (the
+		// gateway) but never each other, without any netfilter help.
+		return d.cfg.HostNS.SetBridgePortIsolated(ctx, hostIf, true)
+	}
+	return nil
+}
+
+// Leave deletes the endpoint's veth pair (both ends go with the host end)
+// and returns once it is gone. With SandboxGone, the kernel destroys the
+// pair with the sandbox's namespace: Leave waits for the host end to vanish,
+// and deletes it after hostEndGrace if a process still holds the namespace.
 func (d *driver) Leave(ctx context.Context, req driverapi.LeaveRequest) error {
 	n, err := d.network(req.NetworkID)
 	if err != nil {
@@ -117,20 +130,60 @@ func (d *driver) Leave(ctx context.Context, req driverapi.LeaveRequest) error {
 	n.mu.Lock()
 	ep, err := n.endpoint(req.EndpointID)
 	var hostIf string
+	var hostIndex int
 	if err == nil {
-		hostIf = ep.hostIf
+		hostIf, hostIndex = ep.hostIf, ep.hostIndex
 	}
 	n.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	if hostIf != "" && !req.SandboxGone {
-		if err := d.cfg.HostNS.DeleteLink(ctx, hostIf); err != nil {
+	if hostIf != "" {
+		if req.SandboxGone {
+			if err := d.waitGone(ctx, hostIndex, hostIf); err != nil {
+				return err
+			}
+		}
+		if err := d.cfg.HostNS.DeleteLinkIndex(ctx, hostIndex, hostIf); err != nil {
 			return err
 		}
 	}
 	n.mu.Lock()
-	ep.hostIf = ""
+	ep.hostIf, ep.hostIndex = "", 0
 	n.mu.Unlock()
+	return nil
+}
+
+// hostEndGrace is how long Leave waits for the kernel to destroy a dropped
+// sandbox namespace's veth before it deletes the pair itself. The kernel's
+// namespace cleanup usually takes a few milliseconds; a namespace that a
+// process or a socket holds is never destroyed.
+const hostEndGrace = time.Second
+
+// waitGone waits until the host end with that index (0: unknown) and name
+// is gone, for
+// hostEndGrace at most; it returns early only when ctx ends.
+func (d *driver) waitGone(ctx context.Context, index int, name string) error {
+	deadline := time.Now().Add(hostEndGrace)
+	for wait := time.Millisecond; time.Now().Before(deadline); wait = min(2*wait, 100*time.Millisecond) {
+		var l osl.Link
+		var err error
+		if index > 0 {
+			l, err = d.cfg.HostNS.LinkByIndex(ctx, index)
+		} else {
+			l, err = d.cfg.HostNS.LinkByName(ctx, name)
+		}
+		if errors.Is(err, osl.ErrLinkNotFound) || (err == nil && l.Name != name) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
 	return nil
 }

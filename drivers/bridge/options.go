@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
-	"strings"
 
 	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/internal/linkrules"
 )
 
 // Driver option keys, as Docker names them.
@@ -15,12 +15,6 @@ const (
 	OptionICC        = "com.docker.network.bridge.enable_icc"
 	OptionMasquerade = "com.docker.network.bridge.enable_ip_masquerade"
 	OptionMTU        = "com.docker.network.driver.mtu"
-)
-
-// MTU limits: 68 is IPv4's minimum (RFC 791), 65535 the largest a veth takes.
-const (
-	minMTU = 68
-	maxMTU = 65535
 )
 
 // options is the parsed, validated form of a network's driver options.
@@ -44,7 +38,7 @@ func parseOptions(m map[string]string) (options, error) {
 		v := m[k]
 		switch k {
 		case OptionBridgeName:
-			if err := validIfName(v); err != nil {
+			if err := linkrules.CheckIfName(v); err != nil {
 				return o, fmt.Errorf("%w: option %s=%q: %v", driverapi.ErrInvalid, k, v, err)
 			}
 			o.bridgeName = v
@@ -63,8 +57,8 @@ func parseOptions(m map[string]string) (options, error) {
 			if err != nil {
 				return o, fmt.Errorf("%w: option %s=%q: not a number", driverapi.ErrInvalid, k, v)
 			}
-			if n < minMTU || n > maxMTU {
-				return o, fmt.Errorf("%w: option %s=%d: out of range %d-%d", driverapi.ErrInvalid, k, n, minMTU, maxMTU)
+			if err := checkMTU(n, false); err != nil {
+				return o, err
 			}
 			o.mtu = n
 		default:
@@ -75,17 +69,21 @@ func parseOptions(m map[string]string) (options, error) {
 	return o, nil
 }
 
-// validIfName applies the kernel's rules for interface names (dev_valid_name).
-func validIfName(s string) error {
-	switch {
-	case s == "":
-		return fmt.Errorf("empty interface name")
-	case len(s) > 15:
-		return fmt.Errorf("longer than 15 characters")
-	case s == "." || s == "..":
-		return fmt.Errorf("not a valid interface name")
-	case strings.ContainsAny(s, "/: \t\n"):
-		return fmt.Errorf("contains '/', ':' or white space")
+// checkMTU checks the MTU option's value n, for a network with IPv6 or
+// without.
+func checkMTU(n int, ipv6 bool) error {
+	if err := linkrules.CheckMTU(n, ipv6); err != nil {
+		return fmt.Errorf("%w: option %s=%d: %v", driverapi.ErrInvalid, OptionMTU, n, err)
 	}
 	return nil
+}
+
+// checkIPv6 checks what parseOptions cannot, not knowing the network's
+// address families: a network with IPv6 needs an MTU of at least 1280.
+// CreateNetwork calls it for a network with IPv6, before any kernel work.
+func (o options) checkIPv6() error {
+	if o.mtu == 0 {
+		return nil // the kernel's default, 1500
+	}
+	return checkMTU(o.mtu, true)
 }

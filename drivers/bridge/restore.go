@@ -29,15 +29,24 @@ func (d *driver) RestoreEndpoint(ctx context.Context, req driverapi.RestoreEndpo
 		}
 		if h.MasterIndex != n.bridge {
 			// The bridge was made again (it had been deleted while the
-			// sandbox lived on): plug the port back in.
+			// sandbox lived on): plug the port back in, with everything a
+			// port of this network gets at Join.
+			if n.opts.mtu > 0 && h.MTU != n.opts.mtu {
+				if err := d.cfg.HostNS.SetLinkMTU(ctx, h.Index, n.opts.mtu); err != nil {
+					return err
+				}
+			}
 			if err := d.cfg.HostNS.SetLinkMaster(ctx, h.Index, n.bridge); err != nil {
+				return err
+			}
+			if err := d.configurePort(ctx, n, h.Name); err != nil {
 				return err
 			}
 			if err := d.cfg.HostNS.SetLinkUp(ctx, h.Index); err != nil {
 				return err
 			}
 		}
-		ep.hostIf = h.Name
+		ep.hostIf, ep.hostIndex = h.Name, h.Index
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()

@@ -177,8 +177,10 @@ func TestMacvlanBesideBridge(t *testing.T) {
 	require.NoError(t, cnmtest.TCPExchange(ctx, b.Key(), both.Key(), addrPort(epB.Info().IPv4, 80), tcpTimeout), "bridge to bridge")
 	require.NoError(t, cnmtest.TCPExchange(ctx, l.upstream.Path(), both.Key(), netip.AddrPortFrom(router, 81), tcpTimeout))
 
-	// Leave of the macvlan endpoint deletes its link in the sandbox only.
+	// Leave of the macvlan endpoint deletes its link in the sandbox only
+	// (in the background: Settle waits for it).
 	require.NoError(t, e2.Leave(ctx, both))
+	require.NoError(t, ctrl.Settle(ctx))
 	assert.Equal(t, []string{"eth0/veth", "lo/device"}, subiftest.LinkNames(t, both.Key()))
 	require.NoError(t, e2.Delete(ctx))
 
@@ -429,6 +431,7 @@ func TestMacvlanRestart(t *testing.T) {
 	a2, err := ctrl2.SandboxByContainerID("a")
 	require.NoError(t, err)
 	require.NoError(t, epA2.Leave(ctx, a2), "the restored driver knows the joined link")
+	require.NoError(t, ctrl2.Settle(ctx))
 	assert.Equal(t, []string{"lo/device"}, subiftest.LinkNames(t, a.Key()))
 
 	// The internal parent goes while no controller runs (as after a reboot

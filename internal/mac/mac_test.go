@@ -1,13 +1,17 @@
 package mac
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/seed53641549/cnm/internal/linkrules"
+)
 
 func TestRandomIsLocalUnicastAndVaries(t *testing.T) {
 	seen := map[string]bool{}
 	for range 100 {
 		m := Random()
-		if len(m) != 6 || m[0]&1 != 0 || m[0]&2 == 0 {
-			t.Fatalf("%s is not a locally administered unicast address", m)
+		if err := linkrules.CheckMAC(m); err != nil || m[0]&2 == 0 {
+			t.Fatalf("%s is not a locally administered unicast address: %v", m, err)
 		}
 		seen[m.String()] = true
 	}

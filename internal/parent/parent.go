@@ -38,6 +38,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/internal/linkrules"
+	"github.com/seed53641549/cnm/internal/mark"
 	"github.com/seed53641549/cnm/osl"
 )
 
@@ -56,12 +58,11 @@ const (
 	MaxVLANID = 4094
 )
 
-// Mark is the alias of the links the Table makes for network id. It is the
-// bridge driver's mark (bridge.Mark), so the controller's orphan sweep after
-// a restart covers these links too.
-func Mark(id string) string { return markPrefix + id }
-
-const markPrefix = "cnm:"
+// mark is the alias of the links the Table makes for network id: the
+// controller's own link mark (mark.Owner.Link), as on the bridge driver's
+// bridges, so the controller's orphan sweep after a restart covers these
+// links too, and no other controller's sweep does.
+func (t *Table) mark(id string) string { return t.owner.Link(id) }
 
 // slaveKinds are link kinds that cannot be a parent: the kernel would
 // silently put a macvlan on a macvlan's own parent instead, and refuses
@@ -73,7 +74,8 @@ var slaveKinds = map[string]bool{"macvlan": true, "macvtap": true, "ipvlan": tru
 // the rules between networks hold across drivers. It is safe for concurrent
 // use.
 type Table struct {
-	ns *osl.Namespace
+	ns    *osl.Namespace
+	owner mark.Owner
 
 	// fault, if set, fails the named step (tests only).
 	fault func(step string) error
@@ -99,8 +101,8 @@ type user struct {
 }
 
 // New returns an empty Table for the host namespace ns.
-func New(ns *osl.Namespace) *Table {
-	return &Table{ns: ns, parents: map[string]*entry{}}
+func New(ns *osl.Namespace, owner mark.Owner) *Table {
+	return &Table{ns: ns, owner: owner, parents: map[string]*entry{}}
 }
 
 // Request is what a network asks of [Table.Acquire].
@@ -177,7 +179,7 @@ func (t *Table) Acquire(ctx context.Context, req Request) (_ Parent, retErr erro
 	if req.Name == "" {
 		return t.makeInternalLocked(ctx, req)
 	}
-	if err := ValidName(req.Name); err != nil {
+	if err := linkrules.CheckIfName(req.Name); err != nil {
 		return Parent{}, fmt.Errorf("%w: option %s=%q: %v", driverapi.ErrInvalid, OptionParent, req.Name, err)
 	}
 	if !req.Restore {
@@ -198,7 +200,7 @@ func (t *Table) Acquire(ctx context.Context, req Request) (_ Parent, retErr erro
 		// Table made before the restart: it goes with its last network, as
 		// if made now. Any other mark is not ours to delete (the bridge
 		// driver marks its bridges alike, and a bridge may be a parent).
-		t.addUserLocked(req, l.Index, req.Restore && l.Alias == Mark(req.NetworkID))
+		t.addUserLocked(req, l.Index, req.Restore && l.Alias == t.mark(req.NetworkID))
 		return Parent{Name: req.Name, Index: l.Index, MTU: mtuOf(req, l)}, nil
 	case !errors.Is(err, osl.ErrLinkNotFound):
 		return Parent{}, fmt.Errorf("option %s=%q: %w", OptionParent, req.Name, err)
@@ -231,7 +233,7 @@ func (t *Table) Acquire(ctx context.Context, req Request) (_ Parent, retErr erro
 			return Parent{}, err
 		}
 	}
-	idx, err := t.ns.AddVLAN(ctx, osl.VLANSpec{Name: req.Name, ParentIndex: bl.Index, ID: id, Alias: Mark(req.NetworkID)})
+	idx, err := t.ns.AddVLAN(ctx, osl.VLANSpec{Name: req.Name, ParentIndex: bl.Index, ID: id, Alias: t.mark(req.NetworkID)})
 	if errors.Is(err, osl.ErrKindNotSupported) {
 		return Parent{}, fmt.Errorf("%w: option %s=%q: cannot make the 802.1Q sub-interface (vlan id %d on %s): the kernel has no 802.1Q support: %w",
 			driverapi.ErrNotSupported, OptionParent, req.Name, id, base, err)
@@ -273,7 +275,7 @@ func (t *Table) missingAtRestoreLocked(req Request) Parent {
 // makeInternalLocked makes a network's own parent: a bridge without ports
 // (see Acquire), up, without IPv6 link-local address.
 func (t *Table) makeInternalLocked(ctx context.Context, req Request) (_ Parent, retErr error) {
-	if err := ValidName(req.InternalName); err != nil {
+	if err := linkrules.CheckIfName(req.InternalName); err != nil {
 		return Parent{}, fmt.Errorf("%w: internal parent %q: %v", driverapi.ErrInvalid, req.InternalName, err)
 	}
 	mtu := req.MTU
@@ -282,7 +284,7 @@ func (t *Table) makeInternalLocked(ctx context.Context, req Request) (_ Parent, 
 	}
 	if req.Restore {
 		l, err := t.ns.LinkByName(ctx, req.InternalName)
-		if err == nil && l.Alias == Mark(req.NetworkID) {
+		if err == nil && l.Alias == t.mark(req.NetworkID) {
 			if !l.Up {
 				if err := t.ns.LinkUp(ctx, l.Index, false); err != nil {
 					return Parent{}, err
@@ -292,7 +294,7 @@ func (t *Table) makeInternalLocked(ctx context.Context, req Request) (_ Parent, 
 			return Parent{Name: req.InternalName, Index: l.Index, MTU: mtu, Internal: true}, nil
 		}
 	}
-	idx, err := t.ns.AddBridge(ctx, osl.BridgeSpec{Name: req.InternalName, MTU: req.MTU, Alias: Mark(req.NetworkID)})
+	idx, err := t.ns.AddBridge(ctx, osl.BridgeSpec{Name: req.InternalName, MTU: req.MTU, Alias: t.mark(req.NetworkID)})
 	if errors.Is(err, unix.EEXIST) {
 		return Parent{}, fmt.Errorf("%w: internal parent %s: a link of that name exists in host namespace %s", driverapi.ErrExists, req.InternalName, t.ns)
 	}
@@ -432,7 +434,7 @@ func (t *Table) Release(ctx context.Context, networkID string) error {
 // deletes it.
 func (t *Table) remarkLocked(ctx context.Context, name, leaving string, e *entry) {
 	l, err := t.ns.LinkByName(ctx, name)
-	if err != nil || l.Alias != Mark(leaving) {
+	if err != nil || l.Alias != t.mark(leaving) {
 		return
 	}
 	ids := make([]string, 0, len(e.users))
@@ -440,24 +442,9 @@ func (t *Table) remarkLocked(ctx context.Context, name, leaving string, e *entry
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
-	if err := t.ns.SetLinkAlias(ctx, l.Index, Mark(ids[0])); err != nil {
+	if err := t.ns.SetLinkAlias(ctx, l.Index, t.mark(ids[0])); err != nil {
 		slog.Warn("parent: move mark of shared link", "link", name, "to network", ids[0], "err", err)
 	}
-}
-
-// ValidName applies the kernel's rules for interface names (dev_valid_name).
-func ValidName(s string) error {
-	switch {
-	case s == "":
-		return fmt.Errorf("empty interface name")
-	case len(s) > osl.MaxNameLen:
-		return fmt.Errorf("longer than %d characters", osl.MaxNameLen)
-	case s == "." || s == "..":
-		return fmt.Errorf("not a valid interface name")
-	case strings.ContainsAny(s, "/: \t\n"):
-		return fmt.Errorf("contains '/', ':' or white space")
-	}
-	return nil
 }
 
 // ParseVLAN splits a parent name in Docker's sub-interface notation,

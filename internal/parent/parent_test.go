@@ -3,6 +3,7 @@ package parent
 import (
 	"context"
 	"errors"
+	"github.com/seed53641549/cnm/internal/mark"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -51,16 +52,13 @@ func TestParseVLAN(t *testing.T) {
 	}
 }
 
-func TestValidName(t *testing.T) {
-	assert.NoError(t, ValidName("eth1.50"))
-	for _, bad := range []string{"", "0123456789abcdef", "a/b", "a:b", "a b", ".", ".."} {
-		assert.Error(t, ValidName(bad), "%q", bad)
-	}
-}
-
 // fixture is a host namespace with:
 //   - eth1: up, MTU 1500, one end of a veth pair (a stand-in for a NIC);
 //   - mv0: a macvlan link on eth1.
+//
+// testOwner is the controller identity the tests' Tables mark links with.
+const testOwner mark.Owner = "0123456789abcdef"
+
 type fixture struct {
 	ns   *osl.Namespace
 	eth1 osl.Link
@@ -109,7 +107,7 @@ func TestAcquireRefusesBadParents(t *testing.T) {
 	// A link that is down: the peer end of a pair made inside ns.
 	wire := newNS(t)
 	require.NoError(t, wire.AddVeth(ctx, osl.VethSpec{HostName: "w3", PeerName: "down0", PeerNS: f.ns}))
-	tab := New(f.ns)
+	tab := New(f.ns, testOwner)
 	before := names(t, f.ns)
 
 	for _, tc := range []struct {
@@ -147,7 +145,7 @@ func TestAcquireRefusesBadParents(t *testing.T) {
 func TestSharingRules(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	tab := New(f.ns)
+	tab := New(f.ns, testOwner)
 	p := netip.MustParsePrefix
 	a, err := tab.Acquire(ctx, Request{NetworkID: "a", Kind: "macvlan", Name: "eth1", Subnets: []netip.Prefix{p("10.1.0.0/24")}})
 	require.NoError(t, err)
@@ -200,7 +198,7 @@ func TestSharingRules(t *testing.T) {
 func TestInternalParent(t *testing.T) {
 	ctx := context.Background()
 	ns := newNS(t)
-	tab := New(ns)
+	tab := New(ns, testOwner)
 	p, err := tab.Acquire(ctx, Request{NetworkID: "n1", Kind: "macvlan", InternalName: "mvi-n1", MTU: 9000})
 	require.NoError(t, err)
 	assert.Equal(t, Parent{Name: "mvi-n1", Index: p.Index, MTU: 9000, Internal: true}, p)
@@ -209,7 +207,7 @@ func TestInternalParent(t *testing.T) {
 	assert.Equal(t, "bridge", l.Kind)
 	assert.True(t, l.Up)
 	assert.Equal(t, 9000, l.MTU)
-	assert.Equal(t, "cnm:n1", l.Alias)
+	assert.Equal(t, testOwner.Link("n1"), l.Alias)
 	addrs, err := ns.Addresses(ctx, l.Index)
 	require.NoError(t, err)
 	assert.Empty(t, addrs, "no address, no IPv6 link-local: the host is not reachable through it")
@@ -240,7 +238,7 @@ func TestInternalParent(t *testing.T) {
 func TestVLANParent(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	tab := New(f.ns)
+	tab := New(f.ns, testOwner)
 	before := names(t, f.ns)
 	_, err := tab.Acquire(ctx, Request{NetworkID: "a", Kind: "macvlan", Name: "eth1.50"})
 	if errors.Is(err, driverapi.ErrNotSupported) {
@@ -289,16 +287,16 @@ func TestVLANParent(t *testing.T) {
 func TestRestore(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	tab := New(f.ns)
+	tab := New(f.ns, testOwner)
 	p, err := tab.Acquire(ctx, Request{NetworkID: "i", Kind: "macvlan", InternalName: "mvi-i"})
 	require.NoError(t, err)
 
-	tab2 := New(f.ns) // the restarted controller's
+	tab2 := New(f.ns, testOwner) // the restarted controller's
 	p2, err := tab2.Acquire(ctx, Request{NetworkID: "i", Kind: "macvlan", InternalName: "mvi-i", Restore: true})
 	require.NoError(t, err)
 	assert.Equal(t, p, p2, "adopted")
 	require.NoError(t, f.ns.DeleteLink(ctx, "mvi-i"))
-	tab3 := New(f.ns)
+	tab3 := New(f.ns, testOwner)
 	p3, err := tab3.Acquire(ctx, Request{NetworkID: "i", Kind: "macvlan", InternalName: "mvi-i", Restore: true})
 	require.NoError(t, err)
 	assert.NotEqual(t, p.Index, p3.Index, "made again")
@@ -311,7 +309,7 @@ func TestRestore(t *testing.T) {
 
 	// A link with another network's mark (a bridge of the bridge driver)
 	// is not the Table's: it stays.
-	other, err := f.ns.AddBridge(ctx, osl.BridgeSpec{Name: "br-other", Alias: Mark("bridge-net")})
+	other, err := f.ns.AddBridge(ctx, osl.BridgeSpec{Name: "br-other", Alias: testOwner.Link("bridge-net")})
 	require.NoError(t, err)
 	require.NoError(t, f.ns.LinkUp(ctx, other, false))
 	_, err = tab3.Acquire(ctx, Request{NetworkID: "o", Kind: "macvlan", Name: "br-other", Restore: true})
@@ -323,7 +321,7 @@ func TestRestore(t *testing.T) {
 
 	// A marked link shared by two networks; the one it is marked with is
 	// restored last.
-	br, err := f.ns.AddBridge(ctx, osl.BridgeSpec{Name: "shared0", Alias: Mark("a")})
+	br, err := f.ns.AddBridge(ctx, osl.BridgeSpec{Name: "shared0", Alias: testOwner.Link("a")})
 	require.NoError(t, err)
 	require.NoError(t, f.ns.LinkUp(ctx, br, false))
 	for _, id := range []string{"b", "a"} {
@@ -333,7 +331,7 @@ func TestRestore(t *testing.T) {
 	require.NoError(t, tab3.Release(ctx, "a"))
 	l, err := f.ns.LinkByName(ctx, "shared0")
 	require.NoError(t, err, "kept for b")
-	assert.Equal(t, Mark("b"), l.Alias, "the mark moved to the network that stays")
+	assert.Equal(t, testOwner.Link("b"), l.Alias, "the mark moved to the network that stays")
 	require.NoError(t, tab3.Release(ctx, "b"))
 	_, err = f.ns.LinkByName(ctx, "shared0")
 	assert.ErrorIs(t, err, osl.ErrLinkNotFound, "deleted with its last network")

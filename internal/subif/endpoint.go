@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/internal/linkrules"
 	"github.com/seed53641549/cnm/osl"
 )
 
@@ -18,8 +19,10 @@ func (d *driver[M]) CreateEndpoint(ctx context.Context, req driverapi.EndpointRe
 	if err != nil {
 		return err
 	}
-	if req.MAC != nil && (len(req.MAC) != 6 || req.MAC[0]&1 == 1) {
-		return fmt.Errorf("%w: mac address %s: not a unicast Ethernet address", driverapi.ErrInvalid, req.MAC)
+	if req.MAC != nil {
+		if err := linkrules.CheckMAC(req.MAC); err != nil {
+			return fmt.Errorf("mac address %q: %w", req.MAC, err)
+		}
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -167,6 +170,9 @@ func (d *driver[M]) Leave(ctx context.Context, req driverapi.LeaveRequest) error
 	}
 	if req.Sandbox != nil {
 		sb = req.Sandbox
+	}
+	if req.InterfaceName != "" {
+		ifName = req.InterfaceName // renamed when taken out of use
 	}
 	if ifName != "" && sb != nil && !req.SandboxGone {
 		if err := sb.DeleteLink(ctx, ifName); err != nil {

@@ -31,6 +31,12 @@ func (d *driver[M]) createNetwork(ctx context.Context, req driverapi.NetworkRequ
 	if err != nil {
 		return err
 	}
+	if req.IPv6 != nil && !restore {
+		// Not at a restore: a network that was made is taken back as it is.
+		if err := opts.checkIPv6(); err != nil {
+			return err
+		}
+	}
 	n := &network[M]{id: req.ID, opts: opts, internal: req.Internal || opts.Parent == "", endpoints: map[string]*endpoint{}}
 	if req.Internal && opts.Parent != "" {
 		// Docker would silently drop the parent and make a dummy one; a

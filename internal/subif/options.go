@@ -7,13 +7,8 @@ import (
 	"strings"
 
 	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/internal/linkrules"
 	"github.com/seed53641549/cnm/internal/parent"
-)
-
-// MTU limits: 68 is IPv4's minimum (RFC 791), 65535 the largest a link takes.
-const (
-	minMTU = 68
-	maxMTU = 65535
 )
 
 // Options is the parsed, validated form of a network's driver options.
@@ -41,7 +36,7 @@ func (k Kind[M]) ParseOptions(m map[string]string) (Options[M], error) {
 			if v == "" {
 				continue // Docker's `-o parent=`: internal
 			}
-			if err := parent.ValidName(v); err != nil {
+			if err := linkrules.CheckIfName(v); err != nil {
 				return o, fmt.Errorf("%w: option %s=%q: %v", driverapi.ErrInvalid, key, v, err)
 			}
 			if _, _, _, err := parent.ParseVLAN(v); err != nil {
@@ -59,8 +54,8 @@ func (k Kind[M]) ParseOptions(m map[string]string) (Options[M], error) {
 			if err != nil {
 				return o, fmt.Errorf("%w: option %s=%q: not a number", driverapi.ErrInvalid, key, v)
 			}
-			if n < minMTU || n > maxMTU {
-				return o, fmt.Errorf("%w: option %s=%d: out of range %d-%d", driverapi.ErrInvalid, key, n, minMTU, maxMTU)
+			if err := checkMTU(n, false); err != nil {
+				return o, err
 			}
 			o.MTU = n
 		default:
@@ -69,6 +64,25 @@ func (k Kind[M]) ParseOptions(m map[string]string) (Options[M], error) {
 		}
 	}
 	return o, nil
+}
+
+// checkMTU checks the MTU option's value n, for a network with IPv6 or
+// without.
+func checkMTU(n int, ipv6 bool) error {
+	if err := linkrules.CheckMTU(n, ipv6); err != nil {
+		return fmt.Errorf("%w: option %s=%d: %v", driverapi.ErrInvalid, parent.OptionMTU, n, err)
+	}
+	return nil
+}
+
+// checkIPv6 checks what ParseOptions cannot, not knowing the network's
+// address families: a network with IPv6 needs an MTU of at least 1280.
+// An MTU left to the parent's is not checked here.
+func (o Options[M]) checkIPv6() error {
+	if o.MTU == 0 {
+		return nil
+	}
+	return checkMTU(o.MTU, true)
 }
 
 // mode returns the mode named name.

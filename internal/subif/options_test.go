@@ -46,6 +46,11 @@ func TestParseOptions(t *testing.T) {
 		{map[string]string{optMode: "Bridge"}, `testvlan_mode="Bridge"`},
 		{map[string]string{optParent: "0123456789abcdef"}, `parent="0123456789abcdef": longer than 15`},
 		{map[string]string{optParent: "a:b"}, `parent="a:b"`},
+		// The kernel reads '%' as a pattern: no link is named so, and one
+		// made with it would get a name of the kernel's choosing.
+		{map[string]string{optParent: "eth%d"}, `parent="eth%d": contains '%'`},
+		{map[string]string{optParent: "eth1\n"}, `parent="eth1\n": contains byte 0x0a`},
+		{map[string]string{optParent: "eth1 "}, `parent="eth1 ": contains byte 0x20`},
 		{map[string]string{optParent: "eth1.0"}, `parent="eth1.0": vlan id 0 out of range 1-4094`},
 		{map[string]string{optParent: "eth1.4095"}, `parent="eth1.4095": vlan id 4095 out of range 1-4094`},
 		{map[string]string{parent.OptionMTU: "0"}, "mtu=0: out of range"},

@@ -28,6 +28,7 @@ import (
 	"sync"
 
 	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/internal/mark"
 	"github.com/seed53641549/cnm/internal/parent"
 	"github.com/seed53641549/cnm/osl"
 )
@@ -121,7 +122,8 @@ func New[M any](k Kind[M], cfg Config) (driverapi.Driver, error) {
 		return nil, fmt.Errorf("%w: %s driver: HostNS is required", driverapi.ErrInvalid, k.Type)
 	}
 	if cfg.Parents == nil {
-		cfg.Parents = parent.New(cfg.HostNS)
+		// Standalone use: the links it makes carry a fresh identity.
+		cfg.Parents = parent.New(cfg.HostNS, mark.NewOwner())
 	}
 	return &driver[M]{kind: k, cfg: cfg, networks: map[string]*network[M]{}}, nil
 }
