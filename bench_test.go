@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/seed53641549/cnm"
 	"github.com/seed53641549/cnm/cnmtest"
 	"github.com/seed53641549/cnm/internal/floor"
+	"github.com/seed53641549/cnm/osl"
 	"github.com/seed53641549/cnm/store"
 )
 
@@ -153,5 +155,45 @@ func BenchmarkFloorLeave(b *testing.B) {
 		if err := c.Teardown(); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkNewSandbox measures NewSandbox alone: a namespace, its hosts and
+// resolv.conf files and its record. Deletion runs outside the timer. The
+// run dir is under TMPDIR: run it once on a tmpfs and once on a disk.
+// Compare BenchmarkFloorNamespace.
+func BenchmarkNewSandbox(b *testing.B) {
+	ctx := context.Background()
+	ctrl, _ := cnmtest.NewController(b)
+	b.ResetTimer()
+	for i := range b.N {
+		sb, err := ctrl.NewSandbox(ctx, fmt.Sprintf("c%d", i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if err := sb.Delete(ctx); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+}
+
+// BenchmarkFloorNamespace is the baseline for BenchmarkNewSandbox: one
+// namespace made in process (unshare and bind mount), loopback up.
+func BenchmarkFloorNamespace(b *testing.B) {
+	ctx := context.Background()
+	dir := b.TempDir()
+	b.ResetTimer()
+	for i := range b.N {
+		ns, err := osl.NewNamespace(ctx, filepath.Join(dir, fmt.Sprintf("ns%d", i)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if err := ns.Delete(); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
 	}
 }
