@@ -1,6 +1,10 @@
 package cnm
 
-import "github.com/seed53641549/cnm/store"
+import (
+	"net/netip"
+
+	"github.com/seed53641549/cnm/store"
+)
 
 // SetFaultHook makes step fail the named steps of multi-step operations.
 // Tests only.
@@ -20,3 +24,7 @@ var Steps = map[string][]string{
 func WrapStores(c *Controller, wrap func(store.Store) store.Store) {
 	c.store, c.runtime = wrap(c.store), wrap(c.runtime)
 }
+
+// SandboxDNS returns the name servers a sandbox's configuration holds.
+// Tests only.
+func SandboxDNS(sb *Sandbox) []netip.Addr { return sb.cfg.dns }

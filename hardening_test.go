@@ -3,6 +3,7 @@ package cnm_test
 import (
 	"context"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -289,5 +290,44 @@ func TestLowMTUNetworkJoins(t *testing.T) {
 	b, epB := container(t, nw, "b")
 	require.NoError(t, cnmtest.TCPExchange(ctx, b.Key(), a.Key(), addrPort(epB.Info().IPv4, 80), tcpTimeout))
 	deleteAll(t, ctrl)
+	cnmtest.AssertNoLeaks(t, host)
+}
+
+// A sandbox record written by an older cnm with a value this one refuses
+// (an IPv6 zone in a name server) is taken back without that value: it is
+// never written to a file again.
+func TestRestoreDropsRefusedSandboxSettings(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ctrl, host := cnmtest.NewController(t)
+	nw, err := ctrl.NewNetwork(ctx, "bridge", "n", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.102.0.0/24")}))
+	require.NoError(t, err)
+	sb, err := ctrl.NewSandbox(ctx, "c", cnm.WithDNS(netip.MustParseAddr("192.0.2.53")))
+	require.NoError(t, err)
+	require.NoError(t, ctrl.Close())
+
+	st, err := store.OpenRuntime(host.RunDir, "")
+	require.NoError(t, err)
+	kv, err := st.Get(ctx, "sandbox/"+sb.ID())
+	require.NoError(t, err)
+	old := strings.Replace(string(kv.Value), `"192.0.2.53"`, `"192.0.2.53","fe80::1%x"`, 1)
+	require.NotEqual(t, string(kv.Value), old)
+	require.NoError(t, st.Txn(ctx, store.Put(kv.Key, []byte(old))))
+	require.NoError(t, st.Close())
+
+	ctrl2 := reopen(t, host)
+	sb2, err := ctrl2.SandboxByID(sb.ID())
+	require.NoError(t, err)
+	assert.Equal(t, []netip.Addr{netip.MustParseAddr("192.0.2.53")}, cnm.SandboxDNS(sb2), "the zoned server is dropped, the other kept")
+	nw2, err := ctrl2.NetworkByID(nw.ID())
+	require.NoError(t, err)
+	ep, err := nw2.CreateEndpoint(ctx, "c")
+	require.NoError(t, err)
+	require.NoError(t, ep.Join(ctx, sb2))
+	resolv, err := os.ReadFile(sb2.ResolvConfPath())
+	require.NoError(t, err)
+	assert.Contains(t, string(resolv), "192.0.2.53")
+	assert.NotContains(t, string(resolv), "fe80::1")
+	deleteAll(t, ctrl2)
 	cnmtest.AssertNoLeaks(t, host)
 }

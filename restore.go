@@ -177,15 +177,41 @@ func (c *Controller) findSandbox(ctx context.Context, r sandboxRecord) (foundSan
 // adoptSandbox takes a sandbox whose namespace survived back.
 func (c *Controller) adoptSandbox(f foundSandbox) {
 	r := f.rec
-	sb := &Sandbox{
-		ctrl: c, id: r.ID, containerID: r.ContainerID, ns: f.ns, owned: r.Owned, dir: r.Dir,
-		cfg: sandboxConfig{
-			hostname: r.Hostname, domainname: r.Domainname, netnsPath: r.NetnsPath,
-			hostsPath: r.HostsPath, resolv: r.ResolvPath, dns: r.DNS, extraHosts: r.ExtraHosts, hostNetwork: r.HostNetwork,
-		},
-	}
+	sb := &Sandbox{ctrl: c, id: r.ID, containerID: r.ContainerID, ns: f.ns, owned: r.Owned, dir: r.Dir, cfg: r.config()}
 	c.sandboxes[sb.id] = sb
 	c.containerIDs[sb.containerID] = true
+}
+
+// config returns the sandbox's configuration, its file contents passed
+// through today's option checks one by one: a value an older cnm accepted
+// and this one refuses (an IPv6 zone, a control character) is dropped with
+// a warning, and never written to a file again.
+func (r sandboxRecord) config() sandboxConfig {
+	cfg := sandboxConfig{netnsPath: r.NetnsPath, hostsPath: r.HostsPath, resolv: r.ResolvPath, hostNetwork: r.HostNetwork}
+	ok := func(o SandboxOption) bool {
+		err := o(&sandboxConfig{})
+		if err != nil {
+			slog.Warn("cnm: restore: sandbox setting refused; dropped", "sandbox", r.ContainerID, "err", err)
+		}
+		return err == nil
+	}
+	if r.Hostname != "" && ok(WithHostname(r.Hostname)) {
+		cfg.hostname = r.Hostname
+	}
+	if r.Domainname != "" && ok(WithDomainname(r.Domainname)) {
+		cfg.domainname = r.Domainname
+	}
+	for _, a := range r.DNS {
+		if ok(WithDNS(a)) {
+			cfg.dns = append(cfg.dns, a)
+		}
+	}
+	for _, h := range r.ExtraHosts {
+		if ok(WithExtraHosts(h)) {
+			cfg.extraHosts = append(cfg.extraHosts, h)
+		}
+	}
+	return cfg
 }
 
 // removeGoneSandbox removes what is left of a sandbox whose namespace is
