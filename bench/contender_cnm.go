@@ -53,7 +53,22 @@ func (c *cnmContender) setup(ctx context.Context, i int) (*box, error) {
 			return nil
 		},
 		leave: func(ctx context.Context) error { return ep.Leave(ctx, sb) },
+		afterLeave: func(ctx context.Context) error {
+			if err := ep.Delete(ctx); err != nil {
+				return err
+			}
+			return sb.Delete(ctx)
+		},
 	}, nil
+}
+
+// sandbox makes a sandbox alone: NewSandbox, with no endpoint.
+func (c *cnmContender) sandbox(ctx context.Context, i int) (func(context.Context) error, error) {
+	sb, err := c.ctrl.NewSandbox(ctx, fmt.Sprintf("%s-%d", c.nw.Name(), i))
+	if err != nil {
+		return nil, err
+	}
+	return sb.Delete, nil
 }
 
 func (c *cnmContender) close(ctx context.Context) error { return c.nw.Delete(ctx) }

@@ -4,6 +4,13 @@
 // report and writes an SVG plot of the scaling series.
 //
 //	sudo ./scripts/bench.sh    # installs the CNI plugins, builds, runs in unshare --net
+//
+// The phases (-phases) are setup, leave, scaling, memory, parallel and
+// throughput, run by default, and workers (1 and 2 workers setting up, leaving
+// and tearing down containers, and making sandboxes alone; see workers.go),
+// run only when asked for:
+//
+//	sudo ./scripts/bench.sh -phases workers
 package main
 
 import (
@@ -37,7 +44,17 @@ type config struct {
 	brNetfilter string
 	phases      string
 	tmp         string
+
+	// The workers phase (workers.go).
+	workers           string // worker counts, comma-separated
+	workersContainers int
+	workersRuns       int
+	workersPause      time.Duration
+	workersHostSocket bool
 }
+
+// ran reports whether the phase called name is among those asked for.
+func (c config) ran(name string) bool { return slices.Contains(strings.Split(c.phases, ","), name) }
 
 func main() {
 	var cfg config
@@ -50,7 +67,12 @@ func main() {
 	flag.StringVar(&cfg.outDir, "out", "bench/out", "directory for report.md and scaling.svg")
 	flag.StringVar(&cfg.brNetfilter, "br-netfilter", "", "set net.bridge.bridge-nf-call-ip{,6}tables in the throwaway host namespace to this (0 or 1); empty: the kernel's default")
 	flag.StringVar(&cfg.tmp, "tmp", "", "directory for namespaces, run dirs and IPAM files (scripts/bench.sh gives a tmpfs, as /run is on most hosts); empty: the system's temp dir")
-	flag.StringVar(&cfg.phases, "phases", "setup,leave,scaling,memory,parallel,throughput", "phases to run, comma-separated")
+	flag.StringVar(&cfg.phases, "phases", "setup,leave,scaling,memory,parallel,throughput", "phases to run, comma-separated; also: workers")
+	flag.StringVar(&cfg.workers, "workers", "1,2", "workers phase: worker counts, comma-separated")
+	flag.IntVar(&cfg.workersContainers, "workers-containers", 200, "workers phase: containers per run")
+	flag.IntVar(&cfg.workersRuns, "workers-runs", 5, "workers phase: rounds, each running every contender with each worker count once, in a random order")
+	flag.DurationVar(&cfg.workersPause, "workers-pause", 200*time.Millisecond, "workers phase: pause after namespaces were dropped, while the kernel destroys them")
+	flag.BoolVar(&cfg.workersHostSocket, "workers-host-socket", false, "workers phase: also tear the floor down with its link deletions on the host namespace's one netlink socket (a diagnostic)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		log.Fatal("bench makes network namespaces and links: run it as root (scripts/bench.sh)")
@@ -96,7 +118,7 @@ func run(ctx context.Context, cfg config) error {
 	}
 	defer ctrl.Close()
 
-	h := &harness{cfg: cfg, host: host, ctrl: ctrl, dir: dir, next: map[string]int{}, r: newReport(cfg)}
+	h := &harness{cfg: cfg, host: host, ctrl: ctrl, dir: dir, next: map[string]int{}, r: newReport(cfg, fsType(dir))}
 	c, err := newCNM(ctx, ctrl, "bench", "br-cnm", netip.MustParsePrefix("10.200.0.0/16"))
 	if err != nil {
 		return err
@@ -131,8 +153,9 @@ func run(ctx context.Context, cfg config) error {
 		{"memory", h.memory},
 		{"parallel", h.parallelSetup},
 		{"throughput", h.throughput},
+		{"workers", h.workers},
 	} {
-		if !slices.Contains(strings.Split(cfg.phases, ","), phase.name) {
+		if !cfg.ran(phase.name) {
 			continue
 		}
 		start := time.Now()
@@ -157,7 +180,7 @@ func (h *harness) number(c contender) int {
 // removed every host end: the batched teardown a runtime does when many
 // containers stop.
 func (h *harness) teardownAll(ctx context.Context, boxes []*box) (time.Duration, error) {
-	ends := make([]string, 0, len(boxes))
+	ends := make([]int, 0, len(boxes))
 	for _, b := range boxes {
 		e, err := hostEnd(ctx, h.host, b.key)
 		if err != nil {
