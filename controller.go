@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"sync"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/firewall"
@@ -72,7 +72,13 @@ type Controller struct {
 // Several controllers may share one host namespace, each with its own data
 // and run dirs: each marks what it makes with its own identity (see
 // [Controller.ID]) and never removes what carries another's.
+//
+// cnm needs Linux: on any other system New returns an error wrapping
+// [ErrNotSupported].
 func New(opts ...Option) (_ *Controller, retErr error) {
+	if runtime.GOOS != "linux" {
+		return nil, fmt.Errorf("cnm needs Linux (network namespaces, netlink, nftables), not %s: %w", runtime.GOOS, ErrNotSupported)
+	}
 	cfg := config{dataDir: DefaultDataDir, runDir: DefaultRunDir}
 	for _, o := range opts {
 		if err := o(&cfg); err != nil {
@@ -109,8 +115,11 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 		hostPath = "/proc/self/ns/net"
 	}
 	hostNS, err := osl.OpenNamespace(ctx, hostPath)
-	if err != nil {
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, osl.ErrNotNamespace) {
 		return nil, fmt.Errorf("%w: host namespace %q: %w", ErrInvalid, hostPath, err)
+	}
+	if err != nil { // out of file descriptors, say: not the caller's input
+		return nil, fmt.Errorf("host namespace %q: %w", hostPath, err)
 	}
 	defer func() {
 		if retErr != nil {
@@ -128,7 +137,7 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 		return nil, err
 	}
 	fw, err := firewall.New(ctx, fd, owner.Table())
-	unix.Close(fd)
+	closeFD(fd)
 	if err != nil {
 		return nil, fmt.Errorf("set up firewall in %s: %w", hostPath, err)
 	}

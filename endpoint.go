@@ -289,13 +289,20 @@ func (ep *Endpoint) Delete(ctx context.Context) error {
 		return fmt.Errorf("%w: endpoint %q is joined to sandbox %q: leave first", ErrInUse, ep.name, sb)
 	}
 	ep.busy = true
-	pending := ep.reaping > 0 || ep.stuck
 	ep.mu.Unlock()
 	defer func() {
 		ep.mu.Lock()
 		ep.busy = false
 		ep.mu.Unlock()
 	}()
+	if ep.isStuck() {
+		// A failed removal of its interface: try it again now. If it fails
+		// again, the deletion waits for a later retry (below).
+		_ = ep.nw.ctrl.retryStuck(ctx, func(e *Endpoint) bool { return e == ep })
+	}
+	ep.mu.Lock()
+	pending := ep.reaping > 0 || ep.stuck
+	ep.mu.Unlock()
 
 	if !pending {
 		// The common case: no interface exists, nothing waits.

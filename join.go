@@ -61,6 +61,11 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) e
 	if err := ep.waitReaped(ctx); err != nil {
 		return wrap(err)
 	}
+	if ep.isStuck() {
+		if err := c.retryStuck(ctx, func(e *Endpoint) bool { return e == ep }); err != nil {
+			return wrap(fmt.Errorf("%w: the interface of its last join could not be removed: %w", ErrInUse, err))
+		}
+	}
 
 	ifName := ""
 	if !noIf {
@@ -319,9 +324,7 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) error {
 		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
 	}
 	// From here on the leave is done: nothing fails it any more.
-	if err := c.step(ctx, stepLeaveDriver); err != nil {
-		return err
-	}
+	c.crashPoint(stepLeaveDriver)
 	if err := sb.writeHosts(rest); err != nil {
 		slog.Warn("cnm: rewrite hosts file", "sandbox", sb.containerID, "err", err)
 	}

@@ -366,6 +366,9 @@ func (n *Network) Delete(ctx context.Context) error {
 	if err := n.waitReaped(ctx); err != nil {
 		return fmt.Errorf("delete network %q: %w", n.name, err)
 	}
+	if err := c.retryStuck(ctx, func(e *Endpoint) bool { return e.nw == n }); err != nil {
+		return fmt.Errorf("%w: delete network %q: an interface of a deleted endpoint could not be removed: %w", ErrInUse, n.name, err)
+	}
 	ctx = context.WithoutCancel(ctx) // a delete, once begun, is finished
 	n.mu.Lock()
 	switch {
@@ -402,9 +405,7 @@ func (n *Network) Delete(ctx context.Context) error {
 		n.mu.Unlock()
 		return fmt.Errorf("delete network %q: %w", n.name, err)
 	}
-	if err := c.step(ctx, stepNetworkDeleted); err != nil {
-		return err
-	}
+	c.crashPoint(stepNetworkDeleted)
 	if err := c.save(ctx, store.Del(networkKey(n.id))); err != nil {
 		// The record, marked Deleting, still claims the subnets and the
 		// name: both stay reserved in this process too, so that the next

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -36,7 +37,18 @@ type reaper struct {
 
 	mu     sync.Mutex
 	active int
-	errs   []error // of jobs that failed since the last settle
+	errs   []error      // of jobs that failed since the last settle
+	stuck  []stuckLeave // removals that failed, retried by retryStuck
+}
+
+// stuckLeave is a removal whose every attempt failed: the interface may
+// live on, so the endpoint's addresses stay reserved. It is tried again by
+// the next Join or Delete of the endpoint, Delete of its network, and
+// Settle; the next New takes over if the controller closes first.
+type stuckLeave struct {
+	ep   *Endpoint
+	req  driverapi.LeaveRequest
+	hold *Sandbox // kept open for the retry
 }
 
 func (r *reaper) init() { r.ctx, r.cancel = context.WithCancel(context.Background()) }
@@ -59,10 +71,20 @@ func (r *reaper) run(fn func(ctx context.Context) error) {
 	}()
 }
 
-// stop cancels the jobs and waits for them to return.
+// stop cancels the jobs and waits for them to return; the namespaces that
+// stuck removals kept open are closed (the next New takes over).
 func (r *reaper) stop() {
 	r.cancel()
 	r.wg.Wait()
+	r.mu.Lock()
+	stuck := r.stuck
+	r.stuck = nil
+	r.mu.Unlock()
+	for _, s := range stuck {
+		if s.hold != nil {
+			s.hold.unhold()
+		}
+	}
 }
 
 // settle waits until no job is running and returns the errors of the jobs
@@ -94,7 +116,12 @@ func (r *reaper) settle(ctx context.Context) error {
 // since the last Settle: their interfaces may still exist, so their
 // addresses stay reserved, and the next [New] tries again.
 func (c *Controller) Settle(ctx context.Context) error {
-	return c.reaper.settle(ctx)
+	err := c.reaper.settle(ctx)
+	if rerr := c.retryStuck(ctx, func(*Endpoint) bool { return true }); rerr != nil {
+		// What failed in the background and failed again now.
+		return rerr
+	}
+	return err
 }
 
 // reapAttempts bounds the driver's tries at removing one interface; the
@@ -128,16 +155,18 @@ func (ep *Endpoint) reap(req driverapi.LeaveRequest, hold *Sandbox) {
 		if err == nil {
 			err = retry(ctx, func() error { return n.driver.Leave(ctx, req) })
 		}
-		if hold != nil {
+		if err != nil {
+			// The interface may live on: the addresses stay reserved, the
+			// record stays, and a later call tries again.
+			c.reaper.mu.Lock()
+			c.reaper.stuck = append(c.reaper.stuck, stuckLeave{ep: ep, req: req, hold: hold})
+			c.reaper.mu.Unlock()
+		} else if hold != nil {
 			hold.unhold()
 		}
 		ep.mu.Lock()
 		ep.reaping--
-		if err != nil {
-			// The interface may live on: the addresses stay reserved, the
-			// record stays, and the next New tries again.
-			ep.stuck = true
-		}
+		ep.stuck = ep.stuck || err != nil
 		finish := ep.reaping == 0 && ep.deleteWhenReaped && !ep.stuck
 		if ep.reaping == 0 {
 			close(ep.reaped)
@@ -156,6 +185,58 @@ func (ep *Endpoint) reap(req driverapi.LeaveRequest, hold *Sandbox) {
 		}
 		return ferr
 	})
+}
+
+// retryStuck tries the failed removals of the endpoints that match again,
+// now, on the caller's path; a deleted endpoint whose interface is gone at
+// last is finished. It returns the errors of those that fail again.
+func (c *Controller) retryStuck(ctx context.Context, match func(*Endpoint) bool) error {
+	r := &c.reaper
+	r.mu.Lock()
+	var todo []stuckLeave
+	r.stuck = slices.DeleteFunc(r.stuck, func(s stuckLeave) bool {
+		if match(s.ep) {
+			todo = append(todo, s)
+			return true
+		}
+		return false
+	})
+	r.mu.Unlock()
+	var errs []error
+	for _, s := range todo {
+		ep, n := s.ep, s.ep.nw
+		err := c.step(ctx, stepReapDriver)
+		if err == nil {
+			err = n.driver.Leave(ctx, s.req)
+		}
+		if err != nil {
+			r.mu.Lock()
+			r.stuck = append(r.stuck, s)
+			r.mu.Unlock()
+			errs = append(errs, fmt.Errorf("remove interface %s of endpoint %q: %w", s.req.InterfaceName, ep.name, err))
+			continue
+		}
+		if s.hold != nil {
+			s.hold.unhold()
+		}
+		ep.mu.Lock()
+		ep.stuck = false
+		finish := ep.reaping == 0 && ep.deleteWhenReaped
+		ep.mu.Unlock()
+		if finish {
+			if err := ep.finishDelete(ctx); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// isStuck reports whether a removal of one of ep's interfaces failed.
+func (ep *Endpoint) isStuck() bool {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	return ep.stuck
 }
 
 // retry runs fn until it succeeds, reapAttempts times at most.

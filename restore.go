@@ -500,6 +500,11 @@ func (c *Controller) removeOrphans(ctx context.Context) error {
 		return err
 	}
 	for _, l := range links {
+		// cnm marks bridges and VLAN sub-interfaces only: a link of another
+		// kind with a look-alike mark is not one it made.
+		if l.Kind != "bridge" && l.Kind != "vlan" {
+			continue
+		}
 		if id, ok := c.owner.NetworkOf(l.Alias); ok && c.networks[id] == nil {
 			if err := c.hostNS.DeleteLinkIndex(ctx, l.Index, l.Name); err != nil {
 				return err

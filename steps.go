@@ -28,10 +28,10 @@ const (
 	stepJoinCommit    = "join:commit"
 
 	stepLeave                  = "leave:interface"         // fails as taking the interface out of use would
-	stepLeaveDriver            = "leave:recorded"          // after the interface is out of use, before the record
+	stepLeaveDriver            = "leave:recorded"          // crash point: after the interface is out of use, before the record
 	stepNetworkDelete          = "network-delete:driver"   // fails as the driver's delete would
 	stepSandboxDetach          = "sandbox-delete:detach"   // fails as withdrawing published ports would
-	stepNetworkDeleted         = "network-delete:recorded" // after the driver's delete, before the record
+	stepNetworkDeleted         = "network-delete:recorded" // crash point: after the driver's delete, before the record
 	stepSandboxDeleteNamespace = "sandbox-delete:namespace"
 	stepReapDriver             = "reap:driver" // fails a background removal as the driver's Leave would
 
@@ -50,6 +50,17 @@ func (c *Controller) step(ctx context.Context, name string) error {
 		return c.faultHook(name)
 	}
 	return nil
+}
+
+// crashPoint calls the fault hook at a point past which the operation
+// cannot fail any more (its kernel change is made, only its record is left
+// to write). A hook that kills the process tests crash recovery there; an
+// error it returns is ignored, as the context is: failing here would leave
+// the kernel changed and the controller's state not.
+func (c *Controller) crashPoint(name string) {
+	if c.faultHook != nil {
+		_ = c.faultHook(name)
+	}
 }
 
 // A step is one step of a multi-step operation: what it does, and how to

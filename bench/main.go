@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command bench measures cnm against the least kernel work that gives the
 // same result (the floor) and against the CNI reference bridge plugin, in
 // the same run, inside a throwaway host namespace. It prints a Markdown

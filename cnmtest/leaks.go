@@ -2,18 +2,12 @@ package cnmtest
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/google/nftables"
-	"golang.org/x/sys/unix"
-
-	"github.com/seed53641549/cnm/firewall"
 )
 
 // leakWait bounds how long AssertNoLeaks waits for the kernel's asynchronous
@@ -58,18 +52,7 @@ func Leaks(h *HostNS, keep ...string) []string {
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	if fd, err := h.NS.FD(); err == nil {
-		tables, err := firewallTables(fd)
-		if err != nil {
-			leaks = append(leaks, "list nftables tables: "+err.Error())
-		}
-		for _, name := range tables {
-			if n, err := firewall.CountRules(ctx, fd, name); err != nil || n != 0 {
-				leaks = append(leaks, fmt.Sprintf("nftables rules in table %s: %d (err: %v)", name, n, err))
-			}
-		}
-		unix.Close(fd)
-	}
+	leaks = append(leaks, firewallLeaks(ctx, h)...)
 
 	folders, _ := filepath.Glob(filepath.Join(h.RunDir, "cnm-*"))
 	for _, f := range folders {
@@ -89,25 +72,4 @@ func Leaks(h *HostNS, keep ...string) []string {
 		}
 	}
 	return leaks
-}
-
-// firewallTables lists the inet tables of controllers ("cnm-" and an ID) in
-// the namespace fd.
-func firewallTables(fd int) ([]string, error) {
-	c, err := nftables.New(nftables.WithNetNSFd(fd))
-	if err != nil {
-		return nil, err
-	}
-	defer c.CloseLasting()
-	ts, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, t := range ts {
-		if strings.HasPrefix(t.Name, "cnm-") {
-			out = append(out, t.Name)
-		}
-	}
-	return out, nil
 }

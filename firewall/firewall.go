@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package firewall programs the nftables rules of one controller: isolation
 // between bridge networks, internal networks, and masquerading. It talks to
 // the kernel over netlink through github.com/google/nftables and never runs

@@ -4,6 +4,10 @@
 // It is the only package of cnm that talks netlink to the kernel about network
 // objects, and it never runs `ip` or any other program.
 //
+// It needs Linux. Elsewhere it compiles, so that importers build on any
+// system, but no [Namespace] can be made: every function and method returns
+// an error wrapping errdefs.ErrNotSupported.
+//
 // # Namespaces and threads
 //
 // On Linux a network namespace belongs to an OS thread, not to a process or a

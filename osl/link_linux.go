@@ -11,24 +11,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// MaxNameLen is the longest interface name the kernel accepts (IFNAMSIZ - 1).
-const MaxNameLen = 15
-
-// Link describes one network interface.
-type Link struct {
-	Index       int
-	Name        string
-	Kind        string // "veth", "bridge", "device" for loopback, ...
-	MAC         net.HardwareAddr
-	MTU         int
-	Up          bool // administratively up (IFF_UP)
-	MasterIndex int  // index of the bridge it is a port of, 0 if none
-	// PeerIndex is, for one end of a veth pair, the index of the other end
-	// in the other end's namespace (IFLA_LINK); 0 if unknown.
-	PeerIndex int
-	Alias     string
-}
-
 func linkFrom(l netlink.Link) Link {
 	a := l.Attrs()
 	return Link{
@@ -43,9 +25,6 @@ func linkFrom(l netlink.Link) Link {
 		Alias:       a.Alias,
 	}
 }
-
-// ErrLinkNotFound reports that no link has the given name.
-var ErrLinkNotFound = errors.New("link not found")
 
 // LinkByName returns the link called name. A missing link is reported with
 // an error wrapping [ErrLinkNotFound].
@@ -118,14 +97,6 @@ func (ns *Namespace) Links(ctx context.Context) ([]Link, error) {
 	return out, nil
 }
 
-// BridgeSpec describes a bridge to make with [Namespace.AddBridge].
-type BridgeSpec struct {
-	Name  string
-	MTU   int              // 0: the kernel's default (1500)
-	MAC   net.HardwareAddr // nil: the kernel picks one; set one so the bridge's MAC does not change as ports come and go
-	Alias string           // free text (IFLA_IFALIAS), used to mark links as cnm's
-}
-
 // AddBridge makes a bridge, down, and returns its index. The caller brings it
 // up once its address is set. A bridge of that name that already exists is
 // reported with an error wrapping unix.EEXIST.
@@ -154,16 +125,6 @@ func (ns *Namespace) AddBridge(ctx context.Context, spec BridgeSpec) (int, error
 		}
 	}
 	return br.Index, nil
-}
-
-// VethSpec describes a veth pair to make with [Namespace.AddVeth].
-type VethSpec struct {
-	HostName    string     // name of the end that stays in the receiving namespace
-	PeerName    string     // name of the other end, made directly inside PeerNS
-	PeerNS      *Namespace // namespace of the peer end
-	MasterIndex int        // bridge the host end is attached to; 0: none
-	MTU         int        // of both ends; 0: the kernel's default
-	PeerMAC     net.HardwareAddr
 }
 
 // AddVeth makes a veth pair in one RTM_NEWLINK request: the host end in ns,

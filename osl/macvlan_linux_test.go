@@ -9,8 +9,18 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
+
+// TestMacvlanModeValues checks the modes, spelled out in macvlan.go so that
+// they exist on every OS, against the kernel's MACVLAN_MODE_* values.
+func TestMacvlanModeValues(t *testing.T) {
+	assert.EqualValues(t, nl.MACVLAN_MODE_PRIVATE, MacvlanPrivate)
+	assert.EqualValues(t, nl.MACVLAN_MODE_VEPA, MacvlanVEPA)
+	assert.EqualValues(t, nl.MACVLAN_MODE_BRIDGE, MacvlanBridge)
+	assert.EqualValues(t, nl.MACVLAN_MODE_PASSTHRU, MacvlanPassthru)
+}
 
 // linkNames lists the names of ns's links.
 func linkNames(t *testing.T, ns *Namespace) []string {

@@ -4,19 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/netip"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
-
-// Neighbour is one static neighbour (ARP or NDP) entry.
-type Neighbour struct {
-	LinkIndex int
-	IP        netip.Addr
-	MAC       net.HardwareAddr
-}
 
 func (n Neighbour) nl() *netlink.Neigh {
 	fam := netlink.FAMILY_V4

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"syscall"
 	"time"
 
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/internal/linkrules"
 	"github.com/seed53641549/cnm/osl"
-	"golang.org/x/sys/unix"
 )
 
 // CreateEndpoint records the endpoint; its interface is made at Join.
@@ -85,7 +85,7 @@ func (d *driver) Join(ctx context.Context, req driverapi.JoinRequest) (driverapi
 		MTU:         n.opts.mtu,
 		PeerMAC:     req.MAC,
 	})
-	if errors.Is(err, unix.EEXIST) {
+	if errors.Is(err, syscall.EEXIST) {
 		return driverapi.JoinResponse{}, fmt.Errorf("%w: interface %s or %s: %w", driverapi.ErrExists, req.InterfaceName, hostIf, err)
 	}
 	if err != nil {

@@ -10,13 +10,13 @@ import (
 	"net/netip"
 	"path"
 	"slices"
+	"syscall"
 
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/firewall"
 	"github.com/seed53641549/cnm/internal/mac"
 	"github.com/seed53641549/cnm/internal/mark"
 	"github.com/seed53641549/cnm/osl"
-	"golang.org/x/sys/unix"
 )
 
 // CreateNetwork turns IP forwarding on in the host namespace if the network
@@ -102,7 +102,7 @@ func (d *driver) createNetwork(ctx context.Context, req driverapi.NetworkRequest
 	if !adopted {
 		br, err := host.AddBridge(ctx, osl.BridgeSpec{Name: opts.bridgeName, MTU: opts.mtu, MAC: mac.Random(), Alias: d.cfg.Owner.Link(req.ID)})
 		if err != nil {
-			if errors.Is(err, unix.EEXIST) {
+			if errors.Is(err, syscall.EEXIST) {
 				return fmt.Errorf("%w: option %s=%q: a link of that name exists in the host namespace", driverapi.ErrExists, OptionBridgeName, opts.bridgeName)
 			}
 			return err
@@ -137,7 +137,7 @@ func (d *driver) createNetwork(ctx context.Context, req driverapi.NetworkRequest
 		if !ipd.Gateway.IsValid() {
 			continue
 		}
-		if err := host.AddAddress(ctx, br, ipd.Gateway); err != nil && !(adopted && errors.Is(err, unix.EEXIST)) {
+		if err := host.AddAddress(ctx, br, ipd.Gateway); err != nil && !(adopted && errors.Is(err, syscall.EEXIST)) {
 			return err
 		}
 		if ipd.Gateway.Addr().Is4() {

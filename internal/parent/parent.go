@@ -34,8 +34,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-
-	"golang.org/x/sys/unix"
+	"syscall"
 
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/internal/linkrules"
@@ -238,7 +237,7 @@ func (t *Table) Acquire(ctx context.Context, req Request) (_ Parent, retErr erro
 		return Parent{}, fmt.Errorf("%w: option %s=%q: cannot make the 802.1Q sub-interface (vlan id %d on %s): the kernel has no 802.1Q support: %w",
 			driverapi.ErrNotSupported, OptionParent, req.Name, id, base, err)
 	}
-	if errors.Is(err, unix.EEXIST) {
+	if errors.Is(err, syscall.EEXIST) {
 		return Parent{}, fmt.Errorf("%w: option %s=%q: %w", driverapi.ErrExists, OptionParent, req.Name, err)
 	}
 	if err != nil {
@@ -295,7 +294,7 @@ func (t *Table) makeInternalLocked(ctx context.Context, req Request) (_ Parent, 
 		}
 	}
 	idx, err := t.ns.AddBridge(ctx, osl.BridgeSpec{Name: req.InternalName, MTU: req.MTU, Alias: t.mark(req.NetworkID)})
-	if errors.Is(err, unix.EEXIST) {
+	if errors.Is(err, syscall.EEXIST) {
 		return Parent{}, fmt.Errorf("%w: internal parent %s: a link of that name exists in host namespace %s", driverapi.ErrExists, req.InternalName, t.ns)
 	}
 	if err != nil {

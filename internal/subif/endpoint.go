@@ -5,8 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-
-	"golang.org/x/sys/unix"
+	"syscall"
 
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/internal/linkrules"
@@ -118,11 +117,11 @@ func (d *driver[M]) Join(ctx context.Context, req driverapi.JoinRequest) (driver
 		ep.ifName = ""
 		n.mu.Unlock()
 		switch {
-		case errors.Is(err, unix.EEXIST):
+		case errors.Is(err, syscall.EEXIST):
 			return driverapi.JoinResponse{}, fmt.Errorf("%w: interface %s in sandbox %s: %w", driverapi.ErrExists, req.InterfaceName, req.Sandbox, err)
 		case d.kind.KernelOptional && errors.Is(err, osl.ErrKindNotSupported):
 			return driverapi.JoinResponse{}, fmt.Errorf("%w: %s network %s: the kernel has no %s: %w", driverapi.ErrNotSupported, d.kind.Type, n.id, d.kind.Type, err)
-		case errors.Is(err, osl.ErrLinkNotFound), errors.Is(err, unix.ENODEV):
+		case errors.Is(err, osl.ErrLinkNotFound), errors.Is(err, syscall.ENODEV):
 			return driverapi.JoinResponse{}, fmt.Errorf("%w: parent %q of network %s does not exist (any more): %w", driverapi.ErrNotFound, n.parent.Name, n.id, err)
 		}
 		return driverapi.JoinResponse{}, err
