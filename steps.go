@@ -2,6 +2,7 @@ package cnm
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 )
 
@@ -79,7 +80,10 @@ type step struct {
 // undo stays, and the operation's own error is what the caller needs.
 func (c *Controller) run(ctx context.Context, steps ...step) error {
 	for i, s := range steps {
-		err := c.step(ctx, s.name)
+		var err error
+		if s.name != "" { // a step made by together checks its own
+			err = c.step(ctx, s.name)
+		}
 		if err == nil {
 			err = s.do(ctx)
 		}
@@ -97,4 +101,48 @@ func (c *Controller) run(ctx context.Context, steps ...step) error {
 		return err
 	}
 	return nil
+}
+
+// together makes one step of two independent ones that run side by side,
+// for steps that mostly wait on the kernel or a disk: the step takes as
+// long as the slower of the two, not their sum. If either fails, the
+// other, if it succeeded, is undone; the step's undo undoes both.
+func (c *Controller) together(a, b step) step {
+	run := func(ctx context.Context, s step) error {
+		if err := c.step(ctx, s.name); err != nil {
+			return err
+		}
+		return s.do(ctx)
+	}
+	undo := func(ctx context.Context, s step) error {
+		if s.undo == nil {
+			return nil
+		}
+		return s.undo(ctx)
+	}
+	return step{
+		do: func(ctx context.Context) error {
+			errb := make(chan error, 1)
+			go func() { errb <- run(ctx, b) }()
+			ea, eb := run(ctx, a), <-errb
+			uctx := context.WithoutCancel(ctx)
+			switch {
+			case ea != nil && eb == nil:
+				if err := undo(uctx, b); err != nil {
+					slog.Warn("cnm: rollback", "step", b.name, "err", err)
+				}
+			case ea == nil && eb != nil:
+				if err := undo(uctx, a); err != nil {
+					slog.Warn("cnm: rollback", "step", a.name, "err", err)
+				}
+			}
+			if ea != nil {
+				return ea
+			}
+			return eb
+		},
+		undo: func(ctx context.Context) error {
+			return errors.Join(undo(ctx, b), undo(ctx, a))
+		},
+	}
 }
