@@ -16,6 +16,7 @@ import (
 	"github.com/seed53641549/cnm/internal/mark"
 	"github.com/seed53641549/cnm/ipam"
 	"github.com/seed53641549/cnm/osl"
+	"github.com/seed53641549/cnm/portalloc"
 	"github.com/seed53641549/cnm/store"
 )
 
@@ -31,6 +32,7 @@ type Controller struct {
 	files    string // the controller's own folder in the run dir
 	hostNS   *osl.Namespace
 	firewall *firewall.Firewall
+	ports    *portalloc.Allocator // host ports of published ports
 	drivers  driverapi.Registry
 	ipams    ipam.Registry // IPAM drivers by name: "default", "null"
 	// store holds what outlives a reboot (networks), in the data dir;
@@ -150,7 +152,12 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 	if err != nil {
 		return nil, fmt.Errorf("default address pools: %w", err)
 	}
+	ports, err := portalloc.New(portalloc.Config{HostNS: hostNS, Ephemeral: cfg.ephemeralPorts})
+	if err != nil {
+		return nil, fmt.Errorf("ephemeral ports: %w", err)
+	}
 	c := &Controller{
+		ports:        ports,
 		owner:        owner,
 		cfg:          cfg,
 		files:        files,

@@ -57,6 +57,7 @@ type joinState struct {
 	ifMAC      net.HardwareAddr // the interface's MAC, if not the endpoint's own (ipvlan)
 	gw4, gw6   netip.Addr       // next hops this endpoint offers
 	gwPriority int
+	bindings   []PortMapping // published ports as bound, one per address family
 }
 
 // EndpointInfo describes an endpoint. Interface fields are zero while the
@@ -78,8 +79,10 @@ type EndpointInfo struct {
 	Gateway     netip.Addr
 	GatewayIPv6 netip.Addr
 	// SandboxID is the sandbox it is joined to, empty if none.
-	SandboxID    string
-	Aliases      []string
+	SandboxID string
+	Aliases   []string
+	// PortMappings are the published ports: while joined, as bound (one
+	// per address family, the host port chosen); otherwise as asked for.
 	PortMappings []PortMapping
 }
 
@@ -110,6 +113,9 @@ func (ep *Endpoint) Info() EndpointInfo {
 	if ep.sandbox != nil {
 		info.SandboxID = ep.sandbox.id
 		info.Gateway, info.GatewayIPv6 = ep.gw4, ep.gw6
+		if ep.bindings != nil {
+			info.PortMappings = slices.Clone(ep.bindings)
+		}
 		if ep.ifMAC != nil {
 			info.MAC = slices.Clone(ep.ifMAC)
 		}
@@ -132,9 +138,12 @@ func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...Endpo
 			return nil, fmt.Errorf("endpoint %q: %w", name, err)
 		}
 	}
-	if n.driver.Capability().NoInterface && (cfg.mac != nil || len(cfg.ports) > 0) {
-		return nil, fmt.Errorf("%w: endpoint %q: %s network %q gives endpoints no interface: no mac address or port mappings",
+	if n.driver.Capability().NoInterface && cfg.mac != nil {
+		return nil, fmt.Errorf("%w: endpoint %q: %s network %q gives endpoints no interface: no mac address",
 			ErrInvalid, name, n.driver.Type(), n.name)
+	}
+	if err := n.checkPorts(cfg.ports); err != nil {
+		return nil, fmt.Errorf("endpoint %q: %w", name, err)
 	}
 	if err := n.checkAddress("ipv4", cfg.ipv4, n.ipv4); err != nil {
 		return nil, fmt.Errorf("endpoint %q: %w", name, err)

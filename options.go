@@ -10,9 +10,9 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/internal/linkrules"
 	"github.com/seed53641549/cnm/ipam"
+	"github.com/seed53641549/cnm/portalloc"
 )
 
 // Option configures a [Controller] in [New].
@@ -24,7 +24,8 @@ type config struct {
 	runDir       string
 	defaultPools []ipam.DefaultPool // nil: Docker's
 
-	leaveHostSysctls bool // WithoutHostSysctls
+	leaveHostSysctls bool            // WithoutHostSysctls
+	ephemeralPorts   portalloc.Range // WithEphemeralPorts; zero: portalloc.DefaultEphemeral
 }
 
 // Defaults of [New].
@@ -326,29 +327,6 @@ func WithAliases(aliases ...string) EndpointOption {
 			}
 		}
 		o.aliases = append([]string(nil), aliases...)
-		return nil
-	}
-}
-
-// PortMapping publishes one port of the endpoint on the host.
-type PortMapping = driverapi.PortMapping
-
-// WithPortMappings publishes ports of the endpoint on the host. The network's
-// driver must support published ports; Join fails with [ErrNotSupported]
-// otherwise (the bridge driver does not yet).
-func WithPortMappings(ports ...PortMapping) EndpointOption {
-	return func(o *endpointConfig) error {
-		for _, p := range ports {
-			switch p.Proto {
-			case "tcp", "udp", "sctp":
-			default:
-				return fmt.Errorf("%w: port mapping proto %q: want tcp, udp or sctp", ErrInvalid, p.Proto)
-			}
-			if p.ContainerPort == 0 {
-				return fmt.Errorf("%w: port mapping container port 0", ErrInvalid)
-			}
-		}
-		o.ports = append([]PortMapping(nil), ports...)
 		return nil
 	}
 }

@@ -74,13 +74,14 @@ type endpointRecord struct {
 	Deleting bool `json:"deleting,omitempty"`
 	// Set while joined. IfIndex and IfMAC identify the interface: restore
 	// takes back only an interface of that name with that index and MAC.
-	SandboxID       string     `json:"sandbox_id,omitempty"`
-	InterfaceName   string     `json:"interface,omitempty"`
-	IfIndex         int        `json:"if_index,omitempty"`
-	IfMAC           string     `json:"if_mac,omitempty"` // "": the endpoint's own MAC
-	Gateway         netip.Addr `json:"gateway,omitzero"`
-	GatewayIPv6     netip.Addr `json:"gateway_ipv6,omitzero"`
-	GatewayPriority int        `json:"gateway_priority,omitempty"`
+	SandboxID       string        `json:"sandbox_id,omitempty"`
+	InterfaceName   string        `json:"interface,omitempty"`
+	IfIndex         int           `json:"if_index,omitempty"`
+	IfMAC           string        `json:"if_mac,omitempty"`   // "": the endpoint's own MAC
+	Bindings        []PortMapping `json:"bindings,omitempty"` // published ports as bound
+	Gateway         netip.Addr    `json:"gateway,omitzero"`
+	GatewayIPv6     netip.Addr    `json:"gateway_ipv6,omitzero"`
+	GatewayPriority int           `json:"gateway_priority,omitempty"`
 }
 
 type sandboxRecord struct {
@@ -133,7 +134,7 @@ func (ep *Endpoint) record(sb *Sandbox) endpointRecord {
 		IPv4: ep.ipv4, IPv6: ep.ipv6, Aliases: ep.aliases, Ports: ep.ports,
 	}
 	if sb != nil {
-		r.SandboxID, r.InterfaceName, r.IfIndex = sb.id, ep.ifName, ep.ifIndex
+		r.SandboxID, r.InterfaceName, r.IfIndex, r.Bindings = sb.id, ep.ifName, ep.ifIndex, ep.bindings
 		if ep.ifMAC != nil {
 			r.IfMAC = ep.ifMAC.String()
 		}

@@ -239,7 +239,7 @@ func TestCrashChild(t *testing.T) {
 	require.NoError(t, err)
 	sb, err := ctrl.NewSandbox(ctx, "c1", cnm.WithHostname("c1"))
 	require.NoError(t, err)
-	ep, err := nw.CreateEndpoint(ctx, "e1")
+	ep, err := nw.CreateEndpoint(ctx, "e1", cnm.WithPortMappings(cnm.PortMapping{Proto: "tcp", HostPort: 8080, ContainerPort: 80}))
 	require.NoError(t, err)
 	require.NoError(t, ep.Join(ctx, sb))
 	require.NoError(t, ep.Leave(ctx, sb))
@@ -299,6 +299,16 @@ func TestCrashRecovery(t *testing.T) {
 					}
 				}
 				assert.Equal(t, joined, ports, "bridge ports")
+				// Published ports: exactly those of the joined endpoints.
+				var bound []netip.AddrPort
+				for _, ep := range nw.Endpoints() {
+					if ep.Info().SandboxID != "" {
+						for _, p := range ep.Info().PortMappings {
+							bound = append(bound, netip.AddrPortFrom(p.HostIP, p.HostPort))
+						}
+					}
+				}
+				assert.ElementsMatch(t, bound, publishedPorts(t, host, ctrl), "published ports")
 				// Each address is either held by an endpoint or free: none leaked.
 				for i := 2; i <= 4; i++ {
 					a := netip.AddrFrom4([4]byte{10, 90, 0, byte(i)})
@@ -316,4 +326,23 @@ func TestCrashRecovery(t *testing.T) {
 			cnmtest.AssertNoLeaks(t, host)
 		})
 	}
+}
+
+// publishedPorts lists the host address and port of every port published in
+// the controller's firewall table.
+func publishedPorts(t *testing.T, host *cnmtest.HostNS, ctrl *cnm.Controller) []netip.AddrPort {
+	t.Helper()
+	fd, err := host.NS.FD()
+	require.NoError(t, err)
+	defer unix.Close(fd)
+	fw, err := firewall.New(context.Background(), fd, ctrl.FirewallTable())
+	require.NoError(t, err)
+	defer fw.Close()
+	ports, err := fw.Ports(context.Background())
+	require.NoError(t, err)
+	var out []netip.AddrPort
+	for _, p := range ports {
+		out = append(out, netip.AddrPortFrom(p.HostIP, p.HostPort))
+	}
+	return out
 }

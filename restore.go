@@ -382,9 +382,14 @@ func (c *Controller) restoreEndpoint(ctx context.Context, r endpointRecord, aliv
 	}
 	req := driverapi.RestoreEndpointRequest{NetworkID: n.id, EndpointID: ep.id, MAC: ep.mac, IPv4: ep.ipv4, IPv6: ep.ipv6}
 	if sb != nil {
-		req.Sandbox, req.InterfaceName = sb.ns, r.InterfaceName
+		req.Sandbox, req.InterfaceName, req.Ports = sb.ns, r.InterfaceName, r.Bindings
 		if n.driver.Capability().NoInterface {
 			req.InterfaceName = ""
+		}
+		for _, b := range r.Bindings {
+			if err := c.ports.Reserve(b.Proto, b.HostIP, b.HostPort); err != nil {
+				return nil, false, fmt.Errorf("published port %s: %w", portString(b), err)
+			}
 		}
 	}
 	var err error
@@ -398,7 +403,8 @@ func (c *Controller) restoreEndpoint(ctx context.Context, r endpointRecord, aliv
 	}
 	if sb != nil {
 		ep.joinState = joinState{sandbox: sb, ifName: r.InterfaceName, ifIndex: link.Index, ifMAC: link.MAC,
-			gw4: r.Gateway, gw6: r.GatewayIPv6, gwPriority: r.GatewayPriority}
+			gw4: r.Gateway, gw6: r.GatewayIPv6, gwPriority: r.GatewayPriority, bindings: r.Bindings}
+		ep.external = len(r.Bindings) > 0
 		sb.endpoints = append(sb.endpoints, ep)
 	}
 	n.endpoints[ep.id] = ep

@@ -106,12 +106,31 @@ type EndpointPreparer interface {
 }
 
 // ExternalConnector is implemented by drivers that give an endpoint a way in
-// from outside the host (published ports). The controller calls
-// ProgramExternalConnectivity after a successful Join of an endpoint that has
-// port mappings, and RevokeExternalConnectivity before its Leave.
+// from outside the host (published ports). The controller allocates the
+// host ports, then calls ProgramExternalConnectivity during the Join of an
+// endpoint that has port mappings, and RevokeExternalConnectivity before its
+// Leave. Endpoints of networks whose driver is no ExternalConnector cannot
+// have port mappings.
 type ExternalConnector interface {
-	ProgramExternalConnectivity(ctx context.Context, networkID, endpointID string, ports []PortMapping) error
-	RevokeExternalConnectivity(ctx context.Context, networkID, endpointID string) error
+	// ProgramExternalConnectivity makes req.Ports reach the endpoint: all of
+	// them, or on error none.
+	ProgramExternalConnectivity(ctx context.Context, req ExternalRequest) error
+	// RevokeExternalConnectivity undoes it; revoking what is not programmed
+	// is not an error.
+	RevokeExternalConnectivity(ctx context.Context, req ExternalRequest) error
+}
+
+// ExternalRequest describes an endpoint's published ports to its driver.
+type ExternalRequest struct {
+	NetworkID  string
+	EndpointID string
+	// IPv4 and IPv6 are the endpoint's addresses; zero for a family the
+	// network does not have.
+	IPv4, IPv6 netip.Addr
+	// Ports are bound: each has one host address family (HostIP is a
+	// specific address or the family's unspecified one), its HostPort
+	// chosen and HostPortEnd zero.
+	Ports []PortMapping
 }
 
 // Restorer is implemented by drivers that can take their networks and
@@ -142,14 +161,19 @@ type RestoreEndpointRequest struct {
 	IPv4, IPv6    netip.Prefix
 	Sandbox       *osl.Namespace // nil when not joined
 	InterfaceName string         // inside Sandbox, when joined
+	// Ports are the endpoint's bound ports while joined (see
+	// ExternalRequest.Ports), for a driver that is an ExternalConnector.
+	Ports []PortMapping
 }
 
-// PortMapping publishes one container port on the host.
+// PortMapping publishes one container port on the host: `-p
+// [HostIP:][HostPort[-HostPortEnd]:]ContainerPort[/Proto]` in Docker's words.
 type PortMapping struct {
 	Proto         string     // "tcp", "udp" or "sctp"
+	HostIP        netip.Addr // zero: every address of the host, of each family the network has
+	HostPort      uint16     // 0: an ephemeral port
+	HostPortEnd   uint16     // 0: HostPort alone; else the first free port of HostPort..HostPortEnd
 	ContainerPort uint16     // port inside the sandbox
-	HostIP        netip.Addr // zero: every host address
-	HostPort      uint16     // port on the host
 }
 
 // IPAMData is one address family's addressing of a network.

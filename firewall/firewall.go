@@ -1,9 +1,9 @@
 //go:build linux
 
 // Package firewall programs the nftables rules of one controller: isolation
-// between bridge networks, internal networks, and masquerading. It talks to
-// the kernel over netlink through github.com/google/nftables and never runs
-// nft or iptables.
+// between bridge networks, internal networks, masquerading and published
+// ports. It talks to the kernel over netlink through
+// github.com/google/nftables and never runs nft or iptables.
 //
 // A [Firewall] owns one table named after the controller in its host network
 // namespace:
@@ -15,11 +15,27 @@
 //	                                    oifname <br> ct state established,related accept
 //	    chain internal     per internal network: iifname <br> drop
 //	                                             oifname <br> drop
-//	    chain published    empty: the hook for published ports (see below)
+//	    chain published    ct status dnat accept
 //	    chain isolate      per network: oifname <br> drop
 //	    chain postrouting  nat hook postrouting priority 100, policy accept:
 //	                       per subnet of a masquerading network:
 //	                       ip saddr <subnet> oifname != <br> masquerade
+//	                       per subnet of a network that is not internal (hairpin):
+//	                       ip saddr <subnet> oifname <br> ct status dnat masquerade
+//	                       per network that is not internal (localhost):
+//	                       ip saddr 127.0.0.0/8 oifname <br> masquerade
+//	    chain prerouting   nat hook prerouting priority -100, policy accept:
+//	                       iifname != "lo" ip daddr 127.0.0.0/8 drop
+//	                       dnat ip to meta l4proto . ip daddr . th dport map @ports4
+//	                       dnat ip6 to meta l4proto . ip6 daddr . th dport map @ports6
+//	                       fib daddr type local dnat ip to meta l4proto . th dport map @ports4-any
+//	                       fib daddr type local ip6 daddr != ::1 dnat ip6 to meta l4proto . th dport map @ports6-any
+//	    chain output       nat hook output priority -100, policy accept:
+//	                       the four dnat rules of prerouting
+//	    map ports4         inet_proto . ipv4_addr . inet_service : ipv4_addr . inet_service
+//	    map ports6         inet_proto . ipv6_addr . inet_service : ipv6_addr . inet_service
+//	    map ports4-any     inet_proto . inet_service : ipv4_addr . inet_service
+//	    map ports6-any     inet_proto . inet_service : ipv6_addr . inet_service
 //
 // The forward chain is a list of stages, each a chain, and a packet leaves
 // our table at the first accept or drop:
@@ -29,10 +45,10 @@
 //     flows.
 //  2. internal: an internal network sends nothing out of its bridge and
 //     takes nothing new in.
-//  3. published: a hook for port publishing, which will accept the new flows
-//     it has DNAT'ed to a container (`ct status dnat accept`, as Docker
-//     does). It sees only packets that no earlier stage decided, so never
-//     one from or to an internal network. It is empty for now.
+//  3. published: the new flows DNAT'ed to a container, by a published port,
+//     are accepted (`ct status dnat accept`, as Docker does). It sees only
+//     packets that no earlier stage decided, so never one from or to an
+//     internal network.
 //  4. isolate: nothing else new enters a bridge, whether it comes from
 //     another bridge or from any other interface of the host. A host with
 //     forwarding on is not a router into cnm's bridges: an outside host that
@@ -47,6 +63,44 @@
 // Each per-network rule carries the comment "cnm:<network id>" (rule UserData),
 // which is how [Firewall.RemoveNetwork] finds it again, also after a restart.
 // The kernel is the only record: a Firewall keeps no per-network state in memory.
+//
+// # Published ports
+//
+// A published [Port] is one element of one of the four maps, keyed by
+// protocol, host address (unless it is the unspecified address) and host
+// port, with the container's address and port as its value and the comment
+// "cnm:<network id> <bridge>". The rules never change: a packet costs one
+// hash lookup per map, however many ports are published. The maps of a
+// specific address come first, so such a port wins over one of the same
+// number on every address; those of every address apply only to packets
+// for an address of this host (`fib daddr type local`).
+//
+// prerouting DNATs what arrives from outside and from containers; output
+// DNATs what the host itself sends, to its own addresses and to 127.0.0.1.
+// The DNAT'ed flow passes forward's published stage into the bridge, unless
+// the network is internal.
+//
+// Hairpin: a container that reaches a published port of its own bridge
+// through an address of the host is masqueraded, so that the reply returns
+// through the host. With br_netfilter the host bridges such a packet straight
+// back into the bridge; when it goes back to the port it came from (a
+// container reaching its own published port), the bridge must have hairpin
+// mode on that port, which is the bridge driver's job.
+//
+// Localhost: the host reaches a port published on 0.0.0.0 or on a loopback
+// address at 127.0.0.1. The packet leaves the bridge from 127.0.0.1, which
+// the kernel allows only with net.ipv4.conf.<bridge>.route_localnet=1 (the
+// bridge driver sets it on that bridge only), and is masqueraded there. Such
+// a bridge would also route a container's packet for 127.0.0.1 to the host's
+// loopback services (CVE-2020-8558): prerouting drops new flows to
+// 127.0.0.0/8 that did not come from lo. IPv6 has no such switch: the kernel
+// never routes a packet from ::1 out of the host, so [::1] is left alone (a
+// connection is refused, not DNAT'ed into a black hole) and ::1 cannot be
+// published.
+//
+// Conntrack: a flow that began before a port changed keeps its old
+// destination. The caller deletes the conntrack entries of UDP ports after
+// publishing and withdrawing them (osl.Namespace.DeleteConntrack).
 //
 // # ICC
 //
@@ -116,9 +170,12 @@ type Firewall struct {
 	stages      []*nftables.Chain // what forward jumps to, in order
 	allow       *nftables.Chain   // regular
 	internal    *nftables.Chain   // regular
-	published   *nftables.Chain   // regular, empty: port publishing's hook
+	published   *nftables.Chain   // regular: ct status dnat accept
 	isolate     *nftables.Chain   // regular
 	postrouting *nftables.Chain   // nat base
+	prerouting  *nftables.Chain   // nat base: DNAT of published ports
+	output      *nftables.Chain   // nat base: DNAT of published ports, for the host's own traffic
+	maps        []portMap         // the DNAT maps of published ports
 
 	mu      sync.Mutex     // guards all following fields; held across netlink I/O (see type doc)
 	conn    *nftables.Conn // nil after a failed operation until the next one redials
@@ -185,27 +242,54 @@ func newFirewall(name string, fd int) *Firewall {
 		isolate:   regular(chainIsolate),
 		postrouting: &nftables.Chain{Name: chainPostrouting, Table: t, Type: nftables.ChainTypeNAT,
 			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept},
+		prerouting: &nftables.Chain{Name: chainPrerouting, Table: t, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest, Policy: &accept},
+		output: &nftables.Chain{Name: chainOutput, Table: t, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest, Policy: &accept},
+		maps: newPortMaps(t),
 	}
 	f.stages = []*nftables.Chain{f.allow, f.internal, f.published, f.isolate}
 	return f
 }
 
-// ensureLocked creates the table and its chains if missing and (re)writes
-// the jump rules of forward, in one batch.
+// ensureLocked creates the table, its chains and maps if missing and
+// (re)writes the fixed rules (the jumps of forward, the rule of published,
+// the rules of prerouting and output), in one batch. Map elements and
+// per-network rules stay.
 func (f *Firewall) ensureLocked() error {
 	c, err := f.connLocked()
 	if err != nil {
 		return err
 	}
 	c.AddTable(f.table)
+	for _, m := range f.maps {
+		if err := c.AddSet(m.set, nil); err != nil {
+			f.dropConnLocked() // discard the partial batch
+			return fmt.Errorf("add map %s: %w", m.set.Name, err)
+		}
+	}
 	c.AddChain(f.forward)
 	for _, ch := range f.stages {
 		c.AddChain(ch)
 	}
 	c.AddChain(f.postrouting)
+	c.AddChain(f.prerouting)
+	c.AddChain(f.output)
+
 	c.FlushChain(f.forward)
 	for _, ch := range f.stages {
 		c.AddRule(&nftables.Rule{Table: f.table, Chain: f.forward, Exprs: []expr.Any{jump(ch.Name)}})
+	}
+	c.FlushChain(f.published)
+	c.AddRule(publishedRule(f.published))
+	c.FlushChain(f.prerouting)
+	c.AddRule(dropForeignLoopback(f.prerouting))
+	for _, r := range dnatRules(f.prerouting, f.maps) {
+		c.AddRule(r)
+	}
+	c.FlushChain(f.output)
+	for _, r := range dnatRules(f.output, f.maps) {
+		c.AddRule(r)
 	}
 	return f.flushLocked()
 }
@@ -293,10 +377,11 @@ func (f *Firewall) networkChains() []*nftables.Chain {
 	return []*nftables.Chain{f.allow, f.internal, f.isolate, f.postrouting}
 }
 
-// RuleCount returns the number of rules in this firewall's table (used by
-// tests' leak checks). It counts the rules of the per-network chains, so the
-// fixed jump rules New installs in forward are not included: after every
-// network is removed the count is 0.
+// RuleCount returns the number of rules and published ports in this
+// firewall's table (used by tests' leak checks). It counts the rules of the
+// per-network chains and the elements of the DNAT maps, so the fixed rules
+// New installs are not included: after every network and port is removed
+// the count is 0.
 func (f *Firewall) RuleCount(ctx context.Context) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
@@ -316,6 +401,13 @@ func (f *Firewall) RuleCount(ctx context.Context) (int, error) {
 			return 0, fmt.Errorf("count rules: %w", err)
 		}
 		n += len(rules)
+	}
+	elems, err := f.portElementsLocked()
+	if err != nil {
+		return 0, fmt.Errorf("count ports: %w", err)
+	}
+	for _, es := range elems {
+		n += len(es)
 	}
 	return n, nil
 }
@@ -347,8 +439,9 @@ func (f *Firewall) Close() error {
 // Delete removes this firewall's table entirely (used when a controller is
 // torn down for good, and by tests), with every rule in it. A table that is
 // already gone is not an error, so Delete can be called twice. Afterwards
-// AddNetwork fails with errdefs.ErrNotFound, RemoveNetwork does nothing and
-// RuleCount returns 0; call Close to release the connection.
+// AddNetwork, AddPorts, SetPorts and Ports fail with errdefs.ErrNotFound,
+// RemoveNetwork and RemovePorts do nothing and RuleCount returns 0; call
+// Close to release the connection.
 func (f *Firewall) Delete(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err

@@ -33,3 +33,8 @@ func (f *Firewall) RuleCount(ctx context.Context) (int, error)         { return 
 func (f *Firewall) AddNetwork(ctx context.Context, n Network) error    { return errNotSupported }
 func (f *Firewall) RemoveNetwork(ctx context.Context, id string) error { return errNotSupported }
 func (f *Firewall) NetworkIDs(ctx context.Context) ([]string, error)   { return nil, errNotSupported }
+
+func (f *Firewall) AddPorts(ctx context.Context, ports ...Port) error    { return errNotSupported }
+func (f *Firewall) RemovePorts(ctx context.Context, ports ...Port) error { return errNotSupported }
+func (f *Firewall) Ports(ctx context.Context) ([]Port, error)            { return nil, errNotSupported }
+func (f *Firewall) SetPorts(ctx context.Context, ports ...Port) error    { return errNotSupported }

@@ -36,7 +36,7 @@ import (
 // namespace destroyed) at the end of the test. The test goroutine never
 // changes namespace: a helper goroutine locked to its thread unshares and
 // switches back.
-func newNS(t *testing.T) int {
+func newNS(t testing.TB) int {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces")
@@ -114,7 +114,7 @@ func inNS(fd int, fn func() error) error {
 }
 
 // writeSysctl writes value to /proc/sys/<path> inside namespace fd.
-func writeSysctl(t *testing.T, fd int, path, value string) {
+func writeSysctl(t testing.TB, fd int, path, value string) {
 	t.Helper()
 	require.NoError(t, inNS(fd, func() error {
 		return os.WriteFile("/proc/sys/"+path, []byte(value), 0o644)
@@ -122,7 +122,7 @@ func writeSysctl(t *testing.T, fd int, path, value string) {
 }
 
 // handle returns a netlink handle bound to namespace fd.
-func handle(t *testing.T, fd int) *netlink.Handle {
+func handle(t testing.TB, fd int) *netlink.Handle {
 	t.Helper()
 	h, err := netlink.NewHandleAt(netns.NsHandle(fd))
 	require.NoError(t, err)
@@ -132,7 +132,7 @@ func handle(t *testing.T, fd int) *netlink.Handle {
 
 // openFirewall opens a Firewall named "cnm" in namespace fd and deletes and
 // closes it at the end of the test.
-func openFirewall(t *testing.T, fd int) *Firewall {
+func openFirewall(t testing.TB, fd int) *Firewall {
 	t.Helper()
 	f, err := New(context.Background(), fd, "cnm")
 	require.NoError(t, err)
@@ -145,7 +145,7 @@ func openFirewall(t *testing.T, fd int) *Firewall {
 }
 
 // assertNoTables checks that namespace fd has no nftables table left.
-func assertNoTables(t *testing.T, fd int) {
+func assertNoTables(t testing.TB, fd int) {
 	t.Helper()
 	c, err := nftables.New(nftables.WithNetNSFd(fd))
 	require.NoError(t, err)
@@ -160,7 +160,7 @@ func assertNoTables(t *testing.T, fd int) {
 
 // dump renders the inet table name in namespace fd as canonical text: one
 // line per chain, then one per rule in evaluation order.
-func dump(t *testing.T, fd int, name string) string {
+func dump(t testing.TB, fd int, name string) string {
 	t.Helper()
 	c, err := nftables.New(nftables.WithNetNSFd(fd))
 	require.NoError(t, err)
@@ -179,7 +179,66 @@ func dump(t *testing.T, fd int, name string) string {
 			b.WriteString("    " + renderRule(r) + "\n")
 		}
 	}
+	if len(chains) > 0 {
+		sets, err := c.GetSets(chains[0].Table)
+		require.NoError(t, err)
+		slices.SortFunc(sets, func(a, b *nftables.Set) int { return strings.Compare(a.Name, b.Name) })
+		for _, set := range sets {
+			kind := "set"
+			typ := set.KeyType.Name
+			if set.IsMap {
+				kind, typ = "map", typ+" : "+set.DataType.Name
+			}
+			fmt.Fprintf(&b, "inet %s %s %s { type %s; }\n", name, kind, set.Name, typ)
+			elems, err := c.GetSetElements(set)
+			require.NoError(t, err)
+			var lines []string
+			for _, e := range elems {
+				line := renderFields(set.KeyType, e.Key)
+				if set.IsMap {
+					line += " : " + renderFields(set.DataType, e.Val)
+				}
+				if e.Comment != "" {
+					line += fmt.Sprintf(" comment %q", e.Comment)
+				}
+				lines = append(lines, "    "+line+"\n")
+			}
+			slices.Sort(lines)
+			b.WriteString(strings.Join(lines, ""))
+		}
+	}
 	return b.String()
+}
+
+// renderFields renders the value of a (possibly concatenated) set type:
+// fields separated by " . ", each padded to whole 32-bit registers.
+func renderFields(typ nftables.SetDatatype, v []byte) string {
+	var parts []string
+	for _, ft := range nftables.ConcatSetTypeElements(typ) {
+		n := int(ft.Bytes)
+		padded := (n + 3) / 4 * 4
+		if len(nftables.ConcatSetTypeElements(typ)) == 1 {
+			padded = n
+		}
+		if len(v) < n {
+			parts = append(parts, "short:0x"+hex.EncodeToString(v))
+			break
+		}
+		f := v[:n]
+		v = v[min(padded, len(v)):]
+		switch ft.Name {
+		case "inet_proto":
+			parts = append(parts, map[byte]string{6: "tcp", 17: "udp", 132: "sctp"}[f[0]])
+		case "ipv4_addr", "ipv6_addr":
+			a, _ := netip.AddrFromSlice(f)
+			parts = append(parts, a.String())
+		case "inet_service":
+			parts = append(parts, fmt.Sprint(binaryutil.BigEndian.Uint16(f)))
+		default:
+			parts = append(parts, "0x"+hex.EncodeToString(f))
+		}
+	}
+	return strings.Join(parts, " . ")
 }
 
 func renderChain(ch *nftables.Chain) string {
@@ -218,6 +277,14 @@ func renderRule(r *nftables.Rule) string {
 			if len(b) == 4 {
 				return ctState(binaryutil.NativeEndian.Uint32(b))
 			}
+		case "ctstatus":
+			if len(b) == 4 && binaryutil.NativeEndian.Uint32(b) == ipsDstNAT {
+				return "dnat"
+			}
+		case "fib":
+			if len(b) == 4 && binaryutil.NativeEndian.Uint32(b) == unix.RTN_LOCAL {
+				return "local"
+			}
 		case "addr":
 			if a, ok := netip.AddrFromSlice(b); ok {
 				return a.String()
@@ -230,20 +297,42 @@ func renderRule(r *nftables.Rule) string {
 		case *expr.Meta:
 			src = map[expr.MetaKey]string{
 				expr.MetaKeyIIFNAME: "iifname", expr.MetaKeyOIFNAME: "oifname", expr.MetaKeyNFPROTO: "nfproto",
+				expr.MetaKeyL4PROTO: "l4proto",
 			}[e.Key]
 			if src == "" {
 				src = fmt.Sprintf("key%d", e.Key)
 			}
-			parts = append(parts, "meta "+src)
+			parts = append(parts, "meta "+src+toReg(e.Register))
 		case *expr.Ct:
 			src = "ct"
 			parts = append(parts, fmt.Sprintf("ct key%d", e.Key))
-			if e.Key == expr.CtKeySTATE {
+			switch e.Key {
+			case expr.CtKeySTATE:
 				parts[len(parts)-1] = "ct state"
+			case expr.CtKeySTATUS:
+				src = "ctstatus"
+				parts[len(parts)-1] = "ct status"
 			}
 		case *expr.Payload:
 			src = "addr"
-			parts = append(parts, fmt.Sprintf("@nh,%d,%d", e.Offset, e.Len))
+			base := "nh"
+			if e.Base == expr.PayloadBaseTransportHeader {
+				src, base = "", "th"
+			}
+			parts = append(parts, fmt.Sprintf("@%s,%d,%d", base, e.Offset, e.Len)+toReg(e.DestRegister))
+		case *expr.Fib:
+			src = "fib"
+			parts = append(parts, fmt.Sprintf("fib daddr=%v type=%v", e.FlagDADDR, e.ResultADDRTYPE)+toReg(e.Register))
+		case *expr.Lookup:
+			l := fmt.Sprintf("lookup reg %d @%s", e.SourceRegister, e.SetName)
+			if e.IsDestRegSet {
+				l += fmt.Sprintf(" => reg %d", e.DestRegister)
+			}
+			parts = append(parts, l)
+		case *expr.NAT:
+			nat := map[expr.NATType]string{expr.NATTypeDestNAT: "dnat", expr.NATTypeSourceNAT: "snat"}[e.Type]
+			fam := map[uint32]string{unix.NFPROTO_IPV4: "ip", unix.NFPROTO_IPV6: "ip6"}[e.Family]
+			parts = append(parts, fmt.Sprintf("%s %s addr reg %d proto reg %d", nat, fam, e.RegAddrMin, e.RegProtoMin))
 		case *expr.Bitwise:
 			parts = append(parts, "& "+value(e.Mask)+" ^ "+value(e.Xor))
 		case *expr.Cmp:
@@ -275,6 +364,15 @@ func renderRule(r *nftables.Rule) string {
 	return s
 }
 
+// toReg renders the register an expression loads into, unless it is
+// register 1, where most rules keep everything.
+func toReg(r uint32) string {
+	if r == 1 {
+		return ""
+	}
+	return fmt.Sprintf(" => reg %d", r)
+}
+
 // ctState renders conntrack state bits the way nft names them.
 func ctState(v uint32) string {
 	if v == 0 {
@@ -303,7 +401,7 @@ func ctState(v uint32) string {
 
 // addBridge creates bridge name with addresses addrs (the gateways) in
 // namespace h.
-func addBridge(t *testing.T, h *netlink.Handle, name string, addrs ...netip.Prefix) *netlink.Bridge {
+func addBridge(t testing.TB, h *netlink.Handle, name string, addrs ...netip.Prefix) *netlink.Bridge {
 	t.Helper()
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
 	require.NoError(t, h.LinkAdd(br))
@@ -317,7 +415,7 @@ func addBridge(t *testing.T, h *netlink.Handle, name string, addrs ...netip.Pref
 // addContainer creates a namespace with an eth0 holding addrs whose peer
 // hostIf is a port of br in namespace hostFD, with default routes via gws. It
 // returns the container namespace's fd.
-func addContainer(t *testing.T, hostFD int, br *netlink.Bridge, hostIf string, addrs []netip.Prefix, gws []netip.Addr) int {
+func addContainer(t testing.TB, hostFD int, br *netlink.Bridge, hostIf string, addrs []netip.Prefix, gws []netip.Addr) int {
 	t.Helper()
 	cfd := newNS(t)
 	h := handle(t, hostFD)
@@ -336,7 +434,7 @@ func addContainer(t *testing.T, hostFD int, br *netlink.Bridge, hostIf string, a
 
 // configure gives eth0 in namespace fd addresses addrs, brings it up, and
 // routes dsts (default routes if nil) via gws.
-func configure(t *testing.T, fd int, addrs []netip.Prefix, gws []netip.Addr, dsts []netip.Prefix) {
+func configure(t testing.TB, fd int, addrs []netip.Prefix, gws []netip.Addr, dsts []netip.Prefix) {
 	t.Helper()
 	h := handle(t, fd)
 	eth0, err := h.LinkByName("eth0")
@@ -357,7 +455,7 @@ func configure(t *testing.T, fd int, addrs []netip.Prefix, gws []netip.Addr, dst
 // addUplink connects namespace hostFD to a new "outside" namespace through a
 // veth pair: hostAddrs on the host end "up0", extAddrs on eth0 in the outside
 // namespace, which routes dsts via gws. It returns the outside namespace's fd.
-func addUplink(t *testing.T, hostFD int, hostAddrs, extAddrs []netip.Prefix, gws []netip.Addr, dsts []netip.Prefix) int {
+func addUplink(t testing.TB, hostFD int, hostAddrs, extAddrs []netip.Prefix, gws []netip.Addr, dsts []netip.Prefix) int {
 	t.Helper()
 	efd := newNS(t)
 	h := handle(t, hostFD)
@@ -380,7 +478,7 @@ func ipnet(p netip.Prefix) *net.IPNet {
 
 // serve listens on addr:port inside namespace fd and answers every connection
 // with the remote address it sees, until the test ends.
-func serve(t *testing.T, fd int, addr netip.Addr, port uint16) {
+func serve(t testing.TB, fd int, addr netip.Addr, port uint16) {
 	t.Helper()
 	var l net.Listener
 	require.NoError(t, inNS(fd, func() error {
@@ -410,7 +508,7 @@ func serve(t *testing.T, fd int, addr netip.Addr, port uint16) {
 // serveEcho listens on addr:echoPort inside namespace fd and answers every
 // connection, once the client has closed its side, with the remote address
 // it sees, a space, and what the client sent, until the test ends.
-func serveEcho(t *testing.T, fd int, addr netip.Addr) {
+func serveEcho(t testing.TB, fd int, addr netip.Addr) {
 	t.Helper()
 	var l net.Listener
 	require.NoError(t, inNS(fd, func() error {
@@ -441,7 +539,7 @@ func serveEcho(t *testing.T, fd int, addr netip.Addr) {
 
 // echo sends msg on c, a connection to a server of serveEcho, closes its
 // side and returns the answer.
-func echo(t *testing.T, c net.Conn, msg string) string {
+func echo(t testing.TB, c net.Conn, msg string) string {
 	t.Helper()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	_, err := io.WriteString(c, msg)
@@ -483,7 +581,7 @@ const (
 
 // requireReach checks that a TCP connection from namespace fd to addr
 // succeeds and returns the source address the server saw.
-func requireReach(t *testing.T, fd int, addr netip.Addr, what string) string {
+func requireReach(t testing.TB, fd int, addr netip.Addr, what string) string {
 	t.Helper()
 	src, err := dialFrom(fd, addr, testPort, okTimeout)
 	require.NoError(t, err, "%s: expected to connect to %s", what, addr)
@@ -492,14 +590,14 @@ func requireReach(t *testing.T, fd int, addr netip.Addr, what string) string {
 
 // requireBlocked checks that a TCP connection from namespace fd to addr
 // times out (dropped, not refused).
-func requireBlocked(t *testing.T, fd int, addr netip.Addr, what string) {
+func requireBlocked(t testing.TB, fd int, addr netip.Addr, what string) {
 	t.Helper()
 	requireTimeout(t, fd, netip.AddrPortFrom(addr, testPort), what)
 }
 
 // requireTimeout checks that a TCP connection from namespace fd to to times
 // out (dropped, not refused).
-func requireTimeout(t *testing.T, fd int, to netip.AddrPort, what string) {
+func requireTimeout(t testing.TB, fd int, to netip.AddrPort, what string) {
 	t.Helper()
 	c, err := dialTCP(fd, to, blockedTimeout)
 	if err == nil {

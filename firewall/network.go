@@ -30,18 +30,25 @@ func validateID(id string) error {
 	return nil
 }
 
+// bridgeRule says what [validBridge] accepts.
+var bridgeRule = fmt.Sprintf("must be 1 to %d printable ASCII characters without '/', ':' or space", unix.IFNAMSIZ-1)
+
+// validBridge checks an interface name as the kernel's dev_valid_name does.
+func validBridge(name string) bool {
+	return len(name) > 0 && len(name) < unix.IFNAMSIZ && name != "." && name != ".." &&
+		!strings.ContainsFunc(name, func(r rune) bool {
+			return r == '/' || r == ':' || r <= ' ' || r == 0x7f || r > 0x7e
+		})
+}
+
 // validate checks n as the kernel's dev_valid_name and nft would, so that bad
 // input is reported before anything is sent.
 func (n Network) validate() error {
 	if err := validateID(n.ID); err != nil {
 		return err
 	}
-	if len(n.Bridge) == 0 || len(n.Bridge) >= unix.IFNAMSIZ || n.Bridge == "." || n.Bridge == ".." ||
-		strings.ContainsFunc(n.Bridge, func(r rune) bool {
-			return r == '/' || r == ':' || r <= ' ' || r == 0x7f || r > 0x7e
-		}) {
-		return fmt.Errorf("%w: network %s: bridge %q: must be 1 to %d printable ASCII characters without '/', ':' or space",
-			errdefs.ErrInvalid, n.ID, n.Bridge, unix.IFNAMSIZ-1)
+	if !validBridge(n.Bridge) {
+		return fmt.Errorf("%w: network %s: bridge %q: %s", errdefs.ErrInvalid, n.ID, n.Bridge, bridgeRule)
 	}
 	seen := make(map[netip.Prefix]bool, len(n.Subnets))
 	for _, p := range n.Subnets {
@@ -131,9 +138,10 @@ func (f *Firewall) checkUnusedLocked(n Network) error {
 	return nil
 }
 
-// RemoveNetwork removes every rule tagged with the network ID, in one batch.
-// Removing an unknown ID is not an error (idempotent); an invalid ID returns
-// errdefs.ErrInvalid. After Delete it does nothing.
+// RemoveNetwork removes every rule and published port tagged with the
+// network ID, in one batch. Removing an unknown ID is not an error
+// (idempotent); an invalid ID returns errdefs.ErrInvalid. After Delete it
+// does nothing.
 func (f *Firewall) RemoveNetwork(ctx context.Context, id string) error {
 	if err := validateID(id); err != nil {
 		return err
@@ -155,9 +163,10 @@ func (f *Firewall) RemoveNetwork(ctx context.Context, id string) error {
 	return nil
 }
 
-// removeLocked deletes the rules tagged with id by handle, in one batch. If a
-// rule vanished between listing and deleting (ENOENT, someone else removed
-// it) the whole batch fails, so it lists and tries again.
+// removeLocked deletes the rules tagged with id by handle, and the elements
+// of its published ports, in one batch. If a rule or an element vanished
+// between listing and deleting (ENOENT, someone else removed it) the whole
+// batch fails, so it lists and tries again.
 func (f *Firewall) removeLocked(id string) error {
 	const attempts = 3
 	var err error
@@ -167,7 +176,13 @@ func (f *Firewall) removeLocked(id string) error {
 		if err != nil {
 			return err
 		}
-		if len(rules) == 0 {
+		var elems [][]nftables.SetElement
+		var nelems int
+		elems, nelems, err = f.taggedPortsLocked(id)
+		if err != nil {
+			return err
+		}
+		if len(rules) == 0 && nelems == 0 {
 			return nil
 		}
 		var c *nftables.Conn
@@ -180,6 +195,10 @@ func (f *Firewall) removeLocked(id string) error {
 				f.dropConnLocked() // discard the partial batch
 				return err
 			}
+		}
+		if err = f.deleteElements(c, elems); err != nil {
+			f.dropConnLocked()
+			return err
 		}
 		err = f.flushLocked()
 		if !errors.Is(err, unix.ENOENT) {
@@ -206,9 +225,9 @@ func (f *Firewall) taggedLocked(id string) ([]*nftables.Rule, error) {
 	return tagged, nil
 }
 
-// NetworkIDs returns the IDs of the networks that have rules in this
-// firewall's table, sorted. A controller restoring its state uses it to
-// find rules that no network record explains.
+// NetworkIDs returns the IDs of the networks that have rules or published
+// ports in this firewall's table, sorted. A controller restoring its state
+// uses it to find rules that no network record explains.
 func (f *Firewall) NetworkIDs(ctx context.Context) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -228,6 +247,15 @@ func (f *Firewall) NetworkIDs(ctx context.Context) ([]string, error) {
 			if id, ok := tagOf(r); ok {
 				seen[id] = true
 			}
+		}
+	}
+	ports, err := f.portsLocked()
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range ports {
+		if p.NetworkID != "" {
+			seen[p.NetworkID] = true
 		}
 	}
 	ids := make([]string, 0, len(seen))

@@ -193,8 +193,9 @@ func TestAddNetworkAtomic(t *testing.T) {
 	assert.Empty(t, rules, "allow rules of a failed batch")
 	assert.Zero(t, ruleCount(t, f))
 
-	// The connection is usable after the failure, and New repairs the chain.
-	require.NoError(t, f.AddNetwork(ctx, Network{ID: "n2", Bridge: "br-b"}))
+	// The connection is usable after the failure (an internal network has
+	// no rule in postrouting), and New repairs the chain.
+	require.NoError(t, f.AddNetwork(ctx, Network{ID: "n2", Bridge: "br-b", Internal: true}))
 	require.NoError(t, f.RemoveNetwork(ctx, "n2"))
 	f2, err := New(ctx, fd, "cnm")
 	require.NoError(t, err)
@@ -219,15 +220,16 @@ func TestManyNetworks(t *testing.T) {
 		n.ICC = i%2 == 0
 		require.NoError(t, f.AddNetwork(ctx, n))
 	}
-	// Per network: 1 or 2 rules in allow, 1 in isolate, 2 masquerade.
-	assert.Equal(t, count*4+count/2, ruleCount(t, f))
+	// Per network: 1 or 2 rules in allow, 1 in isolate, 2 masquerade, 2
+	// hairpin and 1 localhost masquerade.
+	assert.Equal(t, count*7+count/2, ruleCount(t, f))
 	for i := range count {
 		require.NoError(t, f.RemoveNetwork(ctx, fmt.Sprintf("net%03d", i)))
 	}
 	assert.Zero(t, ruleCount(t, f))
 
 	big := Network{ID: "big", Bridge: "br-big", Masquerade: true, ICC: true}
-	for i := range 497 { // and 3 rules in allow and isolate
+	for i := range 248 { // 2 masquerade rules each, and 4 more in allow, isolate and postrouting
 		big.Subnets = append(big.Subnets, netip.MustParsePrefix(fmt.Sprintf("198.19.%d.%d/30", i/64, i%64*4)))
 	}
 	require.NoError(t, f.AddNetwork(ctx, big))
@@ -271,7 +273,7 @@ func TestConcurrent(t *testing.T) {
 	for err := range errs {
 		require.NoError(t, err)
 	}
-	assert.Equal(t, 8*2*4, ruleCount(t, f)) // 2 networks left per goroutine, 4 rules each
+	assert.Equal(t, 8*2*6, ruleCount(t, f)) // 2 networks left per goroutine, 6 rules each
 	for g := range 8 {
 		for i := range 5 {
 			require.NoError(t, f.RemoveNetwork(ctx, fmt.Sprintf("g%d-%d", g, i)))

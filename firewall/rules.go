@@ -71,9 +71,17 @@ func matchEstablished() []expr.Any {
 // address family is checked first (`meta nfproto`), as nft does, so an IPv4
 // prefix is never compared with the bytes of an IPv6 header. p must be masked.
 func matchSource(p netip.Prefix) []expr.Any {
+	return matchPrefix(p, false)
+}
+
+// matchPrefix is matchSource, or `ip daddr <p>` / `ip6 daddr <p>` if dst.
+func matchPrefix(p netip.Prefix, dst bool) []expr.Any {
 	proto, offset := byte(unix.NFPROTO_IPV4), uint32(12) // saddr offset in the IPv4 header
 	if p.Addr().Is6() {
 		proto, offset = unix.NFPROTO_IPV6, 8 // saddr offset in the IPv6 header
+	}
+	if dst {
+		offset += uint32(p.Addr().BitLen() / 8) // daddr follows saddr in both headers
 	}
 	addr := p.Addr().AsSlice()
 	e := []expr.Any{
@@ -154,8 +162,33 @@ func (f *Firewall) networkRules(n Network) []*nftables.Rule {
 				[]expr.Any{&expr.Masq{}})
 		}
 	}
+	if !n.Internal {
+		masquerade := func(e ...[]expr.Any) { add(f.postrouting, append(e, []expr.Any{&expr.Masq{}})...) }
+		// Hairpin: ip saddr <subnet> oifname <br> ct status dnat masquerade
+		//
+		// A container that reaches a published port of its own bridge
+		// (through an address of the host) is masqueraded, so that the
+		// reply goes back through the host, which undoes the DNAT, and not
+		// straight to the container over the bridge. The source subnet
+		// says where the packet came from: with br_netfilter the host
+		// bridges such a packet back (it keeps no input interface for
+		// postrouting), so `iifname <br>` would not match it.
+		for _, p := range n.Subnets {
+			masquerade(matchSource(p), matchName(expr.MetaKeyOIFNAME, expr.CmpOpEq, n.Bridge), matchDNAT())
+		}
+		// Localhost: ip saddr 127.0.0.0/8 oifname <br> masquerade
+		//
+		// A host process that reaches a published port at 127.0.0.1 sends
+		// from 127.0.0.1, which the container could not answer. The kernel
+		// routes such a packet out of the bridge only with route_localnet
+		// on it (see the package doc).
+		masquerade(matchSource(loopback4), matchName(expr.MetaKeyOIFNAME, expr.CmpOpEq, n.Bridge))
+	}
 	return rules
 }
+
+// loopback4 is 127.0.0.0/8.
+var loopback4 = netip.MustParsePrefix("127.0.0.0/8")
 
 // ruleBridge returns the bridge name of a rule of isolate (`oifname <br> drop`).
 func ruleBridge(r *nftables.Rule) (string, bool) {

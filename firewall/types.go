@@ -28,3 +28,38 @@ type Network struct {
 	// ports (if ICC) and to/from the host itself.
 	Internal bool
 }
+
+// Port is one published port: traffic to HostIP:HostPort over Proto goes to
+// ContainerIP:ContainerPort, a container on bridge Bridge.
+//
+// The firewall holds each port as one element of an nftables map, keyed by
+// (Proto, HostIP, HostPort): two ports with the same key cannot coexist, and
+// [Firewall.RemovePorts] finds a port by its key alone.
+type Port struct {
+	// NetworkID is the network the port belongs to; the port's element
+	// carries it (as the comment "cnm:<NetworkID> <Bridge>"), so that
+	// [Firewall.RemoveNetwork] removes the network's ports too, and
+	// [Firewall.Ports] reports it after a restart. Same rules as [Network.ID].
+	NetworkID string
+	// Bridge is the bridge the container is on, recorded with the port for
+	// [Firewall.Ports]. Same rules as [Network.Bridge].
+	Bridge string
+	// Proto is "tcp", "udp" or "sctp".
+	Proto string
+	// HostIP is the address the port is published on. The unspecified
+	// address (0.0.0.0 or ::) means every local address of its family,
+	// 127.0.0.1 included (the bridge then needs route_localnet, see the
+	// package doc). ::1 cannot be published: the kernel never routes a
+	// packet from ::1 out of the host.
+	HostIP   netip.Addr
+	HostPort uint16 // 1 to 65535
+	// ContainerIP is the container's address, of the same family as HostIP.
+	ContainerIP   netip.Addr
+	ContainerPort uint16 // 1 to 65535
+}
+
+// String returns the port as "tcp 0.0.0.0:8080 -> 198.18.1.2:80".
+func (p Port) String() string {
+	return p.Proto + " " + netip.AddrPortFrom(p.HostIP, p.HostPort).String() + " -> " +
+		netip.AddrPortFrom(p.ContainerIP, p.ContainerPort).String()
+}

@@ -89,14 +89,16 @@ type network struct {
 	bridge   int        // bridge ifindex
 	gw4, gw6 netip.Addr // gateway addresses on the bridge; zero if none
 
-	// mu guards endpoints.
+	// mu guards the fields below.
 	mu        sync.Mutex
 	endpoints map[string]*endpoint
+	localnet  bool // route_localnet is on on the bridge (ports.go)
 }
 
 type endpoint struct {
-	hostIf    string // host end of the veth while joined, "" otherwise
-	hostIndex int    // its index
+	hostIf    string          // host end of the veth while joined, "" otherwise
+	hostIndex int             // its index
+	ports     []firewall.Port // published, while joined
 }
 
 // Type returns "bridge".

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/firewall"
 )
 
 var _ driverapi.Restorer = (*driver)(nil)
@@ -47,6 +48,16 @@ func (d *driver) RestoreEndpoint(ctx context.Context, req driverapi.RestoreEndpo
 			}
 		}
 		ep.hostIf, ep.hostIndex = h.Name, h.Index
+		if len(req.Ports) > 0 {
+			ports, err := n.firewallPorts(driverapi.ExternalRequest{
+				NetworkID: req.NetworkID, EndpointID: req.EndpointID,
+				IPv4: req.IPv4.Addr(), IPv6: req.IPv6.Addr(), Ports: req.Ports,
+			})
+			if err != nil {
+				return err
+			}
+			ep.ports = ports
+		}
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -57,10 +68,14 @@ func (d *driver) RestoreEndpoint(ctx context.Context, req driverapi.RestoreEndpo
 // FinishRestore deletes the veth ports of the driver's bridges that no
 // restored endpoint owns: a crash between making an endpoint's veth pair
 // and recording the join leaves such a port (and its peer in the sandbox,
-// which goes with it).
+// which goes with it). It then makes the firewall's published ports exactly
+// those of the restored endpoints, in one batch: a port published by a join
+// that a crash interrupted, or of an endpoint that is gone, goes; one that
+// is missing comes back.
 func (d *driver) FinishRestore(ctx context.Context) error {
 	d.mu.Lock()
 	owned := map[int]map[string]bool{} // bridge index -> host ends
+	var published []firewall.Port
 	for _, n := range d.networks {
 		n.mu.Lock()
 		ends := map[string]bool{}
@@ -68,11 +83,15 @@ func (d *driver) FinishRestore(ctx context.Context) error {
 			if ep.hostIf != "" {
 				ends[ep.hostIf] = true
 			}
+			published = append(published, ep.ports...)
 		}
 		n.mu.Unlock()
 		owned[n.bridge] = ends
 	}
 	d.mu.Unlock()
+	if err := d.cfg.Firewall.SetPorts(ctx, published...); err != nil {
+		return err
+	}
 	links, err := d.cfg.HostNS.Links(ctx)
 	if err != nil {
 		return err
