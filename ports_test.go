@@ -356,3 +356,75 @@ func TestPublishedPortsAcrossRestart(t *testing.T) {
 	deleteAll(t, ctrl2)
 	cnmtest.AssertNoLeaks(t, l.host, "up0")
 }
+
+// On a dual-stack network a mapping without host address is bound on both
+// families, with the same port, and reached over IPv6 as over IPv4.
+func TestPublishedPortDualStack(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	l := newPortLab(t,
+		cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.112.0.0/24")}),
+		cnm.WithIPv6(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("fd12::/64")}))
+	// An IPv6 uplink to the outside.
+	hostIP6, outIP6 := netip.MustParseAddr("fd99::1"), netip.MustParseAddr("fd99::2")
+	up, err := l.host.NS.LinkByName(ctx, "up0")
+	require.NoError(t, err)
+	require.NoError(t, l.host.NS.AddAddress(ctx, up.Index, netip.PrefixFrom(hostIP6, 64)))
+	eth0, err := l.outside.LinkByName(ctx, "eth0")
+	require.NoError(t, err)
+	require.NoError(t, l.outside.AddAddress(ctx, eth0.Index, netip.PrefixFrom(outIP6, 64)))
+	require.NoError(t, l.outside.AddRoute(ctx, osl.Route{Dst: netip.MustParsePrefix("::/0"), Gateway: hostIP6, LinkIndex: eth0.Index}))
+
+	web, err := l.ctrl.NewSandbox(ctx, "web")
+	require.NoError(t, err)
+	ep, err := l.nw.CreateEndpoint(ctx, "web", cnm.WithExposedPorts(cnm.ExposedPort{Proto: "tcp", Port: 80}))
+	require.NoError(t, err)
+	require.NoError(t, ep.Join(ctx, web))
+	bound := ep.Info().PortMappings
+	require.Len(t, bound, 2)
+	assert.Equal(t, netip.IPv4Unspecified(), bound[0].HostIP)
+	assert.Equal(t, netip.IPv6Unspecified(), bound[1].HostIP)
+	assert.Equal(t, bound[0].HostPort, bound[1].HostPort, "the same port in both families")
+	serveTCP(t, web.Key(), netip.AddrPortFrom(netip.IPv6Unspecified(), 80), "web")
+
+	// IPv6 addresses need DAD before they answer: retry for a moment.
+	var got string
+	require.Eventually(t, func() bool {
+		got, err = tcpGet(l.outside.Path(), netip.AddrPortFrom(hostIP6, bound[1].HostPort))
+		return err == nil
+	}, 5*time.Second, 100*time.Millisecond, "over IPv6 from outside: %v", err)
+	assert.Equal(t, "web", got)
+	got, err = tcpGet(l.outside.Path(), netip.AddrPortFrom(l.hostIP, bound[0].HostPort))
+	require.NoError(t, err, "over IPv4 from outside")
+	assert.Equal(t, "web", got)
+	deleteAll(t, l.ctrl)
+	cnmtest.AssertNoLeaks(t, l.host, "up0")
+}
+
+// One endpoint with 1,000 exposed ports: each gets its own ephemeral port,
+// and leaving removes every one of them.
+func TestThousandPublishedPorts(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	l := newPortLab(t)
+	exposed := make([]cnm.ExposedPort, 1000)
+	for i := range exposed {
+		exposed[i] = cnm.ExposedPort{Proto: "udp", Port: uint16(1000 + i)}
+	}
+	sb, err := l.ctrl.NewSandbox(ctx, "many")
+	require.NoError(t, err)
+	ep, err := l.nw.CreateEndpoint(ctx, "many", cnm.WithExposedPorts(exposed...))
+	require.NoError(t, err)
+	require.NoError(t, ep.Join(ctx, sb))
+	seen := map[uint16]bool{}
+	for _, b := range ep.Info().PortMappings {
+		require.False(t, seen[b.HostPort], "host port %d handed out twice", b.HostPort)
+		seen[b.HostPort] = true
+	}
+	require.Len(t, seen, 1000)
+	assert.Len(t, publishedPorts(t, l.host, l.ctrl), 1000)
+	require.NoError(t, ep.Leave(ctx, sb))
+	assert.Empty(t, publishedPorts(t, l.host, l.ctrl), "leave removes every port")
+	deleteAll(t, l.ctrl)
+	cnmtest.AssertNoLeaks(t, l.host, "up0")
+}

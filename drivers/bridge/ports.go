@@ -6,6 +6,7 @@ import (
 
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/firewall"
+	"github.com/seed53641549/cnm/osl"
 )
 
 var _ driverapi.ExternalConnector = (*driver)(nil)
@@ -137,18 +138,19 @@ func (d *driver) enableLocalnet(ctx context.Context, n *network, ports []firewal
 	return nil
 }
 
-// flushConntrack deletes the UDP conntrack entries of the ports: a client
-// that keeps sending datagrams would otherwise keep reaching the container
-// its entry was made for, even after the port moved to another.
+// flushConntrack deletes the UDP conntrack entries of the ports, in one
+// pass: a client that keeps sending datagrams would otherwise keep reaching
+// the container its entry was made for, even after the port moved to
+// another. An unspecified host address matches every destination address.
 func (d *driver) flushConntrack(ctx context.Context, ports []firewall.Port) error {
+	var matches []osl.ConntrackMatch
 	for _, p := range ports {
-		if p.Proto != "udp" {
-			continue
+		if p.Proto == "udp" {
+			matches = append(matches, osl.ConntrackMatch{Proto: p.Proto, Dst: p.HostIP, Port: p.HostPort})
 		}
-		// An unspecified host address matches every destination address.
-		if _, err := d.cfg.HostNS.DeleteConntrack(ctx, p.Proto, p.HostIP, p.HostPort); err != nil {
-			return fmt.Errorf("flush udp conntrack entries of port %d: %w", p.HostPort, err)
-		}
+	}
+	if _, err := d.cfg.HostNS.DeleteConntracks(ctx, matches...); err != nil {
+		return fmt.Errorf("flush the udp conntrack entries of published ports: %w", err)
 	}
 	return nil
 }
