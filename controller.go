@@ -244,6 +244,9 @@ func (c *Controller) Close() error {
 	// and the next New finishes them.
 	c.reaper.stop()
 	for _, sb := range sandboxes {
+		// Name service stops with the controller; the next New starts it
+		// again. The data plane keeps running.
+		sb.stopResolver()
 		sb.ns.Close()
 	}
 	return errors.Join(c.store.Close(), c.runtime.Close(), c.firewall.Close(), c.hostNS.Close())
@@ -253,6 +256,7 @@ func (c *Controller) Close() error {
 // and host namespace (which New's own rollback closes).
 func (c *Controller) closeHandles() {
 	for _, sb := range c.sandboxes {
+		sb.stopResolver()
 		sb.ns.Close()
 	}
 }

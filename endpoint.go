@@ -129,7 +129,7 @@ func (ep *Endpoint) Info() EndpointInfo {
 // On error nothing stays reserved.
 func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...EndpointOption) (_ *Endpoint, retErr error) {
 	c := n.ctrl
-	if err := validateName("endpoint name", name); err != nil {
+	if err := validDNSName("endpoint name", name); err != nil {
 		return nil, err
 	}
 	var cfg endpointConfig

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
+
+	"github.com/seed53641549/cnm/resolver"
 )
 
 // hostsHeader is what every sandbox's hosts file starts with (as Docker's).
@@ -77,10 +80,11 @@ var fallbackDNS = []netip.Addr{netip.MustParseAddr("8.8.8.8"), netip.MustParseAd
 // hostResolvConf is read for the default name servers.
 const hostResolvConf = "/etc/resolv.conf"
 
-// writeResolvConf writes the sandbox's resolv.conf: the servers given with
-// WithDNS, or else the host's servers minus loopback ones (a sandbox cannot
-// reach the host's 127.0.0.53) with the host's search and options lines, or
-// else the fallback servers.
+// writeResolvConf writes the sandbox's resolv.conf: once its embedded DNS
+// server runs, that server (127.0.0.11) with the host's search lines;
+// before, the servers given with WithDNS, or else the host's servers minus
+// loopback ones (a sandbox cannot reach the host's 127.0.0.53) with the
+// host's search and options lines, or else the fallback servers.
 func (sb *Sandbox) writeResolvConf() error {
 	servers := sb.cfg.dns
 	var extra []string
@@ -89,6 +93,17 @@ func (sb *Sandbox) writeResolvConf() error {
 	}
 	if len(servers) == 0 {
 		servers = fallbackDNS
+	}
+	sb.mu.Lock()
+	embedded := sb.resolver != nil
+	sb.mu.Unlock()
+	if embedded {
+		// The embedded server answers, and forwards the rest upstream.
+		// ndots:0 asks it for a short name first, as Docker does, rather
+		// than for the name with each search domain appended.
+		servers = []netip.Addr{resolver.Addr}
+		extra = slices.DeleteFunc(extra, func(l string) bool { return strings.HasPrefix(l, "options") })
+		extra = append(extra, "options ndots:0")
 	}
 	if err := os.WriteFile(sb.cfg.resolv, resolvConf(servers, extra), 0o644); err != nil {
 		return fmt.Errorf("write resolv.conf: %w", err)

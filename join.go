@@ -79,6 +79,8 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) e
 		ifMAC   net.HardwareAddr
 		others  = sb.Endpoints()
 		with    = append(slices.Clone(others), ep)
+		// startedDNS: this join started the sandbox's DNS server.
+		startedDNS bool
 	)
 	err = c.run(ctx,
 		step{name: stepJoinDriver,
@@ -132,6 +134,19 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) e
 		step{name: stepJoinExternal,
 			do:   ep.programExternal,
 			undo: ep.revokeExternal},
+		step{name: stepJoinDNS,
+			do: func(context.Context) (err error) {
+				startedDNS, err = sb.updateResolver(with)
+				return err
+			},
+			undo: func(context.Context) error {
+				if startedDNS {
+					sb.stopResolver()
+					return sb.writeResolvConf()
+				}
+				_, err := sb.updateResolver(others)
+				return err
+			}},
 		step{name: stepJoinCommit, do: func(ctx context.Context) error {
 			return c.saveRecord(ctx, endpointKey(n.id, ep.id), ep.record(sb))
 		}},
@@ -145,6 +160,7 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) e
 	ep.mu.Lock()
 	ep.sandbox = sb
 	ep.mu.Unlock()
+	ep.publishNames(sb)
 	joined = true
 	return nil
 }
@@ -327,6 +343,10 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) error {
 	c.crashPoint(stepLeaveDriver)
 	if err := sb.writeHosts(rest); err != nil {
 		slog.Warn("cnm: rewrite hosts file", "sandbox", sb.containerID, "err", err)
+	}
+	ep.withdrawNames()
+	if _, err := sb.updateResolver(rest); err != nil {
+		slog.Warn("cnm: update the embedded DNS server", "sandbox", sb.containerID, "err", err)
 	}
 	if err := c.saveRecord(ctx, endpointKey(n.id, ep.id), ep.record(nil)); err != nil {
 		// The interface is retired; the next New sees that and finishes the leave.

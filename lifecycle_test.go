@@ -239,6 +239,9 @@ func TestSandboxFiles(t *testing.T) {
 		cnm.WithExtraHosts(cnm.ExtraHost{Name: "db", IP: netip.MustParseAddr("192.0.2.10")}),
 		cnm.WithHostsPath(filepath.Join(dir, "hosts")), cnm.WithResolvConfPath(filepath.Join(dir, "resolv.conf")))
 	require.NoError(t, err)
+	resolv, err := os.ReadFile(filepath.Join(dir, "resolv.conf"))
+	require.NoError(t, err)
+	assert.Equal(t, "nameserver 192.0.2.53\n", string(resolv), "before any join: the server given")
 	nw, err := ctrl.NewNetwork(ctx, "bridge", "n", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.73.0.0/24")}))
 	require.NoError(t, err)
 	ep, err := nw.CreateEndpoint(ctx, "c")
@@ -250,9 +253,10 @@ func TestSandboxFiles(t *testing.T) {
 	assert.Contains(t, string(hosts), "127.0.0.1\tlocalhost\n")
 	assert.Contains(t, string(hosts), "192.0.2.10\tdb\n")
 	assert.Contains(t, string(hosts), "10.73.0.2\tweb.example.org web\n")
-	resolv, err := os.ReadFile(filepath.Join(dir, "resolv.conf"))
+	resolv, err = os.ReadFile(filepath.Join(dir, "resolv.conf"))
 	require.NoError(t, err)
-	assert.Equal(t, "nameserver 192.0.2.53\n", string(resolv))
+	assert.Equal(t, "nameserver 127.0.0.11\noptions ndots:0\n", string(resolv),
+		"after a join, the embedded DNS server (which forwards to 192.0.2.53)")
 
 	require.NoError(t, ep.Leave(ctx, sb))
 	hosts, err = os.ReadFile(filepath.Join(dir, "hosts"))

@@ -37,6 +37,8 @@ type Network struct {
 	endpoints map[string]*Endpoint // by ID, committed only
 	epNames   map[string]bool      // taken names, in-flight creations included
 	reaping   int                  // endpoint interfaces still being removed (reaper.go)
+
+	names nameIndex // joined endpoints' names, for service discovery
 }
 
 // networkIPAM is a network's addressing in one family, as IPAM resolved it.

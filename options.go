@@ -322,7 +322,7 @@ func WithMACAddress(mac net.HardwareAddr) EndpointOption {
 func WithAliases(aliases ...string) EndpointOption {
 	return func(o *endpointConfig) error {
 		for _, a := range aliases {
-			if err := validateName("alias", a); err != nil {
+			if err := validDNSName("alias", a); err != nil {
 				return err
 			}
 		}

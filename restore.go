@@ -453,6 +453,12 @@ func (sb *Sandbox) reassert(ctx context.Context, links []osl.Link, ours map[stri
 	if err := sb.updateGateways(ctx, sb.endpoints, nil); err != nil {
 		return err
 	}
+	for _, ep := range sb.endpoints {
+		ep.publishNames(sb)
+	}
+	if _, err := sb.updateResolver(sb.endpoints); err != nil {
+		return err
+	}
 	return sb.writeHosts(sb.endpoints)
 }
 

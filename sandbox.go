@@ -14,6 +14,7 @@ import (
 
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/osl"
+	"github.com/seed53641549/cnm/resolver"
 	"github.com/seed53641549/cnm/store"
 )
 
@@ -37,9 +38,10 @@ type Sandbox struct {
 	// mu guards the fields below. Writers also hold joinMu.
 	mu        sync.Mutex
 	deleted   bool
-	holds     int         // background jobs that need ns open (reaper.go)
-	endpoints []*Endpoint // in join order
-	gw4, gw6  *Endpoint   // holders of the default routes
+	holds     int              // background jobs that need ns open (reaper.go)
+	resolver  *resolver.Server // embedded DNS server (discovery.go); nil until the first join
+	endpoints []*Endpoint      // in join order
+	gw4, gw6  *Endpoint        // holders of the default routes
 	// hostsWritten is the hosts file's content as last written.
 	hostsWritten []byte
 }
@@ -253,9 +255,15 @@ func (sb *Sandbox) Delete(ctx context.Context) error {
 		err = c.step(ctx, stepSandboxDeleteNamespace)
 	}
 	if err == nil {
+		// The DNS server's sockets would keep the namespace alive.
+		sb.stopResolver()
 		// The namespace file goes, the namespace stays open: background
 		// jobs may need it (reaper.go).
-		err = sb.ns.RemoveFile()
+		if err = sb.ns.RemoveFile(); err != nil {
+			if _, rerr := sb.updateResolver(eps); rerr != nil {
+				slog.Warn("cnm: rollback: restart the embedded DNS server", "sandbox", sb.containerID, "err", rerr)
+			}
+		}
 	}
 	if err != nil {
 		undo()
@@ -285,6 +293,7 @@ func (sb *Sandbox) Delete(ctx context.Context) error {
 	for _, ep := range eps {
 		n := ep.nw
 		caps := n.driver.Capability()
+		ep.withdrawNames()
 		ep.mu.Lock()
 		ifName := ep.ifName
 		ep.joinState = joinState{}

@@ -26,6 +26,7 @@ const (
 	stepGatewayIPv6   = "join:gateway-ipv6" // inside the gateway update, between families
 	stepJoinHosts     = "join:hosts"
 	stepJoinExternal  = "join:external"
+	stepJoinDNS       = "join:dns"
 	stepJoinCommit    = "join:commit"
 
 	stepLeave                  = "leave:interface"         // fails as taking the interface out of use would

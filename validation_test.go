@@ -111,6 +111,9 @@ func TestEndpointAndJoinBadInput(t *testing.T) {
 		{"v6 in WithIPv4Address", "x", []cnm.EndpointOption{cnm.WithIPv4Address(netip.MustParseAddr("fd00::5"))}, cnm.ErrInvalid, "fd00::5"},
 		{"multicast mac", "x", []cnm.EndpointOption{cnm.WithMACAddress(net.HardwareAddr{1, 0, 0, 0, 0, 1})}, cnm.ErrInvalid, "01:00:00:00:00:01"},
 		{"bad alias", "x", []cnm.EndpointOption{cnm.WithAliases("a b")}, cnm.ErrInvalid, `"a b"`},
+		{"alias label too long", "x", []cnm.EndpointOption{cnm.WithAliases(strings.Repeat("a", 64))}, cnm.ErrInvalid, "1 to 63"},
+		{"alias empty label", "x", []cnm.EndpointOption{cnm.WithAliases("a..b")}, cnm.ErrInvalid, `"a..b"`},
+		{"endpoint name label too long", strings.Repeat("e", 64), nil, cnm.ErrInvalid, "1 to 63"},
 		{"bad port proto", "x", []cnm.EndpointOption{cnm.WithPortMappings(cnm.PortMapping{Proto: "icmp", ContainerPort: 1})}, cnm.ErrInvalid, `"icmp"`},
 	}
 	for _, tc := range cases {
