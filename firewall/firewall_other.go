@@ -38,3 +38,10 @@ func (f *Firewall) AddPorts(ctx context.Context, ports ...Port) error    { retur
 func (f *Firewall) RemovePorts(ctx context.Context, ports ...Port) error { return errNotSupported }
 func (f *Firewall) Ports(ctx context.Context) ([]Port, error)            { return nil, errNotSupported }
 func (f *Firewall) SetPorts(ctx context.Context, ports ...Port) error    { return errNotSupported }
+
+// Services programs the services table of one client namespace (Linux only).
+type Services struct{}
+
+func NewServices(nsFD int, name string) (*Services, error)        { return nil, errNotSupported }
+func (s *Services) Set(ctx context.Context, svcs []Service) error { return errNotSupported }
+func (s *Services) Close() error                                  { return nil }

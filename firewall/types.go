@@ -63,3 +63,13 @@ func (p Port) String() string {
 	return p.Proto + " " + netip.AddrPortFrom(p.HostIP, p.HostPort).String() + " -> " +
 		netip.AddrPortFrom(p.ContainerIP, p.ContainerPort).String()
 }
+
+// Service is one service virtual IP and the addresses of its live backends,
+// as [Services] programs it in a client's namespace. New connections to
+// VIP are spread over Backends in turn; with no backend, they are refused.
+type Service struct {
+	// VIP is the service's virtual IP: an IPv4 or IPv6 address, no zone.
+	VIP netip.Addr
+	// Backends are the live backends' addresses, of VIP's family, each once.
+	Backends []netip.Addr
+}
