@@ -42,6 +42,10 @@ type Controller struct {
 	store   store.Store
 	runtime store.Store
 
+	// lbMu guards the load-balancing state of networks and sandboxes
+	// (service.go).
+	lbMu sync.Mutex
+
 	// faultHook fails a chosen step; set only by tests (export_test.go).
 	faultHook func(step string) error
 
@@ -247,6 +251,7 @@ func (c *Controller) Close() error {
 		// Name service stops with the controller; the next New starts it
 		// again. The data plane keeps running.
 		sb.stopResolver()
+		sb.closeServices()
 		sb.ns.Close()
 	}
 	return errors.Join(c.store.Close(), c.runtime.Close(), c.firewall.Close(), c.hostNS.Close())
@@ -257,6 +262,7 @@ func (c *Controller) Close() error {
 func (c *Controller) closeHandles() {
 	for _, sb := range c.sandboxes {
 		sb.stopResolver()
+		sb.closeServices()
 		sb.ns.Close()
 	}
 }

@@ -158,7 +158,8 @@ func (sb *Sandbox) stopResolver() {
 }
 
 // dnsNames returns the names an endpoint answers to on its network, lower
-// case: its name, its aliases and its sandbox's host name.
+// case: its name, its aliases, its sandbox's host name and, for a backend
+// of a service, tasks.<service>.
 func (ep *Endpoint) dnsNames(sb *Sandbox) []string {
 	names := []string{strings.ToLower(ep.name)}
 	for _, a := range ep.aliases {
@@ -166,6 +167,9 @@ func (ep *Endpoint) dnsNames(sb *Sandbox) []string {
 	}
 	if h := sb.cfg.hostname; h != "" {
 		names = append(names, strings.ToLower(h))
+	}
+	if ep.service != "" {
+		names = append(names, "tasks."+strings.ToLower(ep.service))
 	}
 	return names
 }

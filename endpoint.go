@@ -29,6 +29,9 @@ type Endpoint struct {
 	ipv6    netip.Prefix
 	aliases []string
 	ports   []PortMapping
+	service string     // WithService; empty if none
+	vip4    netip.Addr // the service's virtual IPs
+	vip6    netip.Addr
 
 	// mu guards the fields below.
 	mu       sync.Mutex
@@ -81,6 +84,12 @@ type EndpointInfo struct {
 	// SandboxID is the sandbox it is joined to, empty if none.
 	SandboxID string
 	Aliases   []string
+	// Service is the service the endpoint is a backend of ([WithService]),
+	// and ServiceIPv4 and ServiceIPv6 are that service's virtual IPs on the
+	// network (zero for a family the network does not have).
+	Service     string
+	ServiceIPv4 netip.Addr
+	ServiceIPv6 netip.Addr
 	// PortMappings are the published ports: while joined, as bound (one
 	// per address family, the host port chosen); otherwise as asked for.
 	PortMappings []PortMapping
@@ -108,6 +117,9 @@ func (ep *Endpoint) Info() EndpointInfo {
 		IPv4:          ep.ipv4,
 		IPv6:          ep.ipv6,
 		Aliases:       slices.Clone(ep.aliases),
+		Service:       ep.service,
+		ServiceIPv4:   ep.vip4,
+		ServiceIPv6:   ep.vip6,
 		PortMappings:  slices.Clone(ep.ports),
 	}
 	if ep.sandbox != nil {
@@ -176,7 +188,7 @@ func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...Endpo
 		}
 	}()
 
-	ep := &Endpoint{nw: n, id: uuid.NewString(), name: name, mac: cfg.mac, aliases: cfg.aliases, ports: cfg.ports}
+	ep := &Endpoint{nw: n, id: uuid.NewString(), name: name, mac: cfg.mac, aliases: cfg.aliases, ports: cfg.ports, service: cfg.service}
 	// If a driver rollback fails, its kernel objects may still hold the
 	// addresses: then they stay reserved rather than be handed out twice.
 	keepAddresses := false
@@ -208,6 +220,12 @@ func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...Endpo
 				return nil
 			},
 			undo: release(n.ipv6, &ep.ipv6)},
+		step{name: stepEndpointService,
+			do: func(ctx context.Context) error { return n.addMember(ctx, ep) },
+			undo: func(ctx context.Context) error {
+				n.removeMember(ctx, ep)
+				return nil
+			}},
 		step{name: stepEndpointDriver,
 			do: func(ctx context.Context) error {
 				if p, ok := n.driver.(driverapi.EndpointPreparer); ok {
@@ -358,7 +376,7 @@ func (ep *Endpoint) removeFromDriver(ctx context.Context) error {
 }
 
 // forget drops a deleted endpoint from its network: its name is free at
-// once. Its addresses are released separately (finishDelete), once no
+// once, and so is its service's VIP if it was the service's last endpoint. Its addresses are released separately (finishDelete), once no
 // interface holds them.
 func (ep *Endpoint) forget() {
 	n := ep.nw
@@ -366,6 +384,7 @@ func (ep *Endpoint) forget() {
 	delete(n.endpoints, ep.id)
 	delete(n.epNames, ep.name)
 	n.mu.Unlock()
+	n.removeMember(context.Background(), ep)
 	ep.mu.Lock()
 	ep.deleted = true
 	ep.mu.Unlock()

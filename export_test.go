@@ -13,8 +13,8 @@ func SetFaultHook(c *Controller, fn func(step string) error) { c.faultHook = fn 
 // Steps lists the names of the steps a fault hook can fail, by operation.
 var Steps = map[string][]string{
 	"network":  {stepNetworkIPAM, stepNetworkDriver, stepNetworkCommit},
-	"endpoint": {stepEndpointIPv4, stepEndpointIPv6, stepEndpointDriver, stepEndpointCommit},
-	"join":     {stepJoinDriver, stepJoinInterface, stepJoinRoutes, stepJoinGateway, stepGatewayIPv6, stepJoinHosts, stepJoinExternal, stepJoinCommit},
+	"endpoint": {stepEndpointIPv4, stepEndpointIPv6, stepEndpointService, stepEndpointDriver, stepEndpointCommit},
+	"join":     {stepJoinDriver, stepJoinInterface, stepJoinRoutes, stepJoinGateway, stepGatewayIPv6, stepJoinHosts, stepJoinExternal, stepJoinServices, stepJoinCommit},
 	"sandbox":  {stepSandboxNamespace, stepSandboxFiles, stepSandboxCommit},
 	"leave":    {stepLeave},
 	"delete":   {stepNetworkDelete, stepSandboxDetach},

@@ -17,7 +17,7 @@ const (
 
 // deleteAll deletes every sandbox, endpoint and network of ctrl through
 // the API, failing the test on any error.
-func deleteAll(t *testing.T, ctrl *cnm.Controller) {
+func deleteAll(t testing.TB, ctrl *cnm.Controller) {
 	t.Helper()
 	ctx := context.Background()
 	for _, sb := range ctrl.Sandboxes() {

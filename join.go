@@ -134,6 +134,9 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) e
 		step{name: stepJoinExternal,
 			do:   ep.programExternal,
 			undo: ep.revokeExternal},
+		step{name: stepJoinServices,
+			do:   func(ctx context.Context) error { return ep.attachLB(ctx, sb) },
+			undo: func(ctx context.Context) error { return ep.detachLB(ctx, sb) }},
 		step{name: stepJoinDNS,
 			do: func(context.Context) (err error) {
 				startedDNS, err = sb.updateResolver(with)
@@ -314,10 +317,19 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) error {
 	all := sb.Endpoints()
 	rest := slices.DeleteFunc(slices.Clone(all), func(e *Endpoint) bool { return e == ep })
 
+	// No new connection reaches a leaving backend.
+	if err := ep.detachLB(ctx, sb); err != nil {
+		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
+	}
 	if err := ep.revokeExternal(ctx); err != nil {
+		ep.reattachLB(ctx, sb)
 		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
 	}
 	if err := sb.updateGateways(ctx, rest, ep); err != nil {
+		ep.reattachLB(ctx, sb)
+		if rerr := ep.programExternal(context.WithoutCancel(ctx)); rerr != nil {
+			slog.Warn("cnm: rollback: republish ports", "endpoint", ep.name, "err", rerr)
+		}
 		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
 	}
 	req := driverapi.LeaveRequest{NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns}
@@ -337,6 +349,7 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) error {
 		if rerr := ep.programExternal(rctx); rerr != nil {
 			slog.Warn("cnm: rollback: republish ports", "endpoint", ep.name, "err", rerr)
 		}
+		ep.reattachLB(rctx, sb)
 		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
 	}
 	// From here on the leave is done: nothing fails it any more.

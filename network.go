@@ -39,6 +39,7 @@ type Network struct {
 	reaping   int                  // endpoint interfaces still being removed (reaper.go)
 
 	names nameIndex // joined endpoints' names, for service discovery
+	lb    lbState   // services and their backends (service.go); guarded by ctrl.lbMu
 }
 
 // networkIPAM is a network's addressing in one family, as IPAM resolved it.

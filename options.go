@@ -276,6 +276,7 @@ type endpointConfig struct {
 	mac        net.HardwareAddr
 	aliases    []string
 	ports      []PortMapping
+	service    string
 }
 
 // WithIPv4Address asks for this IPv4 address instead of the next free one. It

@@ -69,6 +69,10 @@ type endpointRecord struct {
 	IPv6      netip.Prefix  `json:"ipv6,omitzero"`
 	Aliases   []string      `json:"aliases,omitempty"`
 	Ports     []PortMapping `json:"ports,omitempty"`
+	// Service and its virtual IPs, as the endpoint was made with them.
+	Service     string     `json:"service,omitempty"`
+	ServiceIPv4 netip.Addr `json:"service_ipv4,omitzero"`
+	ServiceIPv6 netip.Addr `json:"service_ipv6,omitzero"`
 	// Deleting: the endpoint was deleted, but an interface of it may still
 	// exist; its addresses stay reserved until the interface is gone.
 	Deleting bool `json:"deleting,omitempty"`
@@ -132,6 +136,7 @@ func (ep *Endpoint) record(sb *Sandbox) endpointRecord {
 	r := endpointRecord{
 		Schema: recordSchema, ID: ep.id, Name: ep.name, NetworkID: ep.nw.id, MAC: ep.mac.String(),
 		IPv4: ep.ipv4, IPv6: ep.ipv6, Aliases: ep.aliases, Ports: ep.ports,
+		Service: ep.service, ServiceIPv4: ep.vip4, ServiceIPv6: ep.vip6,
 	}
 	if sb != nil {
 		r.SandboxID, r.InterfaceName, r.IfIndex, r.Bindings = sb.id, ep.ifName, ep.ifIndex, ep.bindings

@@ -109,6 +109,9 @@ func (c *Controller) restore(ctx context.Context) error {
 			return fmt.Errorf("sandbox %q: %w", f.rec.ContainerID, err)
 		}
 	}
+	if err := c.restoreLB(ctx); err != nil {
+		return err
+	}
 	// FinishRestore removed every veth port no restored endpoint owns, and
 	// reassert every interface of ours that no joined endpoint explains: the
 	// interfaces of deleted endpoints are gone now, so their addresses go.
@@ -346,7 +349,7 @@ func (c *Controller) restoreEndpoint(ctx context.Context, r endpointRecord, aliv
 	}
 	ep := &Endpoint{
 		nw: n, id: r.ID, name: r.Name, mac: parseMAC(r.MAC), ipv4: r.IPv4, ipv6: r.IPv6,
-		aliases: r.Aliases, ports: r.Ports,
+		aliases: r.Aliases, ports: r.Ports, service: r.Service, vip4: r.ServiceIPv4, vip6: r.ServiceIPv6,
 	}
 	for _, a := range []struct {
 		fam  *networkIPAM
@@ -362,6 +365,9 @@ func (c *Controller) restoreEndpoint(ctx context.Context, r endpointRecord, aliv
 	f, sbAlive := alive[r.SandboxID]
 	if r.Deleting || (r.SandboxID != "" && !sbAlive) {
 		return ep, true, nil
+	}
+	if err := n.restoreMember(ctx, ep); err != nil {
+		return nil, false, err
 	}
 	var sb *Sandbox
 	var link osl.Link

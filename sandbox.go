@@ -42,6 +42,9 @@ type Sandbox struct {
 	resolver  *resolver.Server // embedded DNS server (discovery.go); nil until the first join
 	endpoints []*Endpoint      // in join order
 	gw4, gw6  *Endpoint        // holders of the default routes
+	// lb is the sandbox's part in load balancing (service.go); guarded by
+	// ctrl.lbMu, not mu.
+	lb sandboxLB
 	// hostsWritten is the hosts file's content as last written.
 	hostsWritten []byte
 }
@@ -293,6 +296,9 @@ func (sb *Sandbox) Delete(ctx context.Context) error {
 	for _, ep := range eps {
 		n := ep.nw
 		caps := n.driver.Capability()
+		if err := ep.detachLB(ctx, sb); err != nil {
+			slog.Warn("cnm: service tables", "sandbox", sb.containerID, "err", err)
+		}
 		ep.withdrawNames()
 		ep.mu.Lock()
 		ifName := ep.ifName

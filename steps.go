@@ -14,10 +14,11 @@ const (
 	stepNetworkDriver = "network:driver"
 	stepNetworkCommit = "network:commit"
 
-	stepEndpointIPv4   = "endpoint:ipv4"
-	stepEndpointIPv6   = "endpoint:ipv6"
-	stepEndpointDriver = "endpoint:driver"
-	stepEndpointCommit = "endpoint:commit"
+	stepEndpointIPv4    = "endpoint:ipv4"
+	stepEndpointIPv6    = "endpoint:ipv6"
+	stepEndpointService = "endpoint:service"
+	stepEndpointDriver  = "endpoint:driver"
+	stepEndpointCommit  = "endpoint:commit"
 
 	stepJoinDriver    = "join:driver"
 	stepJoinInterface = "join:interface"
@@ -27,6 +28,7 @@ const (
 	stepJoinHosts     = "join:hosts"
 	stepJoinExternal  = "join:external"
 	stepJoinDNS       = "join:dns"
+	stepJoinServices  = "join:services"
 	stepJoinCommit    = "join:commit"
 
 	stepLeave                  = "leave:interface"         // fails as taking the interface out of use would

@@ -113,6 +113,9 @@ func TestEndpointAndJoinBadInput(t *testing.T) {
 		{"bad alias", "x", []cnm.EndpointOption{cnm.WithAliases("a b")}, cnm.ErrInvalid, `"a b"`},
 		{"alias label too long", "x", []cnm.EndpointOption{cnm.WithAliases(strings.Repeat("a", 64))}, cnm.ErrInvalid, "1 to 63"},
 		{"alias empty label", "x", []cnm.EndpointOption{cnm.WithAliases("a..b")}, cnm.ErrInvalid, `"a..b"`},
+		{"bad service name", "x", []cnm.EndpointOption{cnm.WithService("a b")}, cnm.ErrInvalid, `service name "a b"`},
+		{"service name too long", "x", []cnm.EndpointOption{cnm.WithService(strings.Repeat("s", 64))}, cnm.ErrInvalid, "1 to 63"},
+		{"empty service name", "x", []cnm.EndpointOption{cnm.WithService("")}, cnm.ErrInvalid, "service name"},
 		{"endpoint name label too long", strings.Repeat("e", 64), nil, cnm.ErrInvalid, "1 to 63"},
 		{"bad port proto", "x", []cnm.EndpointOption{cnm.WithPortMappings(cnm.PortMapping{Proto: "icmp", ContainerPort: 1})}, cnm.ErrInvalid, `"icmp"`},
 	}
