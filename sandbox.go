@@ -296,9 +296,7 @@ func (sb *Sandbox) Delete(ctx context.Context) error {
 	for _, ep := range eps {
 		n := ep.nw
 		caps := n.driver.Capability()
-		if err := ep.detachLB(ctx, sb); err != nil {
-			slog.Warn("cnm: service tables", "sandbox", sb.containerID, "err", err)
-		}
+		ep.dropLB(ctx, sb)
 		ep.withdrawNames()
 		ep.mu.Lock()
 		ifName := ep.ifName

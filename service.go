@@ -371,3 +371,27 @@ func (c *Controller) restoreLB(ctx context.Context) error {
 	}
 	return nil
 }
+
+// dropLB takes the endpoint of a sandbox being deleted out of load
+// balancing for good: unlike detachLB, a failure to rewrite the sandbox's
+// own table does not keep it a client (the table goes with the namespace,
+// or stays, logged, in an adopted one).
+func (ep *Endpoint) dropLB(ctx context.Context, sb *Sandbox) {
+	n := ep.nw
+	if !n.hasDiscovery() || sb.cfg.hostNetwork {
+		return
+	}
+	c := n.ctrl
+	c.lbMu.Lock()
+	defer c.lbMu.Unlock()
+	if !n.lb.clients[sb] {
+		return
+	}
+	n.lb.setJoined(ep, sb, false)
+	if err := c.syncLB(ctx, ep, sb); err != nil {
+		slog.Warn("cnm: service tables", "sandbox", sb.containerID, "err", err)
+		if len(sb.lb.nets) == 0 {
+			sb.closeServices()
+		}
+	}
+}
