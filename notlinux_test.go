@@ -24,3 +24,9 @@ func TestNewNeedsLinux(t *testing.T) {
 		}
 	}
 }
+
+// nftTables has no meaning off Linux.
+func nftTables(t *testing.T, path string) []string {
+	t.Skip("nftables exists on Linux only")
+	return nil
+}

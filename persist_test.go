@@ -210,8 +210,8 @@ func TestRebootSimulation(t *testing.T) {
 var crashSteps = []string{
 	"network:driver", "network:commit",
 	"sandbox:namespace", "sandbox:files", "sandbox:commit",
-	"endpoint:driver", "endpoint:commit",
-	"join:driver", "join:interface", "join:gateway", "join:hosts", "join:commit",
+	"endpoint:service", "endpoint:driver", "endpoint:commit",
+	"join:driver", "join:interface", "join:gateway", "join:hosts", "join:services", "join:commit",
 	"leave:recorded",
 	"sandbox-delete:namespace",
 	"network-delete:recorded",
@@ -239,7 +239,8 @@ func TestCrashChild(t *testing.T) {
 	require.NoError(t, err)
 	sb, err := ctrl.NewSandbox(ctx, "c1", cnm.WithHostname("c1"))
 	require.NoError(t, err)
-	ep, err := nw.CreateEndpoint(ctx, "e1", cnm.WithPortMappings(cnm.PortMapping{Proto: "tcp", HostPort: 8080, ContainerPort: 80}))
+	ep, err := nw.CreateEndpoint(ctx, "e1", cnm.WithService("web"),
+		cnm.WithPortMappings(cnm.PortMapping{Proto: "tcp", HostPort: 8080, ContainerPort: 80}))
 	require.NoError(t, err)
 	require.NoError(t, ep.Join(ctx, sb))
 	require.NoError(t, ep.Leave(ctx, sb))
@@ -292,10 +293,17 @@ func TestCrashRecovery(t *testing.T) {
 					a := ep.Info().IPv4.Addr()
 					require.False(t, held[a], "address %s held twice", a)
 					held[a] = true
+					if vip := ep.Info().ServiceIPv4; vip.IsValid() {
+						require.False(t, held[vip], "service VIP %s is an endpoint's address", vip)
+						held[vip] = true
+					}
 					if sbID := ep.Info().SandboxID; sbID != "" {
 						sb, err := ctrl.SandboxByID(sbID)
 						require.NoError(t, err)
 						assert.Contains(t, linkNames(t, sb.Key()), ep.Info().InterfaceName)
+						// A joined backend is its own sandbox's client: its
+						// service table is there.
+						assert.Equal(t, []string{ctrl.FirewallTable()}, nftTables(t, sb.Key()), "service table")
 					}
 				}
 				assert.Equal(t, joined, ports, "bridge ports")
