@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -29,7 +30,8 @@ import (
 type Controller struct {
 	owner    mark.Owner // persistent identity, carried by every mark
 	cfg      config
-	files    string // the controller's own folder in the run dir
+	log      *slog.Logger // WithLogger; discards by default
+	files    string       // the controller's own folder in the run dir
 	hostNS   *osl.Namespace
 	firewall *firewall.Firewall
 	ports    *portalloc.Allocator // host ports of published ports
@@ -41,6 +43,8 @@ type Controller struct {
 	// container start costs no disk flush.
 	store   store.Store
 	runtime store.Store
+
+	events eventBus // Events (events.go)
 
 	// lbMu guards the load-balancing state of networks and sandboxes
 	// (service.go).
@@ -164,6 +168,7 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 		ports:        ports,
 		owner:        owner,
 		cfg:          cfg,
+		log:          newLogger(cfg),
 		files:        files,
 		hostNS:       hostNS,
 		firewall:     fw,
@@ -244,6 +249,7 @@ func (c *Controller) Close() error {
 	c.closed = true
 	sandboxes := c.sandboxListLocked()
 	c.mu.Unlock()
+	c.events.close()
 	// Background removals stop; the records they would have finished stay,
 	// and the next New finishes them.
 	c.reaper.stop()

@@ -2,7 +2,6 @@ package cnm
 
 import (
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -152,7 +151,7 @@ func (sb *Sandbox) stopResolver() {
 	sb.mu.Unlock()
 	if srv != nil {
 		if err := srv.Close(); err != nil {
-			slog.Warn("cnm: stop the embedded DNS server", "sandbox", sb.containerID, "err", err)
+			sb.ctrl.log.Warn("cnm: stop the embedded DNS server", "sandbox", sb.containerID, "err", err)
 		}
 	}
 }

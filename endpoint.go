@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
@@ -141,6 +140,11 @@ func (ep *Endpoint) Info() EndpointInfo {
 // On error nothing stays reserved.
 func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...EndpointOption) (_ *Endpoint, retErr error) {
 	c := n.ctrl
+	defer func() {
+		if retErr != nil {
+			c.logOp("create endpoint", retErr, "network", n.id, "name", name)
+		}
+	}()
 	if err := validDNSName("endpoint name", name); err != nil {
 		return nil, err
 	}
@@ -250,6 +254,7 @@ func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...Endpo
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.endpoints[ep.id] = ep
+	c.emit(Event{Type: EventEndpointCreated, NetworkID: n.id, EndpointID: ep.id, Detail: ep.name})
 	return ep, nil
 }
 
@@ -286,7 +291,7 @@ func (n *Network) releaseAddress(ctx context.Context, fam *networkIPAM, a netip.
 		return
 	}
 	if err := fam.alloc.ReleaseAddress(context.WithoutCancel(ctx), fam.poolID, a.Addr()); err != nil {
-		slog.Warn("cnm: release address", "address", a, "err", err)
+		n.ctrl.log.Warn("cnm: release address", "address", a, "err", err)
 	}
 }
 
@@ -295,7 +300,12 @@ func (n *Network) releaseAddress(ctx context.Context, fam *networkIPAM, a netip.
 // interface of its last join is still being removed in the background (see
 // [Controller.Settle]), Delete returns at once and the addresses are
 // released once that interface is gone.
-func (ep *Endpoint) Delete(ctx context.Context) error {
+func (ep *Endpoint) Delete(ctx context.Context) (retErr error) {
+	defer func() {
+		if retErr != nil {
+			ep.nw.ctrl.logOp("delete endpoint", retErr, "network", ep.nw.id, "endpoint", ep.id)
+		}
+	}()
 	end, err := ep.nw.ctrl.begin()
 	if err != nil {
 		return err
@@ -380,6 +390,7 @@ func (ep *Endpoint) removeFromDriver(ctx context.Context) error {
 // interface holds them.
 func (ep *Endpoint) forget() {
 	n := ep.nw
+	n.ctrl.emit(Event{Type: EventEndpointDeleted, NetworkID: n.id, EndpointID: ep.id, Detail: ep.name})
 	n.mu.Lock()
 	delete(n.endpoints, ep.id)
 	delete(n.epNames, ep.name)

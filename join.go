@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
@@ -43,6 +42,7 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) e
 	noIf := n.driver.Capability().NoInterface
 
 	wrap := func(err error) error {
+		c.logOp("join", err, "network", n.id, "endpoint", ep.id, "sandbox", sb.id)
 		return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
 	}
 
@@ -121,7 +121,7 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) e
 				if err := sb.updateGateways(ctx, with, nil); err != nil {
 					// One family's route may have moved: put both back.
 					if rerr := sb.updateGateways(context.WithoutCancel(ctx), others, nil); rerr != nil {
-						slog.Warn("cnm: rollback: restore default routes", "sandbox", sb.containerID, "err", rerr)
+						c.log.Warn("cnm: rollback: restore default routes", "sandbox", sb.containerID, "err", rerr)
 					}
 					return err
 				}
@@ -165,6 +165,7 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) e
 	ep.mu.Unlock()
 	ep.publishNames(sb)
 	joined = true
+	c.emit(Event{Type: EventJoined, NetworkID: n.id, EndpointID: ep.id, SandboxID: sb.id, Detail: ifName})
 	return nil
 }
 
@@ -278,9 +279,14 @@ func (sb *Sandbox) configureInterface(ctx context.Context, ep *Endpoint, ifName,
 // Join); the kernel's deletion of it, which takes 20-30 ms, runs in the
 // background (see [Controller.Settle]). The endpoint keeps its addresses
 // for a later Join.
-func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) error {
+func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) (retErr error) {
 	n := ep.nw
 	c := n.ctrl
+	defer func() {
+		if retErr != nil && sb != nil {
+			c.logOp("leave", retErr, "network", n.id, "endpoint", ep.id, "sandbox", sb.id)
+		}
+	}()
 	if sb == nil || sb.ctrl != c {
 		return fmt.Errorf("%w: leave endpoint %q: sandbox belongs to another controller", ErrInvalid, ep.name)
 	}
@@ -328,7 +334,7 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) error {
 	if err := sb.updateGateways(ctx, rest, ep); err != nil {
 		ep.reattachLB(ctx, sb)
 		if rerr := ep.programExternal(context.WithoutCancel(ctx)); rerr != nil {
-			slog.Warn("cnm: rollback: republish ports", "endpoint", ep.name, "err", rerr)
+			c.log.Warn("cnm: rollback: republish ports", "endpoint", ep.name, "err", rerr)
 		}
 		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
 	}
@@ -344,10 +350,10 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) error {
 	if err != nil {
 		rctx := context.WithoutCancel(ctx)
 		if rerr := sb.updateGateways(rctx, all, nil); rerr != nil {
-			slog.Warn("cnm: rollback: restore default routes", "sandbox", sb.containerID, "err", rerr)
+			c.log.Warn("cnm: rollback: restore default routes", "sandbox", sb.containerID, "err", rerr)
 		}
 		if rerr := ep.programExternal(rctx); rerr != nil {
-			slog.Warn("cnm: rollback: republish ports", "endpoint", ep.name, "err", rerr)
+			c.log.Warn("cnm: rollback: republish ports", "endpoint", ep.name, "err", rerr)
 		}
 		ep.reattachLB(rctx, sb)
 		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
@@ -355,22 +361,23 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) error {
 	// From here on the leave is done: nothing fails it any more.
 	c.crashPoint(stepLeaveDriver)
 	if err := sb.writeHosts(rest); err != nil {
-		slog.Warn("cnm: rewrite hosts file", "sandbox", sb.containerID, "err", err)
+		c.log.Warn("cnm: rewrite hosts file", "sandbox", sb.containerID, "err", err)
 	}
 	ep.withdrawNames()
 	if _, err := sb.updateResolver(rest); err != nil {
-		slog.Warn("cnm: update the embedded DNS server", "sandbox", sb.containerID, "err", err)
+		c.log.Warn("cnm: update the embedded DNS server", "sandbox", sb.containerID, "err", err)
 	}
 	if err := c.saveRecord(ctx, endpointKey(n.id, ep.id), ep.record(nil)); err != nil {
 		// The interface is retired; the next New sees that and finishes the leave.
-		slog.Warn("cnm: record leave", "endpoint", ep.name, "err", err)
+		c.log.Warn("cnm: record leave", "endpoint", ep.name, "err", err)
 	}
 	sb.drop(ep)
 	left = true
+	c.emit(Event{Type: EventLeft, NetworkID: n.id, EndpointID: ep.id, SandboxID: sb.id})
 	if ifName == "" {
 		// No interface: the driver only forgets the join.
 		if err := n.driver.Leave(ctx, req); err != nil {
-			slog.Warn("cnm: leave in driver", "endpoint", ep.name, "err", err)
+			c.log.Warn("cnm: leave in driver", "endpoint", ep.name, "err", err)
 		}
 		return nil
 	}

@@ -3,7 +3,6 @@ package cnm
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"maps"
 	"net/netip"
 	"sort"
@@ -102,6 +101,11 @@ func (n *Network) String() string { return n.name }
 // that it overlaps no other network. On error nothing is left: no kernel
 // object, no address pool, no record.
 func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, opts ...NetworkOption) (_ *Network, retErr error) {
+	defer func() {
+		if retErr != nil {
+			c.logOp("create network", retErr, "name", name, "driver", driverName)
+		}
+	}()
 	if err := validateName("network name", name); err != nil {
 		return nil, err
 	}
@@ -187,6 +191,7 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.networks[n.id] = n
+	c.emit(Event{Type: EventNetworkCreated, NetworkID: n.id, Detail: n.name})
 	return n, nil
 }
 
@@ -299,7 +304,7 @@ func (c *Controller) releaseNetworkIPAM(ctx context.Context, i *networkIPAM) {
 		return
 	}
 	if err := i.alloc.ReleasePool(context.WithoutCancel(ctx), i.poolID); err != nil {
-		slog.Warn("cnm: release address pool", "subnet", i.subnet, "err", err)
+		c.log.Warn("cnm: release address pool", "subnet", i.subnet, "err", err)
 	}
 }
 
@@ -359,7 +364,12 @@ func (n *Network) EndpointByID(id string) (*Endpoint, error) {
 // and its record. A network that still has endpoints is not deleted: the
 // error wraps [ErrInUse]. If interfaces of its deleted endpoints are still
 // being removed in the background, Delete waits for them (bounded by ctx).
-func (n *Network) Delete(ctx context.Context) error {
+func (n *Network) Delete(ctx context.Context) (retErr error) {
+	defer func() {
+		if retErr != nil {
+			n.ctrl.logOp("delete network", retErr, "network", n.id)
+		}
+	}()
 	c := n.ctrl
 	end, err := c.begin()
 	if err != nil {
@@ -401,7 +411,7 @@ func (n *Network) Delete(ctx context.Context) error {
 	}
 	if err != nil {
 		if serr := c.saveRecord(ctx, networkKey(n.id), n.record()); serr != nil {
-			slog.Warn("cnm: unmark network record", "network", n.name, "err", serr)
+			n.ctrl.log.Warn("cnm: unmark network record", "network", n.name, "err", serr)
 		}
 		n.mu.Lock()
 		n.deleting = false
@@ -424,6 +434,7 @@ func (n *Network) Delete(ctx context.Context) error {
 	delete(c.networks, n.id)
 	delete(c.networkNames, n.name)
 	c.mu.Unlock()
+	c.emit(Event{Type: EventNetworkDeleted, NetworkID: n.id, Detail: n.name})
 	return nil
 }
 

@@ -2,6 +2,7 @@ package cnm
 
 import (
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"net/netip"
@@ -26,6 +27,10 @@ type config struct {
 
 	leaveHostSysctls bool            // WithoutHostSysctls
 	ephemeralPorts   portalloc.Range // WithEphemeralPorts; zero: portalloc.DefaultEphemeral
+
+	logger *slog.Logger // WithLogger; nil: discard
+
+	// Network plugins (plugins.go).
 }
 
 // Defaults of [New].

@@ -164,7 +164,7 @@ func (c *Controller) findSandbox(ctx context.Context, r sandboxRecord) (foundSan
 		want = c.hostNS.ID()
 	}
 	if !want.IsZero() && ns.ID() != want {
-		slog.Warn("cnm: restore: sandbox path opens another namespace; not adopted",
+		c.log.Warn("cnm: restore: sandbox path opens another namespace; not adopted",
 			"sandbox", r.ContainerID, "path", key, "recorded", want, "found", ns.ID())
 		ns.Close()
 		return f, nil
@@ -180,7 +180,7 @@ func (c *Controller) findSandbox(ctx context.Context, r sandboxRecord) (foundSan
 // adoptSandbox takes a sandbox whose namespace survived back.
 func (c *Controller) adoptSandbox(f foundSandbox) {
 	r := f.rec
-	sb := &Sandbox{ctrl: c, id: r.ID, containerID: r.ContainerID, ns: f.ns, owned: r.Owned, dir: r.Dir, cfg: r.config()}
+	sb := &Sandbox{ctrl: c, id: r.ID, containerID: r.ContainerID, ns: f.ns, owned: r.Owned, dir: r.Dir, cfg: r.config(c.log)}
 	c.sandboxes[sb.id] = sb
 	c.containerIDs[sb.containerID] = true
 }
@@ -189,12 +189,12 @@ func (c *Controller) adoptSandbox(f foundSandbox) {
 // through today's option checks one by one: a value an older cnm accepted
 // and this one refuses (an IPv6 zone, a control character) is dropped with
 // a warning, and never written to a file again.
-func (r sandboxRecord) config() sandboxConfig {
+func (r sandboxRecord) config(log *slog.Logger) sandboxConfig {
 	cfg := sandboxConfig{netnsPath: r.NetnsPath, hostsPath: r.HostsPath, resolv: r.ResolvPath, hostNetwork: r.HostNetwork}
 	ok := func(o SandboxOption) bool {
 		err := o(&sandboxConfig{})
 		if err != nil {
-			slog.Warn("cnm: restore: sandbox setting refused; dropped", "sandbox", r.ContainerID, "err", err)
+			log.Warn("cnm: restore: sandbox setting refused; dropped", "sandbox", r.ContainerID, "err", err)
 		}
 		return err == nil
 	}
@@ -505,7 +505,7 @@ func (c *Controller) removeOrphans(ctx context.Context) error {
 				continue
 			}
 			if uuid.Validate(e.Name()) != nil {
-				slog.Warn("cnm: restore: not a sandbox of cnm's; left alone", "path", p)
+				c.log.Warn("cnm: restore: not a sandbox of cnm's; left alone", "path", p)
 				continue
 			}
 			if err := sub.remove(p); err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -88,6 +87,11 @@ func (sb *Sandbox) Endpoints() []*Endpoint {
 // file and resolv.conf. Container IDs are unique per controller. On error
 // nothing is left.
 func (c *Controller) NewSandbox(ctx context.Context, containerID string, opts ...SandboxOption) (_ *Sandbox, retErr error) {
+	defer func() {
+		if retErr != nil {
+			c.logOp("create sandbox", retErr, "container", containerID)
+		}
+	}()
 	if err := validateName("container id", containerID); err != nil {
 		return nil, err
 	}
@@ -161,6 +165,7 @@ func (c *Controller) NewSandbox(ctx context.Context, containerID string, opts ..
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.sandboxes[sb.id] = sb
+	c.emit(Event{Type: EventSandboxCreated, SandboxID: sb.id, Detail: sb.containerID})
 	return sb, nil
 }
 
@@ -202,7 +207,12 @@ func (sb *Sandbox) openNamespace(ctx context.Context) (err error) {
 // nothing and can be called again. Once begun past that, it runs to the end
 // even if ctx is cancelled. Deleting a deleted sandbox is an error wrapping
 // [ErrNotFound].
-func (sb *Sandbox) Delete(ctx context.Context) error {
+func (sb *Sandbox) Delete(ctx context.Context) (retErr error) {
+	defer func() {
+		if retErr != nil {
+			sb.ctrl.logOp("delete sandbox", retErr, "sandbox", sb.id)
+		}
+	}()
 	c := sb.ctrl
 	end, err := c.begin()
 	if err != nil {
@@ -241,7 +251,7 @@ func (sb *Sandbox) Delete(ctx context.Context) error {
 	undo := func() {
 		for _, ep := range eps[:revoked] {
 			if err := ep.programExternal(ctx); err != nil {
-				slog.Warn("cnm: rollback: republish ports", "endpoint", ep.name, "err", err)
+				c.log.Warn("cnm: rollback: republish ports", "endpoint", ep.name, "err", err)
 			}
 		}
 	}
@@ -264,7 +274,7 @@ func (sb *Sandbox) Delete(ctx context.Context) error {
 		// jobs may need it (reaper.go).
 		if err = sb.ns.RemoveFile(); err != nil {
 			if _, rerr := sb.updateResolver(eps); rerr != nil {
-				slog.Warn("cnm: rollback: restart the embedded DNS server", "sandbox", sb.containerID, "err", rerr)
+				c.log.Warn("cnm: rollback: restart the embedded DNS server", "sandbox", sb.containerID, "err", rerr)
 			}
 		}
 	}
@@ -297,6 +307,7 @@ func (sb *Sandbox) Delete(ctx context.Context) error {
 		n := ep.nw
 		caps := n.driver.Capability()
 		ep.dropLB(ctx, sb)
+		c.emit(Event{Type: EventLeft, NetworkID: n.id, EndpointID: ep.id, SandboxID: sb.id})
 		ep.withdrawNames()
 		ep.mu.Lock()
 		ifName := ep.ifName
@@ -342,6 +353,7 @@ func (sb *Sandbox) Delete(ctx context.Context) error {
 	delete(c.sandboxes, sb.id)
 	delete(c.containerIDs, sb.containerID)
 	c.mu.Unlock()
+	c.emit(Event{Type: EventSandboxDeleted, SandboxID: sb.id, Detail: sb.containerID})
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("delete sandbox %q: %w", sb.containerID, err)
 	}

@@ -3,7 +3,6 @@ package cnm
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -217,7 +216,7 @@ func (c *Controller) syncLB(ctx context.Context, ep *Endpoint, sb *Sandbox) erro
 // syncLBLogged is syncLB for a rollback: errors are logged.
 func (c *Controller) syncLBLogged(ctx context.Context, ep *Endpoint, sb *Sandbox) {
 	if err := c.syncLB(context.WithoutCancel(ctx), ep, sb); err != nil {
-		slog.Warn("cnm: rollback: service tables", "sandbox", sb.containerID, "err", err)
+		c.log.Warn("cnm: rollback: service tables", "sandbox", sb.containerID, "err", err)
 	}
 }
 
@@ -229,7 +228,7 @@ func (c *Controller) syncClients(ctx context.Context, n *Network, skip *Sandbox)
 			continue
 		}
 		if err := sb.syncServices(ctx); err != nil {
-			slog.Warn("cnm: update service table", "sandbox", sb.containerID, "network", n.name, "err", err)
+			c.log.Warn("cnm: update service table", "sandbox", sb.containerID, "network", n.name, "err", err)
 		}
 	}
 }
@@ -341,7 +340,7 @@ func (n *Network) restoreMember(ctx context.Context, ep *Endpoint) error {
 // logged.
 func (ep *Endpoint) reattachLB(ctx context.Context, sb *Sandbox) {
 	if err := ep.attachLB(context.WithoutCancel(ctx), sb); err != nil {
-		slog.Warn("cnm: rollback: service tables", "endpoint", ep.name, "err", err)
+		ep.nw.ctrl.log.Warn("cnm: rollback: service tables", "endpoint", ep.name, "err", err)
 	}
 }
 
@@ -389,7 +388,7 @@ func (ep *Endpoint) dropLB(ctx context.Context, sb *Sandbox) {
 	}
 	n.lb.setJoined(ep, sb, false)
 	if err := c.syncLB(ctx, ep, sb); err != nil {
-		slog.Warn("cnm: service tables", "sandbox", sb.containerID, "err", err)
+		c.log.Warn("cnm: service tables", "sandbox", sb.containerID, "err", err)
 		if len(sb.lb.nets) == 0 {
 			sb.closeServices()
 		}

@@ -3,7 +3,6 @@ package cnm
 import (
 	"context"
 	"errors"
-	"log/slog"
 )
 
 // Names of the steps of multi-step operations. A fault hook (tests only, see
@@ -97,7 +96,7 @@ func (c *Controller) run(ctx context.Context, steps ...step) error {
 		for j := i - 1; j >= 0; j-- {
 			if u := steps[j].undo; u != nil {
 				if uerr := u(uctx); uerr != nil {
-					slog.Warn("cnm: rollback", "step", steps[j].name, "err", uerr)
+					c.log.Warn("cnm: rollback", "step", steps[j].name, "err", uerr)
 				}
 			}
 		}
@@ -132,11 +131,11 @@ func (c *Controller) together(a, b step) step {
 			switch {
 			case ea != nil && eb == nil:
 				if err := undo(uctx, b); err != nil {
-					slog.Warn("cnm: rollback", "step", b.name, "err", err)
+					c.log.Warn("cnm: rollback", "step", b.name, "err", err)
 				}
 			case ea == nil && eb != nil:
 				if err := undo(uctx, a); err != nil {
-					slog.Warn("cnm: rollback", "step", a.name, "err", err)
+					c.log.Warn("cnm: rollback", "step", a.name, "err", err)
 				}
 			}
 			if ea != nil {
