@@ -45,6 +45,7 @@ type Controller struct {
 	runtime store.Store
 
 	events eventBus // Events (events.go)
+	healer *healer  // watchers and heals (heal.go)
 
 	// lbMu guards the load-balancing state of networks and sandboxes
 	// (service.go).
@@ -190,6 +191,10 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 		c.closeHandles()
 		return nil, fmt.Errorf("restore state from %s: %w", cfg.dataDir, err)
 	}
+	if err := c.startHealer(); err != nil {
+		c.closeHandles()
+		return nil, err
+	}
 	return c, nil
 }
 
@@ -239,6 +244,7 @@ func (c *Controller) RunDir() string { return c.cfg.runDir }
 // [ErrClosed]; lookups and Info keep answering from memory. Safe to call
 // twice.
 func (c *Controller) Close() error {
+	c.healer.stop() // a heal in progress ends first
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
 	c.mu.Lock()

@@ -28,3 +28,12 @@ func WrapStores(c *Controller, wrap func(store.Store) store.Store) {
 // SandboxDNS returns the name servers a sandbox's configuration holds.
 // Tests only.
 func SandboxDNS(sb *Sandbox) []netip.Addr { return sb.cfg.dns }
+
+// WithWatchBuffer sets the receive buffer of the controller's watchers.
+// Tests only: a small one provokes overruns.
+func WithWatchBuffer(n int) Option {
+	return func(c *config) error {
+		c.watchBuffer = n
+		return nil
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/seed53641549/cnm/internal/linkrules"
 	"github.com/seed53641549/cnm/ipam"
@@ -29,6 +30,11 @@ type config struct {
 	ephemeralPorts   portalloc.Range // WithEphemeralPorts; zero: portalloc.DefaultEphemeral
 
 	logger *slog.Logger // WithLogger; nil: discard
+
+	healLimit   int           // WithHealLimit; 0: DefaultHealLimit
+	healWindow  time.Duration // WithHealLimit; 0: DefaultHealWindow
+	noHealing   bool          // WithoutHealing
+	watchBuffer int           // tests only: the watchers' receive buffer
 
 	// Network plugins (plugins.go).
 }

@@ -127,6 +127,7 @@ import (
 	"net"
 	"regexp"
 	"sync"
+	"sync/atomic"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -176,6 +177,8 @@ type Firewall struct {
 	prerouting  *nftables.Chain   // nat base: DNAT of published ports
 	output      *nftables.Chain   // nat base: DNAT of published ports, for the host's own traffic
 	maps        []portMap         // the DNAT maps of published ports
+
+	portID atomic.Uint32 // netlink port ID of conn (OwnsPortID)
 
 	mu      sync.Mutex     // guards all following fields; held across netlink I/O (see type doc)
 	conn    *nftables.Conn // nil after a failed operation until the next one redials
@@ -261,6 +264,15 @@ func (f *Firewall) ensureLocked() error {
 	if err != nil {
 		return err
 	}
+	if err := f.queueSkeleton(c); err != nil {
+		return err
+	}
+	return f.flushLocked()
+}
+
+// queueSkeleton queues, in batch c, the table, its chains and maps (made if
+// missing) and the fixed rules (rewritten).
+func (f *Firewall) queueSkeleton(c *nftables.Conn) error {
 	c.AddTable(f.table)
 	for _, m := range f.maps {
 		if err := c.AddSet(m.set, nil); err != nil {
@@ -291,12 +303,69 @@ func (f *Firewall) ensureLocked() error {
 	for _, r := range dnatRules(f.output, f.maps) {
 		c.AddRule(r)
 	}
-	return f.flushLocked()
+	return nil
+}
+
+// Rebuild replaces the firewall's table, in one transaction, with one that
+// holds exactly networks and ports: what a caller uses to put its rules
+// back after something else deleted or changed them (a flushed ruleset, a
+// deleted chain or map element). Packets never see a half-built table: the
+// old one (or none) applies until the new one is whole. Invalid input is
+// refused before anything is sent, with an error wrapping
+// errdefs.ErrInvalid.
+func (f *Firewall) Rebuild(ctx context.Context, networks []Network, ports []Port) error {
+	bridges := map[string]bool{}
+	for _, n := range networks {
+		if err := n.validate(); err != nil {
+			return err
+		}
+		if bridges[n.Bridge] {
+			return fmt.Errorf("%w: rebuild: bridge %s is in two networks", errdefs.ErrInvalid, n.Bridge)
+		}
+		bridges[n.Bridge] = true
+	}
+	if err := checkBatch(ports, false); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.usableLocked(); err != nil {
+		return fmt.Errorf("rebuild: %w", err)
+	}
+	c, err := f.connLocked()
+	if err != nil {
+		return fmt.Errorf("rebuild: %w", err)
+	}
+	// Add, then delete: the deletion succeeds whether or not the table
+	// is there; the skeleton then makes it anew in the same transaction.
+	c.AddTable(f.table)
+	c.DelTable(f.table)
+	if err := f.queueSkeleton(c); err != nil {
+		f.dropConnLocked()
+		return fmt.Errorf("rebuild: %w", err)
+	}
+	for _, n := range networks {
+		for _, r := range f.networkRules(n) {
+			c.AddRule(r)
+		}
+	}
+	if err := f.addElements(c, byMap(ports, true)); err != nil {
+		f.dropConnLocked()
+		return fmt.Errorf("rebuild: %w", err)
+	}
+	if err := f.flushLocked(); err != nil {
+		return fmt.Errorf("rebuild table inet %s: %w", f.name, err)
+	}
+	return nil
 }
 
 // dial opens a lasting nftables netlink connection in namespace nsFD with
-// large socket buffers (see sockBuf).
-func dial(nsFD int) (*nftables.Conn, error) {
+// large socket buffers (see sockBuf), and records its netlink port ID in
+// *portID.
+func dial(nsFD int, portID *atomic.Uint32) (*nftables.Conn, error) {
 	return nftables.New(
 		nftables.WithNetNSFd(nsFD),
 		nftables.AsLasting(),
@@ -307,9 +376,33 @@ func dial(nsFD int) (*nftables.Conn, error) {
 			if err := c.SetWriteBuffer(sockBuf); err != nil {
 				return fmt.Errorf("set netlink send buffer: %w", err)
 			}
-			return nil
+			raw, err := c.SyscallConn()
+			if err != nil {
+				return err
+			}
+			var serr error
+			err = raw.Control(func(fd uintptr) {
+				var sa unix.Sockaddr
+				if sa, serr = unix.Getsockname(int(fd)); serr == nil {
+					if nl, ok := sa.(*unix.SockaddrNetlink); ok {
+						portID.Store(nl.Pid)
+					}
+				}
+			})
+			return errors.Join(err, serr)
 		}),
 	)
+}
+
+// Name returns the name of the firewall's table.
+func (f *Firewall) Name() string { return f.name }
+
+// OwnsPortID reports whether id is the netlink port ID of the firewall's
+// connection: the kernel announces every change with the port ID of the
+// socket that made it, so a watcher can tell the firewall's own changes
+// from anybody else's.
+func (f *Firewall) OwnsPortID(id uint32) bool {
+	return id != 0 && id == f.portID.Load()
 }
 
 // usableLocked reports why the firewall cannot be used, if it cannot.
@@ -329,7 +422,7 @@ func (f *Firewall) connLocked() (*nftables.Conn, error) {
 	if f.conn != nil {
 		return f.conn, nil
 	}
-	c, err := dial(f.nsFD)
+	c, err := dial(f.nsFD, &f.portID)
 	if err != nil {
 		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
 	}

@@ -45,3 +45,9 @@ type Services struct{}
 func NewServices(nsFD int, name string) (*Services, error)        { return nil, errNotSupported }
 func (s *Services) Set(ctx context.Context, svcs []Service) error { return errNotSupported }
 func (s *Services) Close() error                                  { return nil }
+
+func (f *Firewall) Name() string              { return "" }
+func (f *Firewall) OwnsPortID(id uint32) bool { return false }
+func (f *Firewall) Rebuild(ctx context.Context, networks []Network, ports []Port) error {
+	return errNotSupported
+}

@@ -314,6 +314,23 @@ func (ns *Namespace) SetLinkUp(ctx context.Context, index int) error {
 	return nil
 }
 
+// SetLinkDown takes the link with the given index down.
+//
+// Equivalent to: `ip link set $link down`.
+func (ns *Namespace) SetLinkDown(ctx context.Context, index int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	h, err := ns.h()
+	if err != nil {
+		return err
+	}
+	if err := h.LinkSetDown(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: index}}); err != nil {
+		return fmt.Errorf("set link %d down: %w", index, err)
+	}
+	return nil
+}
+
 // MoveLink moves the link called name from ns into the namespace to, renames
 // it newName there and brings it up. It serves drivers that hand over an
 // interface they made elsewhere (remote plugins); drivers of this module make

@@ -79,6 +79,9 @@ func (ns *Namespace) RetireLink(ctx context.Context, index int, newName string) 
 }
 
 func (ns *Namespace) SetLinkUp(ctx context.Context, index int) error { return errNotSupported }
+func (ns *Namespace) SetLinkDown(ctx context.Context, index int) error {
+	return errNotSupported
+}
 
 func (ns *Namespace) MoveLink(ctx context.Context, name string, to *Namespace, newName string) error {
 	return errNotSupported

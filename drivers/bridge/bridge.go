@@ -20,6 +20,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"sync"
 
 	"net/netip"
@@ -73,6 +74,13 @@ type driver struct {
 	// that made it is made or rolled back (see ensureForwarding).
 	sysctlMu sync.Mutex
 
+	// healMu keeps Heal (write-locked) apart from the operations that
+	// change what it puts back (read-locked): making and deleting a
+	// network, joins and leaves, publishing ports. A heal therefore never
+	// remakes a bridge that is being deleted, nor rebuilds the firewall
+	// without a network or ports just being added.
+	healMu sync.RWMutex
+
 	// mu guards networks.
 	mu       sync.Mutex
 	networks map[string]*network // by network ID
@@ -81,18 +89,32 @@ type driver struct {
 var _ driverapi.Driver = (*driver)(nil)
 
 // network is the driver's state of one network. Its fields are set once at
-// creation, except endpoints.
+// creation, except those under mu.
 type network struct {
 	id       string
 	opts     options
 	internal bool
-	bridge   int        // bridge ifindex
-	gw4, gw6 netip.Addr // gateway addresses on the bridge; zero if none
+	gw4, gw6 netip.Addr       // gateway addresses on the bridge; zero if none
+	gwAddrs  []netip.Prefix   // the same with the subnets' prefix lengths
+	bridgeHW net.HardwareAddr // the bridge's MAC, kept when a heal makes it again
+	fw       firewall.Network // the network's rules, as given to the firewall
+
+	// ready: made, and not being deleted (guarded by driver.mu): only
+	// a ready network is healed.
+	ready bool
 
 	// mu guards the fields below.
 	mu        sync.Mutex
+	bridge    int // bridge ifindex; changes when a heal makes the bridge again
 	endpoints map[string]*endpoint
 	localnet  bool // route_localnet is on on the bridge (ports.go)
+}
+
+// bridgeIndex returns the bridge's current index.
+func (n *network) bridgeIndex() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.bridge
 }
 
 type endpoint struct {

@@ -62,6 +62,8 @@ func (n *network) endpoint(eid string) (*endpoint, error) {
 // Join makes the endpoint's veth pair in one request: the host end on the
 // bridge and up, the peer inside the sandbox, named and with its MAC.
 func (d *driver) Join(ctx context.Context, req driverapi.JoinRequest) (driverapi.JoinResponse, error) {
+	d.healMu.RLock()
+	defer d.healMu.RUnlock()
 	n, err := d.network(req.NetworkID)
 	if err != nil {
 		return driverapi.JoinResponse{}, err
@@ -81,7 +83,7 @@ func (d *driver) Join(ctx context.Context, req driverapi.JoinRequest) (driverapi
 		HostName:    hostIf,
 		PeerName:    req.InterfaceName,
 		PeerNS:      req.Sandbox,
-		MasterIndex: n.bridge,
+		MasterIndex: n.bridgeIndex(),
 		MTU:         n.opts.mtu,
 		PeerMAC:     req.MAC,
 	})

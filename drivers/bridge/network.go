@@ -37,6 +37,8 @@ func (d *driver) RestoreNetwork(ctx context.Context, req driverapi.NetworkReques
 }
 
 func (d *driver) createNetwork(ctx context.Context, req driverapi.NetworkRequest, restore bool) (retErr error) {
+	d.healMu.RLock()
+	defer d.healMu.RUnlock()
 	opts, err := parseOptions(req.Options)
 	if err != nil {
 		return err
@@ -92,7 +94,7 @@ func (d *driver) createNetwork(ctx context.Context, req driverapi.NetworkRequest
 		l, err := host.LinkByName(ctx, opts.bridgeName)
 		switch {
 		case err == nil && l.Alias == d.cfg.Owner.Link(req.ID):
-			n.bridge, adopted = l.Index, true
+			n.bridge, n.bridgeHW, adopted = l.Index, l.MAC, true
 		case err == nil:
 			return fmt.Errorf("%w: restore network %s: link %s exists but is not this network's bridge (alias %q)", driverapi.ErrExists, req.ID, opts.bridgeName, l.Alias)
 		case !errors.Is(err, osl.ErrLinkNotFound):
@@ -100,7 +102,8 @@ func (d *driver) createNetwork(ctx context.Context, req driverapi.NetworkRequest
 		}
 	}
 	if !adopted {
-		br, err := host.AddBridge(ctx, osl.BridgeSpec{Name: opts.bridgeName, MTU: opts.mtu, MAC: mac.Random(), Alias: d.cfg.Owner.Link(req.ID)})
+		n.bridgeHW = mac.Random()
+		br, err := host.AddBridge(ctx, osl.BridgeSpec{Name: opts.bridgeName, MTU: opts.mtu, MAC: n.bridgeHW, Alias: d.cfg.Owner.Link(req.ID)})
 		if err != nil {
 			if errors.Is(err, syscall.EEXIST) {
 				return fmt.Errorf("%w: option %s=%q: a link of that name exists in the host namespace", driverapi.ErrExists, OptionBridgeName, opts.bridgeName)
@@ -140,6 +143,7 @@ func (d *driver) createNetwork(ctx context.Context, req driverapi.NetworkRequest
 		if err := host.AddAddress(ctx, br, ipd.Gateway); err != nil && !(adopted && errors.Is(err, syscall.EEXIST)) {
 			return err
 		}
+		n.gwAddrs = append(n.gwAddrs, ipd.Gateway)
 		if ipd.Gateway.Addr().Is4() {
 			n.gw4 = ipd.Gateway.Addr()
 		} else {
@@ -151,16 +155,22 @@ func (d *driver) createNetwork(ctx context.Context, req driverapi.NetworkRequest
 	}
 	// Join isolates every port of a network without ICC, which is what
 	// keeps its containers apart; the firewall needs no help for it.
-	err = d.cfg.Firewall.AddNetwork(ctx, firewall.Network{
+	n.fw = firewall.Network{
 		ID:         req.ID,
 		Bridge:     opts.bridgeName,
 		Subnets:    subnets,
 		Masquerade: opts.masquerade,
 		ICC:        opts.icc,
 		Internal:   req.Internal,
-	})
+	}
+	err = d.cfg.Firewall.AddNetwork(ctx, n.fw)
 	if restore && errors.Is(err, driverapi.ErrExists) {
-		return nil // the rules survived the restart
+		err = nil // the rules survived the restart
+	}
+	if err == nil {
+		d.mu.Lock()
+		n.ready = true
+		d.mu.Unlock()
 	}
 	return err
 }
@@ -301,6 +311,8 @@ func (d *driver) keepAcceptingRAs(ctx context.Context, changed *[]sysctlValue) e
 
 // DeleteNetwork removes the network's firewall rules and its bridge.
 func (d *driver) DeleteNetwork(ctx context.Context, id string) error {
+	d.healMu.RLock()
+	defer d.healMu.RUnlock()
 	n, err := d.network(id)
 	if err != nil {
 		return err
@@ -314,12 +326,19 @@ func (d *driver) DeleteNetwork(ctx context.Context, id string) error {
 	// The bridge goes first: rules naming a bridge that no longer exists
 	// match nothing, while a bridge without its rules would be a live network
 	// without isolation. Both steps are idempotent, so a failed delete can be
-	// retried.
+	// retried. Healing stops first: a bridge being deleted is not put back.
+	d.mu.Lock()
+	n.ready = false
+	d.mu.Unlock()
 	ctx = context.WithoutCancel(ctx)
-	if err := d.cfg.HostNS.DeleteLink(ctx, n.opts.bridgeName); err != nil {
-		return err
+	err = d.cfg.HostNS.DeleteLink(ctx, n.opts.bridgeName)
+	if err == nil {
+		err = d.cfg.Firewall.RemoveNetwork(ctx, id)
 	}
-	if err := d.cfg.Firewall.RemoveNetwork(ctx, id); err != nil {
+	if err != nil {
+		d.mu.Lock()
+		n.ready = true
+		d.mu.Unlock()
 		return err
 	}
 	d.mu.Lock()

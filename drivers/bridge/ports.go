@@ -19,6 +19,8 @@ var _ driverapi.ExternalConnector = (*driver)(nil)
 // 127.0.0.1 reaches, and no UDP conntrack entry left from an earlier user of
 // the port.
 func (d *driver) ProgramExternalConnectivity(ctx context.Context, req driverapi.ExternalRequest) error {
+	d.healMu.RLock()
+	defer d.healMu.RUnlock()
 	n, err := d.network(req.NetworkID)
 	if err != nil {
 		return err
@@ -62,6 +64,8 @@ func (d *driver) ProgramExternalConnectivity(ctx context.Context, req driverapi.
 // RevokeExternalConnectivity withdraws an endpoint's published ports and
 // the UDP conntrack entries that would send more traffic their way.
 func (d *driver) RevokeExternalConnectivity(ctx context.Context, req driverapi.ExternalRequest) error {
+	d.healMu.RLock()
+	defer d.healMu.RUnlock()
 	n, err := d.network(req.NetworkID)
 	if err != nil {
 		return err

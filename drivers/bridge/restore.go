@@ -28,7 +28,7 @@ func (d *driver) RestoreEndpoint(ctx context.Context, req driverapi.RestoreEndpo
 		if err != nil {
 			return fmt.Errorf("restore endpoint %s: host end of %s: %w", req.EndpointID, req.InterfaceName, err)
 		}
-		if h.MasterIndex != n.bridge {
+		if h.MasterIndex != n.bridgeIndex() {
 			// The bridge was made again (it had been deleted while the
 			// sandbox lived on): plug the port back in, with everything a
 			// port of this network gets at Join.
@@ -37,7 +37,7 @@ func (d *driver) RestoreEndpoint(ctx context.Context, req driverapi.RestoreEndpo
 					return err
 				}
 			}
-			if err := d.cfg.HostNS.SetLinkMaster(ctx, h.Index, n.bridge); err != nil {
+			if err := d.cfg.HostNS.SetLinkMaster(ctx, h.Index, n.bridgeIndex()); err != nil {
 				return err
 			}
 			if err := d.configurePort(ctx, n, h.Name); err != nil {
@@ -78,6 +78,7 @@ func (d *driver) FinishRestore(ctx context.Context) error {
 	var published []firewall.Port
 	for _, n := range d.networks {
 		n.mu.Lock()
+		bridge := n.bridge
 		ends := map[string]bool{}
 		for _, ep := range n.endpoints {
 			if ep.hostIf != "" {
@@ -86,7 +87,7 @@ func (d *driver) FinishRestore(ctx context.Context) error {
 			published = append(published, ep.ports...)
 		}
 		n.mu.Unlock()
-		owned[n.bridge] = ends
+		owned[bridge] = ends
 	}
 	d.mu.Unlock()
 	if err := d.cfg.Firewall.SetPorts(ctx, published...); err != nil {

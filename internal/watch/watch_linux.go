@@ -1,0 +1,188 @@
+package watch
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Watcher runs the watches of [Start] until Close.
+type Watcher struct {
+	conns []*netlink.Conn
+	wg    sync.WaitGroup
+}
+
+// Start opens the netlink sockets in cfg.NSFD and reports every change to
+// out, from the watcher's own goroutines (one per socket: out must be safe
+// for concurrent use and must not block for long). An overrun is reported
+// as a Resync change.
+func Start(cfg Config, out func(Change)) (*Watcher, error) {
+	if cfg.NSFD <= 0 || cfg.Table == "" || out == nil {
+		return nil, fmt.Errorf("watch: namespace fd, table and out are required")
+	}
+	if cfg.Own == nil {
+		cfg.Own = func(uint32) bool { return false }
+	}
+	route, err := dial(cfg, unix.NETLINK_ROUTE,
+		1<<(unix.RTNLGRP_LINK-1)|1<<(unix.RTNLGRP_IPV4_NETCONF-1)|1<<(unix.RTNLGRP_IPV6_NETCONF-1))
+	if err != nil {
+		return nil, fmt.Errorf("watch links: %w", err)
+	}
+	nft, err := dial(cfg, unix.NETLINK_NETFILTER, 1<<(unix.NFNLGRP_NFTABLES-1))
+	if err != nil {
+		route.Close()
+		return nil, fmt.Errorf("watch nftables: %w", err)
+	}
+	w := &Watcher{conns: []*netlink.Conn{route, nft}}
+	w.wg.Add(2)
+	go w.loop(route, out, func(m netlink.Message) (Change, bool) { return parseRoute(m) })
+	go w.loop(nft, out, func(m netlink.Message) (Change, bool) { return parseNftables(m, cfg) })
+	return w, nil
+}
+
+func dial(cfg Config, family int, groups uint32) (*netlink.Conn, error) {
+	c, err := netlink.Dial(family, &netlink.Config{Groups: groups, NetNS: cfg.NSFD})
+	if err != nil {
+		return nil, err
+	}
+	if cfg.RecvBuffer > 0 {
+		if err := c.SetReadBuffer(cfg.RecvBuffer); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// loop receives until the socket is closed.
+func (w *Watcher) loop(c *netlink.Conn, out func(Change), parse func(netlink.Message) (Change, bool)) {
+	defer w.wg.Done()
+	for {
+		msgs, err := c.Receive()
+		if errors.Is(err, unix.ENOBUFS) {
+			out(Change{Kind: Resync})
+			continue
+		}
+		if err != nil {
+			return // closed
+		}
+		for _, m := range msgs {
+			if ch, ok := parse(m); ok {
+				out(ch)
+			}
+		}
+	}
+}
+
+// Close stops the watches and waits for their goroutines.
+func (w *Watcher) Close() error {
+	var errs []error
+	for _, c := range w.conns {
+		errs = append(errs, c.Close())
+	}
+	w.wg.Wait()
+	return errors.Join(errs...)
+}
+
+// From linux/netconf.h, which x/sys/unix does not carry.
+const (
+	netconfaIfindex    = 1
+	netconfaForwarding = 2
+	netconfIfindexAll  = -1
+)
+
+// parseRoute reads a link or netconf announcement.
+func parseRoute(m netlink.Message) (Change, bool) {
+	switch m.Header.Type {
+	case unix.RTM_NEWLINK, unix.RTM_DELLINK:
+		const ifinfomsgLen = 16
+		if len(m.Data) < ifinfomsgLen {
+			return Change{}, false
+		}
+		ch := Change{
+			Kind:    Link,
+			Index:   int(int32(binary.NativeEndian.Uint32(m.Data[4:8]))),
+			Up:      binary.NativeEndian.Uint32(m.Data[8:12])&unix.IFF_UP != 0,
+			Deleted: m.Header.Type == unix.RTM_DELLINK,
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[ifinfomsgLen:])
+		if err != nil {
+			return ch, true
+		}
+		for ad.Next() {
+			switch ad.Type() {
+			case unix.IFLA_IFNAME:
+				ch.Name = ad.String()
+			case unix.IFLA_MASTER:
+				ch.Master = int(ad.Uint32())
+			}
+		}
+		return ch, true
+	case unix.RTM_NEWNETCONF:
+		const netconfmsgLen = 4 // one byte of family, padded
+		if len(m.Data) < netconfmsgLen {
+			return Change{}, false
+		}
+		ch := Change{Kind: Forwarding, IPv6: m.Data[0] == unix.AF_INET6}
+		ifindex, forwarding := 0, -1
+		ad, err := netlink.NewAttributeDecoder(m.Data[netconfmsgLen:])
+		if err != nil {
+			return Change{}, false
+		}
+		for ad.Next() {
+			switch ad.Type() {
+			case netconfaIfindex:
+				ifindex = int(int32(ad.Uint32()))
+			case netconfaForwarding:
+				forwarding = int(ad.Uint32())
+			}
+		}
+		if ifindex != netconfIfindexAll || forwarding < 0 {
+			return Change{}, false
+		}
+		ch.On = forwarding != 0
+		return ch, true
+	}
+	return Change{}, false
+}
+
+// parseNftables reports a change to the watched table made by a socket
+// that is not ours. Every nf_tables object message carries its table's
+// name as attribute 1 (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE,
+// NFTA_SET_TABLE, NFTA_SET_ELEM_LIST_TABLE).
+func parseNftables(m netlink.Message, cfg Config) (Change, bool) {
+	if uint16(m.Header.Type)>>8 != unix.NFNL_SUBSYS_NFTABLES {
+		return Change{}, false
+	}
+	switch uint16(m.Header.Type) & 0xff {
+	case unix.NFT_MSG_NEWTABLE, unix.NFT_MSG_DELTABLE,
+		unix.NFT_MSG_NEWCHAIN, unix.NFT_MSG_DELCHAIN,
+		unix.NFT_MSG_NEWRULE, unix.NFT_MSG_DELRULE,
+		unix.NFT_MSG_NEWSET, unix.NFT_MSG_DELSET,
+		unix.NFT_MSG_NEWSETELEM, unix.NFT_MSG_DELSETELEM:
+	default:
+		return Change{}, false
+	}
+	const nfgenmsgLen = 4
+	if len(m.Data) < nfgenmsgLen || m.Data[0] != unix.NFPROTO_INET {
+		return Change{}, false
+	}
+	if cfg.Own(m.Header.PID) {
+		return Change{}, false
+	}
+	ad, err := netlink.NewAttributeDecoder(m.Data[nfgenmsgLen:])
+	if err != nil {
+		return Change{}, false
+	}
+	ad.ByteOrder = binary.BigEndian
+	for ad.Next() {
+		if ad.Type() == 1 {
+			return Change{Kind: Firewall}, ad.String() == cfg.Table
+		}
+	}
+	return Change{}, false
+}
