@@ -184,6 +184,13 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 	if err := registerBuiltinDrivers(&c.drivers, builtinConfig{hostNS: hostNS, firewall: fw, owner: owner, leaveHostSysctls: cfg.leaveHostSysctls}); err != nil {
 		return nil, err
 	}
+	for _, name := range c.drivers.Names() {
+		if d, _ := c.drivers.Driver(name); d != nil {
+			if ls, ok := d.(driverapi.LogSetter); ok {
+				ls.SetLogger(c.log)
+			}
+		}
+	}
 	if err := ipam.RegisterBuiltins(&c.ipams, alloc); err != nil {
 		return nil, err
 	}

@@ -394,3 +394,47 @@ func BenchmarkIdleCPU(b *testing.B) {
 		})
 	}
 }
+
+// TestHealMacvlanParent: an internal macvlan network's parent (a link cnm
+// made) set down comes back up; a user's parent would be left alone.
+func TestHealMacvlanParent(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ctrl, host := cnmtest.NewController(t)
+	evs := ctrl.Events(ctx)
+	before, err := host.NS.Links(ctx)
+	require.NoError(t, err)
+	nw, err := ctrl.NewNetwork(ctx, "macvlan", "m", cnm.WithInternal(), cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.156.0.0/24")}))
+	require.NoError(t, err)
+	after, err := host.NS.Links(ctx)
+	require.NoError(t, err)
+	var parent osl.Link
+	for _, l := range after {
+		if !slices.ContainsFunc(before, func(b osl.Link) bool { return b.Index == l.Index }) {
+			parent = l
+		}
+	}
+	require.NotZero(t, parent.Index, "the internal parent")
+	var sbs [2]*cnm.Sandbox
+	var ips [2]netip.Addr
+	for i := range sbs {
+		sbs[i], err = ctrl.NewSandbox(ctx, fmt.Sprintf("m%d", i))
+		require.NoError(t, err)
+		ep, err := nw.CreateEndpoint(ctx, fmt.Sprintf("m%d", i))
+		require.NoError(t, err)
+		require.NoError(t, ep.Join(ctx, sbs[i]))
+		ips[i] = ep.Info().IPv4.Addr()
+	}
+	serveTCP(t, sbs[1].Key(), netip.AddrPortFrom(netip.IPv4Unspecified(), 80), "m1")
+	require.NoError(t, host.NS.SetLinkDown(ctx, parent.Index))
+	waitEvent(t, evs, cnm.EventHealed, "link "+parent.Name)
+	l, err := host.NS.LinkByIndex(ctx, parent.Index)
+	require.NoError(t, err)
+	require.True(t, l.Up)
+	require.Eventually(t, func() bool {
+		got, err := tcpGet(sbs[0].Key(), netip.AddrPortFrom(ips[1], 80))
+		return err == nil && got == "m1"
+	}, 3*time.Second, 20*time.Millisecond, "m0 -> m1 over the healed parent")
+	deleteAll(t, ctrl)
+	cnmtest.AssertNoLeaks(t, host)
+}

@@ -20,6 +20,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync"
 
@@ -64,11 +65,12 @@ func New(cfg Config) (driverapi.Driver, error) {
 	if cfg.HostNS == nil || cfg.Firewall == nil || cfg.Owner == "" {
 		return nil, fmt.Errorf("%w: bridge driver: HostNS, Firewall and Owner are required", driverapi.ErrInvalid)
 	}
-	return &driver{cfg: cfg, networks: map[string]*network{}}, nil
+	return &driver{cfg: cfg, log: slog.New(slog.DiscardHandler), networks: map[string]*network{}}, nil
 }
 
 type driver struct {
 	cfg Config
+	log *slog.Logger // SetLogger; discards by default
 
 	// sysctlMu is held from a change of a host sysctl until the network
 	// that made it is made or rolled back (see ensureForwarding).
@@ -122,6 +124,10 @@ type endpoint struct {
 	hostIndex int             // its index
 	ports     []firewall.Port // published, while joined
 }
+
+// SetLogger makes the driver log to l (driverapi.LogSetter). Call it
+// before the driver is used.
+func (d *driver) SetLogger(l *slog.Logger) { d.log = l }
 
 // Type returns "bridge".
 func (d *driver) Type() string { return NetworkType }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
 	"maps"
 	"net/netip"
 	"path"
@@ -114,7 +113,7 @@ func (d *driver) createNetwork(ctx context.Context, req driverapi.NetworkRequest
 		defer func() {
 			if retErr != nil {
 				if err := host.DeleteLink(context.WithoutCancel(ctx), opts.bridgeName); err != nil {
-					slog.Warn("bridge: rollback: delete bridge", "bridge", opts.bridgeName, "err", err)
+					d.log.Warn("bridge: rollback: delete bridge", "bridge", opts.bridgeName, "err", err)
 				}
 			}
 		}()
@@ -208,7 +207,7 @@ func (d *driver) ensureForwarding(ctx context.Context, ipv6 bool) (done func(ok 
 		for i := len(changed) - 1; i >= 0; i-- {
 			c := changed[i]
 			if err := host.SetSysctl(c.name, c.value); err != nil {
-				slog.Warn("bridge: rollback: restore host sysctl", "sysctl", c.name, "value", c.value, "err", err)
+				d.log.Warn("bridge: rollback: restore host sysctl", "sysctl", c.name, "value", c.value, "err", err)
 			}
 		}
 		d.sysctlMu.Unlock()

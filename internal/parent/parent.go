@@ -75,6 +75,7 @@ var slaveKinds = map[string]bool{"macvlan": true, "macvtap": true, "ipvlan": tru
 type Table struct {
 	ns    *osl.Namespace
 	owner mark.Owner
+	log   *slog.Logger // SetLogger; discards by default
 
 	// fault, if set, fails the named step (tests only).
 	fault func(step string) error
@@ -101,8 +102,11 @@ type user struct {
 
 // New returns an empty Table for the host namespace ns.
 func New(ns *osl.Namespace, owner mark.Owner) *Table {
-	return &Table{ns: ns, owner: owner, parents: map[string]*entry{}}
+	return &Table{ns: ns, owner: owner, log: slog.New(slog.DiscardHandler), parents: map[string]*entry{}}
 }
+
+// SetLogger makes the table log to l. Call it before the table is used.
+func (t *Table) SetLogger(l *slog.Logger) { t.log = l }
 
 // Request is what a network asks of [Table.Acquire].
 type Request struct {
@@ -266,7 +270,7 @@ func (t *Table) addUserLocked(req Request, index int, created bool) {
 
 // missingAtRestoreLocked takes a network back whose parent is gone.
 func (t *Table) missingAtRestoreLocked(req Request) Parent {
-	slog.Warn("parent: restore: parent link is missing; joins fail until it exists", "network", req.NetworkID, "parent", req.Name)
+	t.log.Warn("parent: restore: parent link is missing; joins fail until it exists", "network", req.NetworkID, "parent", req.Name)
 	t.addUserLocked(req, 0, false)
 	return Parent{Name: req.Name, MTU: req.MTU}
 }
@@ -320,7 +324,7 @@ func (t *Table) undoOnError(ctx context.Context, err *error, name string) {
 		return
 	}
 	if derr := t.ns.DeleteLink(context.WithoutCancel(ctx), name); derr != nil {
-		slog.Warn("parent: rollback: delete link", "link", name, "err", derr)
+		t.log.Warn("parent: rollback: delete link", "link", name, "err", derr)
 	}
 }
 
@@ -442,7 +446,7 @@ func (t *Table) remarkLocked(ctx context.Context, name, leaving string, e *entry
 	}
 	sort.Strings(ids)
 	if err := t.ns.SetLinkAlias(ctx, l.Index, t.mark(ids[0])); err != nil {
-		slog.Warn("parent: move mark of shared link", "link", name, "to network", ids[0], "err", err)
+		t.log.Warn("parent: move mark of shared link", "link", name, "to network", ids[0], "err", err)
 	}
 }
 
