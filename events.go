@@ -25,6 +25,9 @@ const (
 	// EventConflict: something keeps changing an object of cnm's; cnm
 	// stopped putting it back (Detail says how to resolve it).
 	EventConflict EventType = "conflict"
+	// EventHealFailed: cnm could not put back what changed (Detail says
+	// why); it retries with backoff.
+	EventHealFailed EventType = "heal-failed"
 	// EventMissed: this reader fell behind and lost Missed events here.
 	EventMissed EventType = "missed"
 )
@@ -182,8 +185,8 @@ func (c *Controller) emit(e Event) {
 	switch e.Type {
 	case EventHealed:
 		c.log.Info("cnm: healed", attrs...)
-	case EventConflict:
-		c.log.Warn("cnm: conflict", attrs...)
+	case EventConflict, EventHealFailed:
+		c.log.Warn("cnm: "+string(e.Type), attrs...)
 	default:
 		c.log.Debug("cnm: "+string(e.Type), attrs...)
 	}

@@ -29,6 +29,14 @@ func WrapStores(c *Controller, wrap func(store.Store) store.Store) {
 // Tests only.
 func SandboxDNS(sb *Sandbox) []netip.Addr { return sb.cfg.dns }
 
+// SetHealFault makes the controller's heals fail with what fn returns
+// (nil: heal). Tests only.
+func SetHealFault(c *Controller, fn func() error) {
+	c.healer.mu.Lock()
+	c.healer.fault = fn
+	c.healer.mu.Unlock()
+}
+
 // WithWatchBuffer sets the receive buffer of the controller's watchers.
 // Tests only: a small one provokes overruns.
 func WithWatchBuffer(n int) Option {

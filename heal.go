@@ -75,6 +75,7 @@ type healer struct {
 	once   sync.Once // stop
 
 	mu        sync.Mutex
+	fault     func() error // fails heals; tests only (export_test.go)
 	pending   driverapi.HealRequest
 	links     map[int]driverapi.LinkChange
 	history   map[string][]time.Time // heals per object within the window
@@ -176,12 +177,20 @@ func (h *healer) loop(ctx context.Context) {
 	retry := healRetryFirst
 	var wake <-chan time.Time
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-h.kick:
-		case <-wake:
-			wake = nil
+		if wake != nil {
+			// Backing off: changes meanwhile wait in pending.
+			select {
+			case <-ctx.Done():
+				return
+			case <-wake:
+				wake = nil
+			}
+		} else {
+			select {
+			case <-ctx.Done():
+				return
+			case <-h.kick:
+			}
 		}
 		select { // let a burst of changes arrive
 		case <-ctx.Done():
@@ -196,7 +205,7 @@ func (h *healer) loop(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			h.c.log.Warn("cnm: heal failed; retrying", "retry in", retry, "err", err)
+			h.c.emit(Event{Type: EventHealFailed, Detail: fmt.Sprintf("%v (retry in %s)", err, retry)})
 			h.putBack(req)
 			wake = time.After(retry)
 			retry = min(2*retry, healRetryMax)
@@ -209,6 +218,14 @@ func (h *healer) loop(ctx context.Context) {
 // heal asks every driver that heals to check req, skipping the objects in
 // conflict, and reports what they put back.
 func (h *healer) heal(ctx context.Context, req driverapi.HealRequest) error {
+	h.mu.Lock()
+	fault := h.fault
+	h.mu.Unlock()
+	if fault != nil {
+		if err := fault(); err != nil {
+			return err
+		}
+	}
 	req.Skip = h.inConflict
 	var errs []error
 	c := h.c

@@ -4,6 +4,7 @@ package cnm_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -437,4 +439,39 @@ func TestHealMacvlanParent(t *testing.T) {
 	}, 3*time.Second, 20*time.Millisecond, "m0 -> m1 over the healed parent")
 	deleteAll(t, ctrl)
 	cnmtest.AssertNoLeaks(t, host)
+}
+
+// TestHealRetries: a heal that fails is reported and retried with
+// backoff, and what it was to put back comes back once it can.
+func TestHealRetries(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	l := newHealLab(t)
+	evs := l.ctrl.Events(ctx)
+	var fails atomic.Int32
+	cnm.SetHealFault(l.ctrl, func() error {
+		if fails.Add(1) <= 3 {
+			return errors.New("injected heal fault")
+		}
+		return nil
+	})
+	require.NoError(t, l.host.NS.DeleteLink(ctx, l.bridgeA))
+	var times []time.Time
+	for range 3 {
+		e := waitEvent(t, evs, cnm.EventHealFailed, "")
+		assert.Contains(t, e.Detail, "injected heal fault")
+		times = append(times, e.Time)
+	}
+	e := waitEvent(t, evs, cnm.EventHealed, "bridge "+l.bridgeA)
+	times = append(times, e.Time)
+	// Retries after 10, 20 and 40 ms: each waits twice as long.
+	for i := 1; i < len(times); i++ {
+		gap := times[i].Sub(times[i-1])
+		want := 10 * time.Millisecond << (i - 1)
+		require.GreaterOrEqual(t, gap, want, "retry %d came after %v, before its backoff of %v", i, gap, want)
+	}
+	l.requireWorks(t, "after the retried heal")
+	deleteAll(t, l.ctrl)
+	require.NoError(t, l.host.NS.DeleteLink(ctx, "up0"))
+	cnmtest.AssertNoLeaks(t, l.host)
 }
