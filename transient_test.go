@@ -68,7 +68,7 @@ func TestRestoreTransientChild(t *testing.T) {
 	host := &cnmtest.HostNS{Path: os.Getenv("CNM_TRANSIENT_HOSTNS"), RunDir: os.Getenv("CNM_TRANSIENT_RUNDIR"), DataDir: os.Getenv("CNM_TRANSIENT_DATADIR")}
 
 	base := hardOpenFDs(t)
-	ctrl, err := cnm.New(host.Options()...)
+	ctrl, err := cnm.New(childOptions(host)...)
 	require.NoError(t, err, "New without a limit")
 	peak := hardOpenFDs(t)
 	keys := map[string]string{} // container ID -> namespace file
@@ -146,7 +146,7 @@ func TestRestoreTransientChild(t *testing.T) {
 		if err := hardFailSyscallFrom(unix.SYS_BIND, minFD, unix.ENOBUFS); err != nil {
 			t.Skipf("cannot install the seccomp filter that fails bind: %v", err)
 		}
-		c, err := cnm.New(host.Options()...)
+		c, err := cnm.New(childOptions(host)...)
 		if err == nil && len(c.Sandboxes()) == len(keys) {
 			c.Close()
 			t.Skipf("New bound no socket numbered %d or more: the injected ENOBUFS was never hit", minFD)
@@ -164,13 +164,20 @@ func TestRestoreTransientChild(t *testing.T) {
 	for _, limit := range limits {
 		lim := syscall.Rlimit{Cur: uint64(limit), Max: orig.Max}
 		require.NoError(t, syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim))
-		c, err := cnm.New(host.Options()...)
+		c, err := cnm.New(childOptions(host)...)
 		require.NoError(t, syscall.Setrlimit(syscall.RLIMIT_NOFILE, &orig))
 		where := fmt.Sprintf("RLIMIT_NOFILE %d (%d above the %d open before New, which holds %d with every sandbox restored)", limit, limit-after, after, peak)
 		if verdict(where, c, err, unix.EMFILE) {
 			return // the state is damaged: later limits would say nothing more
 		}
 	}
+}
+
+// childOptions are the options of the child's controllers: no watchers,
+// whose sockets a heal in the background may open lazily, so that what New
+// holds at its end is exactly what it needs.
+func childOptions(host *cnmtest.HostNS) []cnm.Option {
+	return append(host.Options(), cnm.WithoutHealing())
 }
 
 // hardFailSyscallFrom makes every call of the system call nr whose first
