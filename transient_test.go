@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/stretchr/testify/assert"
@@ -70,7 +71,14 @@ func TestRestoreTransientChild(t *testing.T) {
 	base := hardOpenFDs(t)
 	ctrl, err := cnm.New(childOptions(host)...)
 	require.NoError(t, err, "New without a limit")
+	// What New holds once settled: background work that New started (a
+	// DNS server switching a thread into its namespace) may hold a file
+	// descriptor for a moment.
 	peak := hardOpenFDs(t)
+	for range 20 {
+		time.Sleep(10 * time.Millisecond)
+		peak = min(peak, hardOpenFDs(t))
+	}
 	keys := map[string]string{} // container ID -> namespace file
 	ids := map[string]string{}  // container ID -> dev:ino
 	for _, sb := range ctrl.Sandboxes() {

@@ -54,9 +54,29 @@ func dial(cfg Config, family int, groups uint32) (*netlink.Conn, error) {
 			c.Close()
 			return nil, err
 		}
+		return c, nil
+	}
+	// A large buffer, beyond net.core.rmem_max (the caller is privileged):
+	// the announcements of the caller's own bursts (a join that publishes
+	// a thousand ports) must not overrun the socket, which would cost a
+	// check of everything.
+	raw, err := c.SyscallConn()
+	if err == nil {
+		cerr := raw.Control(func(fd uintptr) {
+			err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, recvBuffer)
+		})
+		err = errors.Join(cerr, err)
+	}
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("set receive buffer: %w", err)
 	}
 	return c, nil
 }
+
+// recvBuffer is the watchers' socket receive buffer (the kernel doubles
+// it for its bookkeeping).
+const recvBuffer = 8 << 20
 
 // loop receives until the socket is closed.
 func (w *Watcher) loop(c *netlink.Conn, out func(Change), parse func(netlink.Message) (Change, bool)) {
