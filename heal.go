@@ -125,7 +125,7 @@ func (h *healer) seen(ch watch.Change) {
 	h.mu.Lock()
 	switch ch.Kind {
 	case watch.Link:
-		h.links[ch.Index] = driverapi.LinkChange{Index: ch.Index, Name: ch.Name, Deleted: ch.Deleted}
+		h.links[ch.Index] = driverapi.LinkChange{Index: ch.Index, Name: ch.Name, Master: ch.Master, Up: ch.Up, Deleted: ch.Deleted}
 	case watch.Forwarding:
 		if ch.On {
 			h.mu.Unlock()

@@ -32,10 +32,13 @@ type HealRequest struct {
 	Skip func(object string) bool
 }
 
-// LinkChange is a link the kernel announced a change of.
+// LinkChange is a link the kernel announced a change of, as the
+// announcement describes it (a driver re-reads a link before it acts).
 type LinkChange struct {
 	Index   int
 	Name    string
+	Master  int  // index of its bridge, 0 if none
+	Up      bool // administratively up
 	Deleted bool
 }
 

@@ -31,6 +31,9 @@ var _ driverapi.Healer = (*driver)(nil)
 // the driver made itself is never taken for damage. Links the driver does
 // not know are never touched.
 func (d *driver) Heal(ctx context.Context, req driverapi.HealRequest) ([]driverapi.Healed, error) {
+	if !req.All && !req.Firewall && !req.Forwarding && !d.damaged(req.Links) {
+		return nil, nil // the common case: the announcements of cnm's own work
+	}
 	d.healMu.Lock()
 	defer d.healMu.Unlock()
 	skip := req.Skip
@@ -82,6 +85,39 @@ func (d *driver) Heal(ctx context.Context, req driverapi.HealRequest) ([]drivera
 		}
 	}
 	return out, errors.Join(errs...)
+}
+
+// damaged reports whether any of the announced changes may have damaged
+// the driver's objects: a bridge of its own deleted or down, a port of its
+// own down or off its bridge. A deleted port is not damage (it went with
+// its sandbox, or a leave deleted it), and a new link is none of its
+// business. No kernel call: the announcements say enough to rule out
+// the changes cnm makes itself, as a join's port is made up and on its
+// bridge in one request.
+func (d *driver) damaged(links []driverapi.LinkChange) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, l := range links {
+		for _, n := range d.networks {
+			if !n.ready {
+				continue
+			}
+			n.mu.Lock()
+			bridge := n.bridge
+			port := false
+			for _, ep := range n.endpoints {
+				port = port || (ep.hostIf != "" && ep.hostIf == l.Name)
+			}
+			n.mu.Unlock()
+			switch {
+			case l.Index == bridge && (l.Deleted || !l.Up):
+				return true
+			case port && !l.Deleted && (!l.Up || l.Master != bridge):
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // healNetwork checks one network's bridge and ports. remade reports that

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"syscall"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -32,6 +33,10 @@ func Start(cfg Config, out func(Change)) (*Watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("watch links: %w", err)
 	}
+	if err := dropDeviceNetconf(route); err != nil {
+		route.Close()
+		return nil, fmt.Errorf("watch links: %w", err)
+	}
 	nft, err := dial(cfg, unix.NETLINK_NETFILTER, 1<<(unix.NFNLGRP_NFTABLES-1))
 	if err != nil {
 		route.Close()
@@ -39,8 +44,8 @@ func Start(cfg Config, out func(Change)) (*Watcher, error) {
 	}
 	w := &Watcher{conns: []*netlink.Conn{route, nft}}
 	w.wg.Add(2)
-	go w.loop(route, out, func(m netlink.Message) (Change, bool) { return parseRoute(m) })
-	go w.loop(nft, out, func(m netlink.Message) (Change, bool) { return parseNftables(m, cfg) })
+	go w.loop(route, out, func(typ uint16, _ uint32, data []byte) (Change, bool) { return parseRoute(typ, data) })
+	go w.loop(nft, out, func(typ uint16, pid uint32, data []byte) (Change, bool) { return parseNftables(typ, pid, data, cfg) })
 	return w, nil
 }
 
@@ -74,24 +79,86 @@ func dial(cfg Config, family int, groups uint32) (*netlink.Conn, error) {
 	return c, nil
 }
 
+// dropDeviceNetconf attaches a socket filter that drops the netconf
+// announcements of single devices (every new link makes one per family),
+// keeping those of the host-wide switches (NETCONFA_IFINDEX_ALL), which
+// the kernel puts first: the watcher never wakes up for the others.
+func dropDeviceNetconf(c *netlink.Conn) error {
+	// BPF loads are big endian; netlink fields are in host order.
+	be16 := func(v uint16) uint32 {
+		return uint32(binary.BigEndian.Uint16(binary.NativeEndian.AppendUint16(nil, v)))
+	}
+	be32 := func(v uint32) uint32 { return binary.BigEndian.Uint32(binary.NativeEndian.AppendUint32(nil, v)) }
+	const (
+		ldh    = unix.BPF_LD | unix.BPF_H | unix.BPF_ABS
+		ldw    = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
+		jeq    = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
+		ret    = unix.BPF_RET | unix.BPF_K
+		offTyp = 4                     // nlmsghdr.nlmsg_type
+		offAtt = unix.NLMSG_HDRLEN + 4 // first attribute, after the netconfmsg
+	)
+	filter := []unix.SockFilter{
+		{Code: ldh, K: offTyp},
+		{Code: jeq, K: be16(unix.RTM_NEWNETCONF), Jt: 0, Jf: 4}, // not netconf: keep
+		{Code: ldh, K: offAtt + 2},                              // the attribute's type
+		{Code: jeq, K: be16(netconfaIfindex), Jt: 0, Jf: 2},     // not the index first: keep
+		{Code: ldw, K: offAtt + 4},                              // the index
+		{Code: jeq, K: be32(uint32(0xffffffff)), Jt: 0, Jf: 1},  // NETCONFA_IFINDEX_ALL: keep
+		{Code: ret, K: 0xffffffff},
+		{Code: ret, K: 0},
+	}
+	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		serr = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog)
+	})
+	return errors.Join(err, serr)
+}
+
 // recvBuffer is the watchers' socket receive buffer (the kernel doubles
 // it for its bookkeeping).
 const recvBuffer = 8 << 20
 
-// loop receives until the socket is closed.
-func (w *Watcher) loop(c *netlink.Conn, out func(Change), parse func(netlink.Message) (Change, bool)) {
+// loop receives until the socket is closed. It reads each datagram into
+// one reused buffer with a single recvfrom: a join announces a dozen link
+// changes, and the watcher's cost is on every join.
+func (w *Watcher) loop(c *netlink.Conn, out func(Change), parse func(typ uint16, pid uint32, data []byte) (Change, bool)) {
 	defer w.wg.Done()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	buf := make([]byte, 64<<10)
 	for {
-		msgs, err := c.Receive()
-		if errors.Is(err, unix.ENOBUFS) {
+		var (
+			n    int
+			rerr error
+		)
+		err := raw.Read(func(fd uintptr) bool {
+			n, _, rerr = unix.Recvfrom(int(fd), buf, 0)
+			return rerr != unix.EAGAIN
+		})
+		switch {
+		case err != nil:
+			return // closed
+		case errors.Is(rerr, unix.ENOBUFS):
 			out(Change{Kind: Resync})
 			continue
+		case errors.Is(rerr, unix.EINTR):
+			continue
+		case rerr != nil:
+			return
 		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
 		if err != nil {
-			return // closed
+			continue
 		}
 		for _, m := range msgs {
-			if ch, ok := parse(m); ok {
+			if ch, ok := parse(m.Header.Type, m.Header.Pid, m.Data); ok {
 				out(ch)
 			}
 		}
@@ -116,20 +183,20 @@ const (
 )
 
 // parseRoute reads a link or netconf announcement.
-func parseRoute(m netlink.Message) (Change, bool) {
-	switch m.Header.Type {
+func parseRoute(typ uint16, data []byte) (Change, bool) {
+	switch typ {
 	case unix.RTM_NEWLINK, unix.RTM_DELLINK:
 		const ifinfomsgLen = 16
-		if len(m.Data) < ifinfomsgLen {
+		if len(data) < ifinfomsgLen {
 			return Change{}, false
 		}
 		ch := Change{
 			Kind:    Link,
-			Index:   int(int32(binary.NativeEndian.Uint32(m.Data[4:8]))),
-			Up:      binary.NativeEndian.Uint32(m.Data[8:12])&unix.IFF_UP != 0,
-			Deleted: m.Header.Type == unix.RTM_DELLINK,
+			Index:   int(int32(binary.NativeEndian.Uint32(data[4:8]))),
+			Up:      binary.NativeEndian.Uint32(data[8:12])&unix.IFF_UP != 0,
+			Deleted: typ == unix.RTM_DELLINK,
 		}
-		ad, err := netlink.NewAttributeDecoder(m.Data[ifinfomsgLen:])
+		ad, err := netlink.NewAttributeDecoder(data[ifinfomsgLen:])
 		if err != nil {
 			return ch, true
 		}
@@ -144,12 +211,12 @@ func parseRoute(m netlink.Message) (Change, bool) {
 		return ch, true
 	case unix.RTM_NEWNETCONF:
 		const netconfmsgLen = 4 // one byte of family, padded
-		if len(m.Data) < netconfmsgLen {
+		if len(data) < netconfmsgLen {
 			return Change{}, false
 		}
-		ch := Change{Kind: Forwarding, IPv6: m.Data[0] == unix.AF_INET6}
+		ch := Change{Kind: Forwarding, IPv6: data[0] == unix.AF_INET6}
 		ifindex, forwarding := 0, -1
-		ad, err := netlink.NewAttributeDecoder(m.Data[netconfmsgLen:])
+		ad, err := netlink.NewAttributeDecoder(data[netconfmsgLen:])
 		if err != nil {
 			return Change{}, false
 		}
@@ -174,11 +241,11 @@ func parseRoute(m netlink.Message) (Change, bool) {
 // that is not ours. Every nf_tables object message carries its table's
 // name as attribute 1 (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE,
 // NFTA_SET_TABLE, NFTA_SET_ELEM_LIST_TABLE).
-func parseNftables(m netlink.Message, cfg Config) (Change, bool) {
-	if uint16(m.Header.Type)>>8 != unix.NFNL_SUBSYS_NFTABLES {
+func parseNftables(typ uint16, pid uint32, data []byte, cfg Config) (Change, bool) {
+	if typ>>8 != unix.NFNL_SUBSYS_NFTABLES {
 		return Change{}, false
 	}
-	switch uint16(m.Header.Type) & 0xff {
+	switch typ & 0xff {
 	case unix.NFT_MSG_NEWTABLE, unix.NFT_MSG_DELTABLE,
 		unix.NFT_MSG_NEWCHAIN, unix.NFT_MSG_DELCHAIN,
 		unix.NFT_MSG_NEWRULE, unix.NFT_MSG_DELRULE,
@@ -188,13 +255,13 @@ func parseNftables(m netlink.Message, cfg Config) (Change, bool) {
 		return Change{}, false
 	}
 	const nfgenmsgLen = 4
-	if len(m.Data) < nfgenmsgLen || m.Data[0] != unix.NFPROTO_INET {
+	if len(data) < nfgenmsgLen || data[0] != unix.NFPROTO_INET {
 		return Change{}, false
 	}
-	if cfg.Own(m.Header.PID) {
+	if cfg.Own(pid) {
 		return Change{}, false
 	}
-	ad, err := netlink.NewAttributeDecoder(m.Data[nfgenmsgLen:])
+	ad, err := netlink.NewAttributeDecoder(data[nfgenmsgLen:])
 	if err != nil {
 		return Change{}, false
 	}
