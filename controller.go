@@ -194,6 +194,9 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 	if err := ipam.RegisterBuiltins(&c.ipams, alloc); err != nil {
 		return nil, err
 	}
+	if err := c.registerPlugins(ctx); err != nil {
+		return nil, err
+	}
 	if err := c.restore(ctx); err != nil {
 		c.closeHandles()
 		return nil, fmt.Errorf("restore state from %s: %w", cfg.dataDir, err)
@@ -262,6 +265,7 @@ func (c *Controller) Close() error {
 	c.closed = true
 	sandboxes := c.sandboxListLocked()
 	c.mu.Unlock()
+	c.closePlugins()
 	c.events.close()
 	// Background removals stop; the records they would have finished stay,
 	// and the next New finishes them.

@@ -37,6 +37,7 @@ type config struct {
 	watchBuffer int           // tests only: the watchers' receive buffer
 
 	// Network plugins (plugins.go).
+	plugins pluginConfig // WithPluginDirs, WithPlugin, WithPluginTimeout
 }
 
 // Defaults of [New].

@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -20,8 +21,19 @@ const (
 // Registry holds the allocators (IPAM drivers) of one controller by name. It
 // is safe for concurrent use; the zero value is empty and ready to use.
 type Registry struct {
-	mu         sync.RWMutex // guards allocators
+	mu         sync.RWMutex // guards allocators and resolve
 	allocators map[string]Allocator
+	resolve    func(name string) (Allocator, error)
+}
+
+// SetResolver makes [Registry.Allocator] ask fn for names that are not
+// registered (plugins), and register what it returns. fn returns an error
+// wrapping errdefs.ErrNotFound when it knows no such driver. nil: ask
+// nothing.
+func (r *Registry) SetResolver(fn func(name string) (Allocator, error)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.resolve = fn
 }
 
 // RegisterAllocator adds a under name. A name that is taken is an error
@@ -47,8 +59,25 @@ func (r *Registry) RegisterAllocator(name string, a Allocator) error {
 // wrapping errdefs.ErrNotFound that lists the registered names.
 func (r *Registry) Allocator(name string) (Allocator, error) {
 	r.mu.RLock()
-	defer r.mu.RUnlock()
 	a, ok := r.allocators[name]
+	resolve := r.resolve
+	r.mu.RUnlock()
+	if !ok && resolve != nil && name != "" {
+		a, err := resolve(name)
+		if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			return nil, err
+		}
+		if err == nil {
+			if err := r.RegisterAllocator(name, a); errors.Is(err, errdefs.ErrExists) {
+				return r.Allocator(name)
+			} else if err != nil {
+				return nil, err
+			}
+			return a, nil
+		}
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	if !ok {
 		return nil, fmt.Errorf("%w: ipam driver %q (registered: %v)", errdefs.ErrNotFound, name, r.namesLocked())
 	}
