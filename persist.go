@@ -39,7 +39,8 @@ func endpointKey(nid, eid string) string { return prefixEndpoint + nid + "/" + e
 func sandboxKey(id string) string        { return prefixSandbox + id }
 
 type ipamRecord struct {
-	Driver  string                `json:"driver,omitempty"` // "" : default
+	Driver  string                `json:"driver,omitempty"`  // "" : default
+	PoolID  string                `json:"pool_id,omitempty"` // for allocators that keep their own state
 	Subnet  netip.Prefix          `json:"subnet"`
 	IPRange netip.Prefix          `json:"ip_range,omitzero"`
 	Gateway netip.Addr            `json:"gateway"`
@@ -111,6 +112,9 @@ func ipamRec(i *networkIPAM) *ipamRecord {
 		return nil
 	}
 	r := &ipamRecord{Subnet: i.subnet, IPRange: i.ipRange, Gateway: i.gateway, Aux: i.aux}
+	if ipam.KeepsState(i.alloc) {
+		r.PoolID = i.poolID
+	}
 	if i.driver != ipam.DefaultDriver {
 		r.Driver = i.driver
 	}

@@ -68,3 +68,52 @@ func TestRemoteIPAMBridge(t *testing.T) {
 	}
 	assert.Equal(t, []string{"10.81.0.1", "", "", "10.81.0.2"}, requested, "the gateway by address, the containers by any")
 }
+
+// TestRemoteIPAMDownAtRestart: a controller restarts while its IPAM plugin
+// is down: New does not ask the plugin for what its records say it holds,
+// so it starts; the network and its endpoints come back with their
+// addresses, and new addresses come from the plugin once it is back.
+func TestRemoteIPAMDownAtRestart(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dirs := newPluginDirs(t)
+	host := cnmtest.NewHostNS(t)
+	sock := filepath.Join(dirs.sockets, "ipt.sock")
+	p, err := plugintest.StartIPAM(sock, netip.MustParsePrefix("10.82.0.0/24"), netip.MustParsePrefix("fd00:82::/64"))
+	require.NoError(t, err)
+	ctrl, err := cnm.New(append(host.Options(), dirs.option())...)
+	require.NoError(t, err)
+	nw, err := ctrl.NewNetwork(ctx, "bridge", "inet", cnm.WithIPAMDriver("ipt", nil),
+		cnm.WithDriverOptions(map[string]string{"com.docker.network.bridge.name": "br-ipt2"}))
+	require.NoError(t, err)
+	a, epA := container(t, nw, "a")
+	addrA := epA.Info().IPv4
+	require.NoError(t, ctrl.Close())
+
+	// The plugin goes down (its state with it, in this test plugin: a real
+	// one keeps it), and the controller restarts.
+	pools := p.Pools()
+	p.Close()
+	ctrl, err = cnm.New(append(host.Options(), dirs.option())...)
+	require.NoError(t, err, "New does not need the IPAM plugin for what it recorded")
+	t.Cleanup(func() { ctrl.Close() })
+	nw, err = ctrl.NetworkByName("inet")
+	require.NoError(t, err)
+	epA, err = nw.EndpointByName("a")
+	require.NoError(t, err)
+	require.Equal(t, addrA, epA.Info().IPv4)
+	_, err = nw.CreateEndpoint(ctx, "b")
+	require.ErrorIs(t, err, plugin.ErrUnavailable, "a call to the plugin while it is down")
+	assert.ErrorContains(t, err, `plugin "ipt"`)
+
+	// Back, with the pool it had: new endpoints get addresses again.
+	p, err = plugintest.StartIPAM(sock, netip.MustParsePrefix("10.82.0.0/24"), netip.MustParsePrefix("fd00:82::/64"))
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close() })
+	require.NoError(t, p.Restore(pools, []netip.Addr{netip.MustParseAddr("10.82.0.1"), addrA.Addr()}))
+	b, epB := container(t, nw, "b")
+	assert.NotEqual(t, addrA, epB.Info().IPv4)
+	require.NoError(t, cnmtest.TCPExchange(ctx, b.Key(), a.Key(), addrPort(epB.Info().IPv4, 8080), tcpTimeout))
+	deleteAll(t, ctrl)
+	cnmtest.AssertNoLeaks(t, host)
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/ipam"
 	"github.com/seed53641549/cnm/osl"
 	"github.com/seed53641549/cnm/store"
 )
@@ -311,6 +312,13 @@ func (c *Controller) restoreNetwork(ctx context.Context, r networkRecord) error 
 		if err != nil {
 			return err
 		}
+		if ipam.KeepsState(alloc) && fam.rec.PoolID != "" {
+			// A plugin holds the pool itself: nothing to ask it (it may be
+			// down now; calls fail, naming it, until it is back).
+			*fam.dst = &networkIPAM{alloc: alloc, driver: name, poolID: fam.rec.PoolID, subnet: fam.rec.Subnet,
+				ipRange: fam.rec.IPRange, gateway: fam.rec.Gateway, aux: fam.rec.Aux}
+			continue
+		}
 		if *fam.dst, err = c.requestNetworkIPAM(ctx, poolRequest{alloc: alloc, driver: name}, *ipamConfig(fam.rec), fam.v6); err != nil {
 			return err
 		}
@@ -355,8 +363,8 @@ func (c *Controller) restoreEndpoint(ctx context.Context, r endpointRecord, aliv
 		fam  *networkIPAM
 		addr netip.Prefix
 	}{{n.ipv4, r.IPv4}, {n.ipv6, r.IPv6}} {
-		if !a.addr.IsValid() {
-			continue
+		if !a.addr.IsValid() || (a.fam != nil && ipam.KeepsState(a.fam.alloc)) {
+			continue // a plugin holds its addresses itself
 		}
 		if _, err := n.requestAddress(ctx, a.fam, a.addr.Addr()); err != nil {
 			return nil, false, fmt.Errorf("reserve %s: %w", a.addr, err)

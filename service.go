@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/seed53641549/cnm/firewall"
+	"github.com/seed53641549/cnm/ipam"
 )
 
 // Services: endpoints made with [WithService] on one network share a
@@ -325,7 +326,7 @@ func (n *Network) restoreMember(ctx context.Context, ep *Endpoint) error {
 		fam *networkIPAM
 		vip netip.Addr
 	}{{n.ipv4, svc.vip4}, {n.ipv6, svc.vip6}} {
-		if !a.vip.IsValid() {
+		if !a.vip.IsValid() || (a.fam != nil && ipam.KeepsState(a.fam.alloc)) {
 			continue
 		}
 		if _, err := n.requestAddress(ctx, a.fam, a.vip); err != nil {

@@ -101,6 +101,23 @@ type Allocator interface {
 	ReleaseAddress(ctx context.Context, poolID string, addr netip.Addr) error
 }
 
+// StateKeeper is an optional interface of an Allocator that keeps its own
+// pools and addresses across a restart of the controller (a plugin, which
+// is a process of its own). A restarting controller does not ask it again
+// for what its records say it holds, so a plugin that is down then does
+// not keep the controller from starting; the pool IDs it recorded are used
+// as they are.
+type StateKeeper interface {
+	KeepsState() bool
+}
+
+// KeepsState reports whether a keeps its own state across a restart of
+// the controller ([StateKeeper]).
+func KeepsState(a Allocator) bool {
+	k, ok := a.(StateKeeper)
+	return ok && k.KeepsState()
+}
+
 // PoolRequest describes the pool a network asks for in [Allocator.RequestPool].
 type PoolRequest struct {
 	// AddressSpace is the address space to take the pool from. Empty means

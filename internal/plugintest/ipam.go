@@ -165,3 +165,26 @@ func (p *IPAMPlugin) ReleaseAddress(req *ipam.ReleaseAddressRequest) error {
 	delete(pl.used, a)
 	return nil
 }
+
+// Restore gives the plugin pools and allocated addresses, as a plugin that
+// keeps its state on disk has them again when it restarts. An address
+// outside every pool is an error.
+func (p *IPAMPlugin) Restore(pools map[string]netip.Prefix, used []netip.Addr) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, subnet := range pools {
+		p.pools[id] = &ipamPool{subnet: subnet, used: map[netip.Addr]bool{}}
+	}
+	for _, a := range used {
+		found := false
+		for _, pl := range p.pools {
+			if pl.subnet.Contains(a) {
+				pl.used[a], found = true, true
+			}
+		}
+		if !found {
+			return fmt.Errorf("address %s is in no pool", a)
+		}
+	}
+	return nil
+}

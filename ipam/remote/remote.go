@@ -102,6 +102,9 @@ func (a *Allocator) Activate(ctx context.Context) error {
 
 // AddressSpaces returns the plugin's default local and global address
 // spaces; before activation, Docker's names.
+func (a *Allocator) KeepsState() bool { return true }
+
+// AddressSpaces returns the plugin's address spaces (see Activate).
 func (a *Allocator) AddressSpaces() (local, global string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
