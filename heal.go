@@ -126,6 +126,13 @@ func (h *healer) seen(ch watch.Change) {
 	switch ch.Kind {
 	case watch.Link:
 		h.links[ch.Index] = driverapi.LinkChange{Index: ch.Index, Name: ch.Name, Master: ch.Master, Up: ch.Up, Deleted: ch.Deleted}
+	case watch.Address:
+		l, ok := h.links[ch.Index]
+		if !ok {
+			l = driverapi.LinkChange{Index: ch.Index, Up: true}
+		}
+		l.AddressGone = true
+		h.links[ch.Index] = l
 	case watch.Forwarding:
 		if ch.On {
 			h.mu.Unlock()

@@ -215,6 +215,14 @@ func TestHeal(t *testing.T) {
 	waitEvent(t, evs, cnm.EventHealed, "bridge "+l.bridgeA)
 	l.requireWorks(t, "after the bridge set down")
 
+	// The gateway address deleted from the bridge: put back.
+	gw, ok := l.nwA.IPv4()
+	require.True(t, ok)
+	require.NoError(t, l.host.NS.DeleteAddress(ctx, br.Index, netip.PrefixFrom(gw.Gateway, gw.Subnet.Bits())))
+	e = waitEvent(t, evs, cnm.EventHealed, "bridge "+l.bridgeA)
+	assert.Contains(t, e.Detail, gw.Gateway.String())
+	l.requireWorks(t, "after the gateway address was deleted")
+
 	// Forwarding switched off: on again.
 	require.NoError(t, l.host.NS.SetSysctl("net/ipv4/ip_forward", "0"))
 	waitEvent(t, evs, cnm.EventHealed, "sysctl net.ipv4.ip_forward")

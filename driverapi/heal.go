@@ -40,6 +40,9 @@ type LinkChange struct {
 	Master  int  // index of its bridge, 0 if none
 	Up      bool // administratively up
 	Deleted bool
+	// AddressGone: an address was deleted from the link (the other fields
+	// but Index are then unknown).
+	AddressGone bool
 }
 
 // Healed is one object put back.

@@ -41,10 +41,14 @@ func (d *driver) Heal(ctx context.Context, req driverapi.HealRequest) ([]drivera
 		skip = func(string) bool { return false }
 	}
 	touched := map[int]bool{}        // by index: bridges
+	addrGone := map[int]bool{}       // by index: an address deleted
 	touchedName := map[string]bool{} // by name: ports
 	for _, l := range req.Links {
 		touched[l.Index] = true
-		touchedName[l.Name] = true
+		addrGone[l.Index] = addrGone[l.Index] || l.AddressGone
+		if l.Name != "" {
+			touchedName[l.Name] = true
+		}
 	}
 	d.mu.Lock()
 	var nets []*network
@@ -61,7 +65,7 @@ func (d *driver) Heal(ctx context.Context, req driverapi.HealRequest) ([]drivera
 	)
 	rebuild := req.Firewall || req.All
 	for _, n := range nets {
-		healed, remade, err := d.healNetwork(ctx, n, req.All, touched, touchedName, skip)
+		healed, remade, err := d.healNetwork(ctx, n, req.All, touched, addrGone, touchedName, skip)
 		out = append(out, healed...)
 		rebuild = rebuild || remade
 		if err != nil {
@@ -110,7 +114,7 @@ func (d *driver) damaged(links []driverapi.LinkChange) bool {
 			}
 			n.mu.Unlock()
 			switch {
-			case l.Index == bridge && (l.Deleted || !l.Up):
+			case l.Index == bridge && (l.Deleted || !l.Up || l.AddressGone):
 				return true
 			case port && !l.Deleted && (!l.Up || l.Master != bridge):
 				return true
@@ -122,7 +126,7 @@ func (d *driver) damaged(links []driverapi.LinkChange) bool {
 
 // healNetwork checks one network's bridge and ports. remade reports that
 // the bridge was made again.
-func (d *driver) healNetwork(ctx context.Context, n *network, all bool, touched map[int]bool, touchedName map[string]bool,
+func (d *driver) healNetwork(ctx context.Context, n *network, all bool, touched, addrGone map[int]bool, touchedName map[string]bool,
 	skip func(string) bool) (out []driverapi.Healed, remade bool, err error) {
 	host := d.cfg.HostNS
 	obj := "bridge " + n.opts.bridgeName
@@ -148,7 +152,7 @@ func (d *driver) healNetwork(ctx context.Context, n *network, all bool, touched 
 			}
 			out = append(out, driverapi.Healed{NetworkID: n.id, Object: obj, Detail: "set up"})
 		}
-		if all {
+		if all || addrGone[n.bridgeIndex()] {
 			for _, a := range n.gwAddrs {
 				err := host.AddAddress(ctx, l.Index, a)
 				if err == nil {

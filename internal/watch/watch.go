@@ -12,6 +12,8 @@ const (
 	// Link: a link was made, changed or deleted (Index, Name, Master, Up,
 	// Deleted).
 	Link Kind = iota + 1
+	// Address: an address was deleted from the link Index.
+	Address
 	// Forwarding: the host-wide forwarding switch of a family changed
 	// (IPv6, On).
 	Forwarding

@@ -29,7 +29,8 @@ func Start(cfg Config, out func(Change)) (*Watcher, error) {
 		cfg.Own = func(uint32) bool { return false }
 	}
 	route, err := dial(cfg, unix.NETLINK_ROUTE,
-		1<<(unix.RTNLGRP_LINK-1)|1<<(unix.RTNLGRP_IPV4_NETCONF-1)|1<<(unix.RTNLGRP_IPV6_NETCONF-1))
+		1<<(unix.RTNLGRP_LINK-1)|1<<(unix.RTNLGRP_IPV4_NETCONF-1)|1<<(unix.RTNLGRP_IPV6_NETCONF-1)|
+			1<<(unix.RTNLGRP_IPV4_IFADDR-1)|1<<(unix.RTNLGRP_IPV6_IFADDR-1))
 	if err != nil {
 		return nil, fmt.Errorf("watch links: %w", err)
 	}
@@ -82,7 +83,8 @@ func dial(cfg Config, family int, groups uint32) (*netlink.Conn, error) {
 // dropDeviceNetconf attaches a socket filter that drops the netconf
 // announcements of single devices (every new link makes one per family),
 // keeping those of the host-wide switches (NETCONFA_IFINDEX_ALL), which
-// the kernel puts first: the watcher never wakes up for the others.
+// the kernel puts first, and drops new addresses (only a deleted one can
+// be damage): the watcher never wakes up for the others.
 func dropDeviceNetconf(c *netlink.Conn) error {
 	// BPF loads are big endian; netlink fields are in host order.
 	be16 := func(v uint16) uint32 {
@@ -99,6 +101,7 @@ func dropDeviceNetconf(c *netlink.Conn) error {
 	)
 	filter := []unix.SockFilter{
 		{Code: ldh, K: offTyp},
+		{Code: jeq, K: be16(unix.RTM_NEWADDR), Jt: 6, Jf: 0},    // a new address: drop
 		{Code: jeq, K: be16(unix.RTM_NEWNETCONF), Jt: 0, Jf: 4}, // not netconf: keep
 		{Code: ldh, K: offAtt + 2},                              // the attribute's type
 		{Code: jeq, K: be16(netconfaIfindex), Jt: 0, Jf: 2},     // not the index first: keep
@@ -209,6 +212,13 @@ func parseRoute(typ uint16, data []byte) (Change, bool) {
 			}
 		}
 		return ch, true
+	case unix.RTM_DELADDR:
+		// An address deleted from a link: reported as a change of the link.
+		const ifaddrmsgLen = 8
+		if len(data) < ifaddrmsgLen {
+			return Change{}, false
+		}
+		return Change{Kind: Address, Index: int(binary.NativeEndian.Uint32(data[4:8]))}, true
 	case unix.RTM_NEWNETCONF:
 		const netconfmsgLen = 4 // one byte of family, padded
 		if len(data) < netconfmsgLen {
