@@ -1,0 +1,373 @@
+package global
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+
+	"github.com/seed53641549/cnm/errdefs"
+	"github.com/seed53641549/cnm/ipam"
+	"github.com/seed53641549/cnm/store"
+	etcdstore "github.com/seed53641549/cnm/store/etcd"
+)
+
+const (
+	poolsPrefix  = "ipam/global/pool"   // covers the pools and the guard
+	poolPrefix   = "ipam/global/pools/" // one key per pool
+	guardKey     = "ipam/global/pool-guard"
+	blocksPrefix = "ipam/global/blocks/"
+)
+
+// poolRecord is the value of a pool's key.
+type poolRecord struct {
+	ID        string `json:"id"`
+	Subnet    string `json:"subnet"`
+	BlockSize int    `json:"blockSize"` // prefix length of a block
+}
+
+// Allocator serves [ipam.GlobalSpace] from the global store, for one host.
+// Every host that has endpoints on a global network makes one, with its own
+// lease; a pool requested on one host is usable by its ID on every other.
+// Make one with [New]. It is safe for concurrent use.
+//
+// A call that returns an error changes no address: at most a block it
+// claimed on the way stays claimed, empty, until [Allocator.ReturnEmptyBlocks]
+// or the end of the lease.
+type Allocator struct {
+	cfg Config
+
+	mu      sync.Mutex
+	pools   map[string]*gpool // by ID: pools this host has used
+	deleted map[string]uint64 // by subnet key: revision of the last delete the watch saw
+
+	watchOnce sync.Once
+	stopWatch context.CancelFunc // set by the first pool load
+	watchDone chan struct{}      // closed when the watch of the pools ends
+}
+
+type gpool struct {
+	id     string
+	subnet netip.Prefix
+	rev    uint64 // revision of the pool's record
+	sp     *space
+}
+
+var _ ipam.Allocator = (*Allocator)(nil)
+
+// New returns this host's allocator of the global address space. It checks
+// cfg (an error wrapping errdefs.ErrInvalid names the bad field and value)
+// and touches no key.
+func New(cfg Config) (*Allocator, error) {
+	cfg, err := cfg.validate()
+	if err != nil {
+		return nil, err
+	}
+	return &Allocator{cfg: cfg, pools: make(map[string]*gpool), deleted: make(map[string]uint64), watchDone: make(chan struct{})}, nil
+}
+
+// AddressSpaces returns [ipam.LocalSpace] and [ipam.GlobalSpace]; this
+// allocator serves only the second.
+func (a *Allocator) AddressSpaces() (local, global string) {
+	return ipam.LocalSpace, ipam.GlobalSpace
+}
+
+func subnetKey(p netip.Prefix) string { return strings.ReplaceAll(p.String(), "/", "_") }
+
+// RequestPool reserves req.Subnet in the global address space for every
+// host, and returns the pool. The subnet must be given (the global space has
+// no default pools), masked, of the family req.V6 says, and for IPv6 a /64
+// or longer; IPRange and Size are not supported and must be zero; Avoid is
+// ignored. An address space other than "" or [ipam.GlobalSpace] is refused.
+// Bad input is an error wrapping errdefs.ErrInvalid naming the field and
+// value; a subnet overlapping a pool held by any host is [ipam.ErrOverlap].
+// Pools are added one at a time across all hosts (a guard key serialises
+// them), so two hosts never reserve overlapping subnets.
+func (a *Allocator) RequestPool(ctx context.Context, req ipam.PoolRequest) (ipam.Pool, error) {
+	if err := checkPoolRequest(req); err != nil {
+		return ipam.Pool{}, err
+	}
+	subnet := req.Subnet
+	bs := a.cfg.BlockSizeV4
+	if subnet.Addr().Is6() {
+		bs = a.cfg.BlockSizeV6
+	}
+	bs = max(bs, subnet.Bits())
+	var nonce [8]byte
+	_, _ = rand.Read(nonce[:])
+	id := ipam.GlobalSpace + "/" + subnet.String() + "#" + hex.EncodeToString(nonce[:])
+	val, _ := json.Marshal(poolRecord{ID: id, Subnet: subnet.String(), BlockSize: bs})
+	for {
+		kvs, _, err := a.cfg.Store.Snapshot(ctx, poolsPrefix)
+		if err != nil {
+			return ipam.Pool{}, fmt.Errorf("request pool %s: %w", subnet, err)
+		}
+		var guardRev uint64
+		for _, kv := range kvs {
+			if kv.Key == guardKey {
+				guardRev = kv.Revision
+				continue
+			}
+			var rec poolRecord
+			if json.Unmarshal(kv.Value, &rec) != nil {
+				continue
+			}
+			if held, err := netip.ParsePrefix(rec.Subnet); err == nil && held.Overlaps(subnet) {
+				return ipam.Pool{}, fmt.Errorf("%w: subnet %s overlaps pool %s in address space %q",
+					ipam.ErrOverlap, subnet, held, ipam.GlobalSpace)
+			}
+		}
+		_, err = a.cfg.Store.TxnIf(ctx, []etcdstore.Cond{{Key: guardKey, Revision: guardRev}},
+			etcdstore.Op{Key: poolPrefix + subnetKey(subnet), Value: val},
+			etcdstore.Op{Key: guardKey, Value: []byte(id)})
+		if errors.Is(err, store.ErrConflict) {
+			continue // another pool changed meanwhile: check again
+		}
+		if err != nil {
+			return ipam.Pool{}, fmt.Errorf("request pool %s: %w", subnet, err)
+		}
+		return ipam.Pool{ID: id, Subnet: subnet}, nil
+	}
+}
+
+func checkPoolRequest(req ipam.PoolRequest) error {
+	switch req.AddressSpace {
+	case "", ipam.GlobalSpace:
+	default:
+		return fmt.Errorf("%w: address space %q is not served by the global allocator", errdefs.ErrInvalid, req.AddressSpace)
+	}
+	s := req.Subnet
+	switch {
+	case s == (netip.Prefix{}):
+		return fmt.Errorf("%w: subnet is not set: the global address space has no default pools", errdefs.ErrInvalid)
+	case !s.IsValid():
+		return fmt.Errorf("%w: subnet %s is not a valid prefix", errdefs.ErrInvalid, s)
+	case s.Masked() != s:
+		return fmt.Errorf("%w: subnet %s has host bits set (use %s)", errdefs.ErrInvalid, s, s.Masked())
+	case s.Addr().Is4In6() || s.Addr().Zone() != "":
+		return fmt.Errorf("%w: subnet %s is not a plain IPv4 or IPv6 prefix", errdefs.ErrInvalid, s)
+	case s.Addr().Is6() != req.V6:
+		return fmt.Errorf("%w: subnet %s does not match v6=%t", errdefs.ErrInvalid, s, req.V6)
+	case s.Addr().Is6() && s.Bits() < 64:
+		return fmt.Errorf("%w: subnet %s is shorter than the /64 the global allocator supports", errdefs.ErrInvalid, s)
+	case req.IPRange != (netip.Prefix{}):
+		return fmt.Errorf("%w: ip-range %s is not supported by the global allocator", errdefs.ErrInvalid, req.IPRange)
+	case req.Size != 0:
+		return fmt.Errorf("%w: size %d is not supported by the global allocator (give a subnet)", errdefs.ErrInvalid, req.Size)
+	}
+	return nil
+}
+
+// ReleasePool drops the pool for every host, with every block claimed in
+// it. The caller makes sure no host still uses it (the controller refuses to
+// delete a network with endpoints). An unknown or stale ID is an error
+// wrapping errdefs.ErrNotFound.
+func (a *Allocator) ReleasePool(ctx context.Context, poolID string) error {
+	subnet, kv, err := a.lookup(ctx, poolID)
+	if err != nil {
+		return err
+	}
+	_, err = a.cfg.Store.TxnIf(ctx, []etcdstore.Cond{{Key: kv.Key, Revision: kv.Revision}},
+		etcdstore.Op{Key: kv.Key, Delete: true},
+		etcdstore.Op{Key: blocksPrefix + subnetKey(subnet) + "/", Delete: true, Prefix: true},
+		etcdstore.Op{Key: guardKey, Value: []byte("-" + poolID)})
+	if errors.Is(err, store.ErrConflict) {
+		return fmt.Errorf("%w: pool %q: released meanwhile", errdefs.ErrNotFound, poolID)
+	}
+	if err != nil {
+		return fmt.Errorf("release pool %q: %w", poolID, err)
+	}
+	a.mu.Lock()
+	delete(a.pools, poolID)
+	a.mu.Unlock()
+	return nil
+}
+
+// lookup reads the pool record of poolID from the store.
+func (a *Allocator) lookup(ctx context.Context, poolID string) (netip.Prefix, store.KV, error) {
+	rest, ok := strings.CutPrefix(poolID, ipam.GlobalSpace+"/")
+	sub, _, ok2 := strings.Cut(rest, "#")
+	subnet, err := netip.ParsePrefix(sub)
+	if !ok || !ok2 || err != nil {
+		return netip.Prefix{}, store.KV{}, fmt.Errorf("%w: pool id %q is not a global pool id", errdefs.ErrNotFound, poolID)
+	}
+	kv, err := a.cfg.Store.Get(ctx, poolPrefix+subnetKey(subnet))
+	if errors.Is(err, store.ErrNotFound) {
+		return netip.Prefix{}, store.KV{}, fmt.Errorf("%w: pool %q", errdefs.ErrNotFound, poolID)
+	}
+	if err != nil {
+		return netip.Prefix{}, store.KV{}, fmt.Errorf("pool %q: %w", poolID, err)
+	}
+	var rec poolRecord
+	if err := json.Unmarshal(kv.Value, &rec); err != nil || rec.ID != poolID {
+		return netip.Prefix{}, store.KV{}, fmt.Errorf("%w: pool %q (subnet %s belongs to another pool)", errdefs.ErrNotFound, poolID, subnet)
+	}
+	return subnet, kv, nil
+}
+
+// pool returns the pool of poolID, reading it from the store the first time
+// this host uses it.
+func (a *Allocator) pool(ctx context.Context, poolID string) (*gpool, error) {
+	a.mu.Lock()
+	p := a.pools[poolID]
+	a.mu.Unlock()
+	if p != nil {
+		return p, nil
+	}
+	subnet, kv, err := a.lookup(ctx, poolID)
+	if err != nil {
+		return nil, err
+	}
+	var rec poolRecord
+	_ = json.Unmarshal(kv.Value, &rec)
+	addrBits := subnet.Addr().BitLen()
+	hostBits := uint(addrBits - subnet.Bits())
+	last := ^uint64(0) >> (64 - hostBits)
+	if hostBits == 0 {
+		last = 0
+	}
+	first := uint64(0)
+	switch {
+	case subnet.Addr().Is4() && hostBits >= 2:
+		first, last = 1, last-1 // no network and broadcast address
+	case subnet.Addr().Is6() && hostBits >= 2:
+		first = 1 // no Subnet-Router anycast address
+	}
+	base := subnet.Addr()
+	p = &gpool{id: poolID, subnet: subnet, rev: kv.Revision}
+	p.sp = &space{
+		kv:     a.cfg.Store,
+		lease:  a.cfg.Lease,
+		host:   a.cfg.Host,
+		name:   "subnet " + subnet.String(),
+		prefix: blocksPrefix + subnetKey(subnet) + "/",
+		guard:  []etcdstore.Cond{{Key: kv.Key, Revision: kv.Revision}},
+		first:  first,
+		last:   last,
+		bits:   uint(addrBits - rec.BlockSize),
+		format: func(ord uint64) string { return addrAt(base, ord).String() },
+		blockName: func(idx uint64) string {
+			return netip.PrefixFrom(addrAt(base, idx<<uint(addrBits-rec.BlockSize)), rec.BlockSize).String()
+		},
+		blocks: make(map[uint64]*block),
+	}
+	a.startWatch(kv.Revision)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if q := a.pools[poolID]; q != nil {
+		return q, nil
+	}
+	if a.deleted[subnetKey(subnet)] > kv.Revision { // released while we read it
+		return nil, fmt.Errorf("%w: pool %q", errdefs.ErrNotFound, poolID)
+	}
+	a.pools[poolID] = p
+	return p, nil
+}
+
+// addrAt returns base + ord (ord fits in the subnet's host bits, at most 64).
+func addrAt(base netip.Addr, ord uint64) netip.Addr {
+	if base.Is4() {
+		b := base.As4()
+		binary.BigEndian.PutUint32(b[:], binary.BigEndian.Uint32(b[:])+uint32(ord))
+		return netip.AddrFrom4(b)
+	}
+	b := base.As16()
+	binary.BigEndian.PutUint64(b[8:], binary.BigEndian.Uint64(b[8:])+ord)
+	return netip.AddrFrom16(b)
+}
+
+// ordOf returns addr's offset in subnet.
+func ordOf(subnet netip.Prefix, addr netip.Addr) uint64 {
+	if addr.Is4() {
+		a, b := addr.As4(), subnet.Addr().As4()
+		return uint64(binary.BigEndian.Uint32(a[:]) - binary.BigEndian.Uint32(b[:]))
+	}
+	a, b := addr.As16(), subnet.Addr().As16()
+	return binary.BigEndian.Uint64(a[8:]) - binary.BigEndian.Uint64(b[8:])
+}
+
+// RequestAddress allocates an address of the pool on this host. With a zero
+// req.Preferred it takes the lowest free address of this host's blocks (not
+// next-fit as [ipam.AddressRequest] describes for the local allocator: a
+// just-released address may come back at once), and
+// claims the lowest free block of the subnet when they are full, which is
+// the only case that asks etcd; when every block is claimed by some host and
+// this host's are full it fails with [ipam.ErrPoolExhausted] naming the
+// subnet. A preferred address must be a usable address of the subnet; its
+// block is claimed if no host holds it, and a block held by another host is
+// an error wrapping errdefs.ErrExists naming that host.
+func (a *Allocator) RequestAddress(ctx context.Context, poolID string, req ipam.AddressRequest) (netip.Addr, error) {
+	p, err := a.pool(ctx, poolID)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if pa := req.Preferred; pa.IsValid() {
+		ord, err := p.checkAddr("preferred address", pa)
+		if err != nil {
+			return netip.Addr{}, err
+		}
+		if err := p.sp.allocAt(ctx, ord); err != nil {
+			return netip.Addr{}, err
+		}
+		return pa, nil
+	} else if pa != (netip.Addr{}) {
+		return netip.Addr{}, fmt.Errorf("%w: preferred address %s is not valid", errdefs.ErrInvalid, pa)
+	}
+	ord, err := p.sp.alloc(ctx)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	return addrAt(p.subnet.Addr(), ord), nil
+}
+
+// checkAddr checks that addr is a usable address of the pool's subnet.
+func (p *gpool) checkAddr(field string, addr netip.Addr) (uint64, error) {
+	if addr.Zone() != "" || addr.Is4In6() || !p.subnet.Contains(addr) {
+		return 0, fmt.Errorf("%w: %s %s is not in subnet %s", errdefs.ErrInvalid, field, addr, p.subnet)
+	}
+	ord := ordOf(p.subnet, addr)
+	if !p.sp.usable(ord) {
+		return 0, fmt.Errorf("%w: %s %s is a reserved address of subnet %s", errdefs.ErrInvalid, field, addr, p.subnet)
+	}
+	return ord, nil
+}
+
+// ReleaseAddress frees an address this host allocated in the pool; an
+// address this host did not allocate is an error wrapping
+// errdefs.ErrNotFound. When its block is then empty the block is returned
+// to the subnet (its key deleted). If that delete fails the address is
+// freed all the same and nil returned: the empty block stays this host's,
+// for its next address or [Allocator.ReturnEmptyBlocks].
+func (a *Allocator) ReleaseAddress(ctx context.Context, poolID string, addr netip.Addr) error {
+	p, err := a.pool(ctx, poolID)
+	if err != nil {
+		return err
+	}
+	ord, err := p.checkAddr("address", addr)
+	if err != nil {
+		return err
+	}
+	return p.sp.release(ctx, ord)
+}
+
+// ReturnEmptyBlocks gives back every block of this host that has no address
+// allocated, in every pool it has used. Blocks still in use stay claimed.
+func (a *Allocator) ReturnEmptyBlocks(ctx context.Context) error {
+	a.mu.Lock()
+	pools := make([]*gpool, 0, len(a.pools))
+	for _, p := range a.pools {
+		pools = append(pools, p)
+	}
+	a.mu.Unlock()
+	var errs []error
+	for _, p := range pools {
+		errs = append(errs, p.sp.returnEmpty(ctx))
+	}
+	return errors.Join(errs...)
+}

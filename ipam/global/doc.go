@@ -1,0 +1,38 @@
+// Package global serves the global address space ([ipam.GlobalSpace]) of
+// multi-host networks from etcd, and allocates their VXLAN IDs, with block
+// affinity as Calico does: etcd stays off the per-address path.
+//
+// Each host cuts a pool's subnet into small aligned blocks (a /26 for IPv4
+// and a /122 for IPv6 by default) and claims a free block by a
+// compare-and-swap transaction (the block's key must not exist) written
+// under the host's etcd lease. It then hands out the addresses of its blocks
+// from memory, without a request to etcd, claims another block when its
+// blocks are full, and deletes a block's key as soon as the block is empty
+// again. Since a block belongs to one host at a time and only that host
+// allocates in it, two hosts never hand out one address, even when they
+// allocate at the same instant. A host whose lease ends (it died, or lost
+// etcd for longer than the lease's TTL) loses its blocks: etcd deletes their
+// keys, other hosts may claim them, and the host's allocator refuses every
+// later call with an error wrapping [etcdstore.ErrLeaseLost]; the host then
+// starts again with a new lease and a new allocator.
+//
+// VXLAN IDs ([VXLANAllocator]) are allocated the same way, in blocks of 64
+// IDs from 4096 up by default, except that an ID, which belongs to a network
+// rather than to a host, is also recorded under a key of its own with no
+// lease, created by compare-and-swap. The record decides: it outlives the
+// host that chose the ID, a host that claims the block later skips it, any
+// host may ask for a given ID or release one (a network is deleted
+// anywhere), and the block only spares hosts from racing for the same IDs.
+// Networks are made rarely, so the extra write costs nothing that matters.
+//
+// Keys (under the store's own prefix):
+//
+//	ipam/global/pools/<subnet>                 a pool: its ID and block size
+//	ipam/global/pool-guard                     bumped at every pool change
+//	ipam/global/blocks/<subnet>/<block>        a claimed block (leased)
+//	vxlan/blocks/<block>                       a claimed block of VXLAN IDs (leased)
+//	vxlan/ids/<id>                             an allocated VXLAN ID (no lease)
+//
+// Subnets appear in keys with '/' written as '_'; blocks are their index in
+// 16 hexadecimal digits, so keys sort in address order.
+package global

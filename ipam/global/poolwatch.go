@@ -1,0 +1,101 @@
+package global
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	etcdstore "github.com/seed53641549/cnm/store/etcd"
+)
+
+// The pools a host has used are cached, so that the per-address path does
+// not read etcd. A watch of the pool keys drops a cached pool as soon as
+// any host releases it, so a stale pool ID is not served from blocks that
+// no longer exist in etcd.
+
+// startWatch starts the watch of the pool keys once, from revision after.
+func (a *Allocator) startWatch(after uint64) {
+	a.watchOnce.Do(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		a.stopWatch = cancel
+		go a.watchPools(ctx, after)
+	})
+}
+
+// watchPools drops cached pools that were released or replaced, until ctx
+// ends or the store closes.
+func (a *Allocator) watchPools(ctx context.Context, after uint64) {
+	defer close(a.watchDone)
+	for {
+		failed := false
+		for b := range a.cfg.Store.Watch(ctx, poolPrefix, after) {
+			if b.Err != nil {
+				failed = true
+				break
+			}
+			after = b.Revision
+			if b.Resync {
+				live := make(map[string]bool, len(b.Snapshot))
+				for _, kv := range b.Snapshot {
+					live[strings.TrimPrefix(kv.Key, poolPrefix)] = true
+				}
+				a.dropPools(b.Revision, func(sk string) bool { return !live[sk] })
+				continue
+			}
+			for _, ev := range b.Events {
+				sk := strings.TrimPrefix(ev.KV.Key, poolPrefix)
+				if ev.Type == etcdstore.EventDelete {
+					a.mu.Lock()
+					a.deleted[sk] = max(a.deleted[sk], ev.KV.Revision)
+					a.mu.Unlock()
+					a.dropPools(ev.KV.Revision, func(k string) bool { return k == sk })
+				}
+			}
+		}
+		if !failed || ctx.Err() != nil {
+			return // cancelled, or the store closed
+		}
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// dropPools forgets the cached pools whose subnet key gone selects and
+// whose record is older than rev, refuses further calls on them, and
+// remembers rev so that a lookup that read such a record before the watch
+// saw it go does not cache it.
+func (a *Allocator) dropPools(rev uint64, gone func(subnetKey string) bool) {
+	a.mu.Lock()
+	var dropped []*gpool
+	for id, p := range a.pools {
+		sk := subnetKey(p.subnet)
+		if gone(sk) && p.rev < rev {
+			delete(a.pools, id)
+			dropped = append(dropped, p)
+			a.deleted[sk] = max(a.deleted[sk], rev)
+		}
+	}
+	a.mu.Unlock()
+	for _, p := range dropped {
+		p.sp.mu.Lock()
+		p.sp.released = true
+		clear(p.sp.blocks)
+		p.sp.order = nil
+		p.sp.mu.Unlock()
+	}
+}
+
+// Close stops the allocator's watch of the pools. It does not return blocks
+// (see [Allocator.ReturnEmptyBlocks]; the others end with the lease). The
+// allocator must not be used afterwards. Safe to call twice.
+func (a *Allocator) Close() error {
+	a.watchOnce.Do(func() { close(a.watchDone) }) // never started
+	if a.stopWatch != nil {
+		a.stopWatch()
+	}
+	<-a.watchDone
+	return nil
+}

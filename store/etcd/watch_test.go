@@ -1,0 +1,226 @@
+package etcdstore
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/seed53641549/cnm/errdefs"
+	"github.com/seed53641549/cnm/store"
+	"github.com/seed53641549/cnm/store/etcd/etcdtest"
+)
+
+func next(t *testing.T, w <-chan WatchBatch) WatchBatch {
+	t.Helper()
+	select {
+	case b, ok := <-w:
+		if !ok {
+			t.Fatal("watch closed")
+		}
+		if b.Err != nil {
+			t.Fatalf("watch ended: %v", b.Err)
+		}
+		return b
+	case <-time.After(5 * time.Second):
+		t.Fatal("no watch batch within 5s")
+	}
+	return WatchBatch{}
+}
+
+// collect reads batches until it has n events.
+func collect(t *testing.T, w <-chan WatchBatch, n int) []Event {
+	t.Helper()
+	var evs []Event
+	for len(evs) < n {
+		b := next(t, w)
+		if b.Resync {
+			t.Fatalf("unexpected resync: %+v", b)
+		}
+		evs = append(evs, b.Events...)
+	}
+	return evs
+}
+
+func TestWatchResumes(t *testing.T) {
+	srv := etcdtest.Start(t, etcdtest.Options{})
+	s := open(t, srv, "w/")
+	ctx := t.Context()
+
+	r1, _ := s.CompareAndSwap(ctx, "peers/a", 0, []byte("1"))
+	r2, _ := s.CompareAndSwap(ctx, "peers/b", 0, []byte("1"))
+	if err := s.Txn(ctx, store.Put("other/x", nil), store.Del("peers/a")); err != nil {
+		t.Fatal(err)
+	}
+	// Everything after r1, nothing outside the prefix.
+	w := s.Watch(ctx, "peers/", r1)
+	evs := collect(t, w, 2)
+	if evs[0].Type != EventPut || evs[0].KV.Key != "peers/b" || evs[0].KV.Revision != r2 {
+		t.Fatalf("first event %+v, want put of peers/b at %d", evs[0], r2)
+	}
+	if evs[1].Type != EventDelete || evs[1].KV.Key != "peers/a" || evs[1].KV.Value != nil {
+		t.Fatalf("second event %+v, want delete of peers/a", evs[1])
+	}
+	// A live change arrives, and the batch says where to resume.
+	r4, _ := s.CompareAndSwap(ctx, "peers/c", 0, []byte("3"))
+	b := next(t, w)
+	if len(b.Events) != 1 || b.Events[0].KV.Key != "peers/c" || string(b.Events[0].KV.Value) != "3" || b.Revision != r4 {
+		t.Fatalf("live batch %+v, want peers/c=3 at %d", b, r4)
+	}
+	// Snapshot + watch after its revision misses nothing.
+	kvs, rev, err := s.Snapshot(ctx, "peers/")
+	if err != nil || len(kvs) != 2 || rev < r4 {
+		t.Fatalf("snapshot: %v at %d, %v", kvs, rev, err)
+	}
+	r5, _ := s.CompareAndSwap(ctx, "peers/d", 0, nil)
+	w2 := s.Watch(ctx, "peers/", rev)
+	if evs := collect(t, w2, 1); evs[0].KV.Key != "peers/d" || evs[0].KV.Revision != r5 {
+		t.Fatalf("watch after the snapshot: %+v", evs)
+	}
+}
+
+func TestWatchResyncsAfterCompaction(t *testing.T) {
+	srv := etcdtest.Start(t, etcdtest.Options{})
+	s := open(t, srv, "wc/")
+	ctx := t.Context()
+
+	old, _ := s.CompareAndSwap(ctx, "peers/a", 0, []byte("1"))
+	s.CompareAndSwap(ctx, "peers/b", 0, []byte("1"))
+	if err := s.Txn(ctx, store.Del("peers/a")); err != nil {
+		t.Fatal(err)
+	}
+	last, _ := s.CompareAndSwap(ctx, "peers/c", 0, []byte("1"))
+	srv.Compact(t, last)
+
+	// A consumer that was up to date at old resumes: it missed the delete
+	// of peers/a, so it is told to resync, with the current state.
+	w := s.Watch(ctx, "peers/", old)
+	b := next(t, w)
+	if !b.Resync || b.CompactRevision == 0 || b.Revision < last {
+		t.Fatalf("first batch after compaction %+v, want a resync at >= %d", b, last)
+	}
+	var keys []string
+	for _, kv := range b.Snapshot {
+		keys = append(keys, kv.Key)
+	}
+	if len(keys) != 2 || keys[0] != "peers/b" || keys[1] != "peers/c" {
+		t.Fatalf("resync snapshot %v, want peers/b peers/c", keys)
+	}
+	// And it goes on watching from there.
+	r, _ := s.CompareAndSwap(ctx, "peers/d", 0, nil)
+	if evs := collect(t, w, 1); evs[0].KV.Key != "peers/d" || evs[0].KV.Revision != r {
+		t.Fatalf("event after resync: %+v", evs)
+	}
+}
+
+func TestLease(t *testing.T) {
+	srv := etcdtest.Start(t, etcdtest.Options{})
+	s := open(t, srv, "l/")
+	ctx := t.Context()
+
+	_, err := s.GrantLease(ctx, 500*time.Millisecond)
+	wantErr(t, err, errdefs.ErrInvalid, "ttl", "500ms")
+	_, err = s.PutWithLease(ctx, "k", nil, nil)
+	wantErr(t, err, errdefs.ErrInvalid, "lease", `"k"`)
+
+	// Kept alive past its TTL.
+	l, err := s.GrantLease(ctx, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PutWithLease(ctx, "hosts/a", []byte("a"), l); err != nil {
+		t.Fatal(err)
+	}
+	w := s.Watch(ctx, "hosts/", 0)
+	time.Sleep(2500 * time.Millisecond)
+	if _, err := s.Get(ctx, "hosts/a"); err != nil || l.Err() != nil {
+		t.Fatalf("key of a kept-alive lease after 2.5s: %v (lease: %v)", err, l.Err())
+	}
+
+	// The host stops renewing (it died, or lost etcd): the key expires,
+	// watchers see it go, and the lease reports its loss.
+	l.cancel()
+	select {
+	case <-l.Lost():
+	case <-time.After(5 * time.Second):
+		t.Fatal("lost lease not reported")
+	}
+	wantErr(t, l.Err(), ErrLeaseLost)
+	evs := collect(t, w, 1)
+	if evs[0].Type != EventDelete || evs[0].KV.Key != "hosts/a" {
+		t.Fatalf("event at lease expiry: %+v", evs[0])
+	}
+	_, err = s.PutWithLease(ctx, "hosts/b", nil, l)
+	wantErr(t, err, ErrLeaseLost, `"hosts/b"`)
+
+	// Revoke removes the keys at once.
+	l2, err := s.GrantLease(ctx, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.TxnIf(ctx, []Cond{{Key: "hosts/c"}}, Op{Key: "hosts/c", Lease: l2}, Op{Key: "hosts/d", Lease: l2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l2.Revoke(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := l2.Revoke(ctx); err != nil {
+		t.Fatalf("second revoke: %v", err)
+	}
+	<-l2.Lost()
+	wantErr(t, l2.Err(), ErrLeaseLost, "revoked")
+	if kvs, _ := s.List(ctx, "hosts/"); len(kvs) != 0 {
+		t.Fatalf("keys left after revoke: %v", kvs)
+	}
+
+	// A lease revoked elsewhere (an operator, another client) is reported.
+	l3, err := s.GrantLease(ctx, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.lease.Revoke(ctx, l3.id); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-l3.Lost():
+		if !errors.Is(l3.Err(), ErrLeaseLost) {
+			t.Fatalf("lease revoked elsewhere: %v", l3.Err())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("lease revoked elsewhere not reported")
+	}
+}
+
+// TestEtcdDown: with etcd gone, requests fail within the request timeout,
+// naming the key, and the lease is reported lost within its TTL.
+func TestEtcdDown(t *testing.T) {
+	srv := etcdtest.Start(t, etcdtest.Options{})
+	proxy := etcdtest.NewProxy(t, srv)
+	s, err := Open(t.Context(), Config{Endpoints: []string{proxy.Endpoint()}, RequestTimeout: 300 * time.Millisecond, Prefix: "down/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	l, err := s.GrantLease(t.Context(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // the first renewal (before it, the client waits dial timeout + 1s)
+	t0 := time.Now()
+	proxy.Cut()
+	start := time.Now()
+	_, err = s.Get(t.Context(), "nets/x")
+	if err == nil || !strings.Contains(err.Error(), `"nets/x"`) {
+		t.Fatalf("get with etcd down: %v, want an error naming the key", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("get with etcd down took %s, request timeout is 300ms", d)
+	}
+	select {
+	case <-l.Lost():
+		t.Logf("lease lost %s after etcd went away: %v", time.Since(t0).Round(time.Millisecond), l.Err())
+		wantErr(t, l.Err(), ErrLeaseLost)
+	case <-time.After(5 * time.Second):
+		t.Fatal("lease not reported lost with etcd down")
+	}
+}
