@@ -1,0 +1,76 @@
+package overlay
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/seed53641549/cnm/osl"
+)
+
+// BenchmarkConnect measures a TCP connect (and close) between two hosts'
+// sandboxes over the overlay, and between the two hosts directly over the
+// underlay, in one run:
+//
+//	go test -run '^$' -bench Connect ./drivers/overlay/
+//
+// (inside `unshare --net --mount`, as root).
+func BenchmarkConnect(b *testing.B) {
+	h1, h2 := newHosts(b, 1500)
+	ctx := context.Background()
+	const nid = "eeeeeeeeeeeeeeee"
+	for _, h := range []*testHost{h1, h2} {
+		require.NoError(b, h.d.CreateNetwork(ctx, testNet(nid, 4097, "10.40.0.0/24")))
+	}
+	ep1 := join(b, h1, nid, "ep1", "10.40.0.2/24", "02:00:00:00:40:02")
+	ep2 := join(b, h2, nid, "ep2", "10.40.0.3/24", "02:00:00:00:40:03")
+	require.NoError(b, h1.d.AddPeer(ctx, ep2.peer()))
+	require.NoError(b, h2.d.AddPeer(ctx, ep1.peer()))
+	serve(b, ep2.sb, 9000, "")
+	serve(b, h2.ns, 9001, "")
+	b.Cleanup(func() {
+		ep1.leave(b)
+		ep2.leave(b)
+		for _, h := range []*testHost{h1, h2} {
+			require.NoError(b, h.d.DeleteNetwork(ctx, nid))
+		}
+	})
+
+	for _, tc := range []struct {
+		name string
+		from *osl.Namespace
+		to   string
+	}{
+		{"overlay", ep1.sb, "10.40.0.3:9000"},
+		{"underlay", h1.ns, "192.0.2.2:9001"},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			to := netip.MustParseAddrPort(tc.to)
+			// The first connect resolves neighbours: not measured.
+			_, err := ask(tc.from, to, 3*time.Second)
+			require.NoError(b, err)
+			// The loop runs on a thread inside the namespace, so every
+			// socket is made there.
+			require.NoError(b, tc.from.Do(func() error {
+				d := net.Dialer{Timeout: 3 * time.Second}
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					c, err := d.Dial("tcp", to.String())
+					if err != nil {
+						return fmt.Errorf("connect %d: %w", i, err)
+					}
+					// Reset, not FIN: no TIME_WAIT to run out of ports.
+					_ = c.(*net.TCPConn).SetLinger(0)
+					c.Close()
+				}
+				b.StopTimer()
+				return nil
+			}))
+		})
+	}
+}

@@ -1,0 +1,134 @@
+package overlay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/seed53641549/cnm/osl"
+)
+
+// Names of the links inside a network's namespace.
+const (
+	bridgeName = "br0"
+	vxlanName  = "vxlan0"
+)
+
+// sandbox is a network's namespace on this host, with its bridge and VXLAN
+// device.
+type sandbox struct {
+	ns     *osl.Namespace
+	bridge int  // br0's index
+	vxlan  int  // vxlan0's index
+	fdb    *fdb // netlink handle inside ns for FDB entries
+}
+
+// sandboxPath returns where network id's namespace is bind-mounted.
+func (d *Driver) sandboxPath(id string) string {
+	if len(id) > 12 {
+		id = id[:12]
+	}
+	return filepath.Join(d.cfg.RunDir, "ov-"+id)
+}
+
+// makeSandbox makes network n's namespace with br0 (gateway addresses, up)
+// and vxlan0 (a port of br0, up), programs every known peer of n, and
+// publishes it as n.sb. The caller holds n.mu. On error nothing is left.
+func (d *Driver) makeSandbox(ctx context.Context, n *network) (retErr error) {
+	if err := d.step("namespace"); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(d.cfg.RunDir, 0o755); err != nil {
+		return fmt.Errorf("overlay network %s: %w", n.id, err)
+	}
+	ns, err := osl.NewNamespace(ctx, d.sandboxPath(n.id))
+	if err != nil {
+		return fmt.Errorf("overlay network %s: make namespace: %w", n.id, err)
+	}
+	sb := &sandbox{ns: ns}
+	defer func() {
+		if retErr != nil {
+			retErr = errors.Join(retErr, sb.destroy(context.WithoutCancel(ctx)))
+		}
+	}()
+
+	if err := d.step("bridge"); err != nil {
+		return err
+	}
+	if sb.bridge, err = ns.AddBridge(ctx, osl.BridgeSpec{Name: bridgeName, MTU: n.mtu}); err != nil {
+		return fmt.Errorf("overlay network %s: %w", n.id, err)
+	}
+	for _, gw := range n.gws {
+		if err := ns.AddAddress(ctx, sb.bridge, gw); err != nil {
+			return fmt.Errorf("overlay network %s: gateway: %w", n.id, err)
+		}
+	}
+	if err := ns.LinkUp(ctx, sb.bridge, n.ipv6); err != nil {
+		return fmt.Errorf("overlay network %s: %w", n.id, err)
+	}
+
+	if err := d.step("vxlan"); err != nil {
+		return err
+	}
+	sb.vxlan, err = addVXLAN(ctx, d.cfg.HostNS, ns, vxlanSpec{
+		name:   vxlanName,
+		vni:    n.vni,
+		local:  d.cfg.AdvertiseAddress,
+		port:   d.cfg.Port,
+		mtu:    n.mtu,
+		master: sb.bridge,
+	})
+	if err != nil {
+		return fmt.Errorf("overlay network %s: %w", n.id, err)
+	}
+	if sb.fdb, err = openFDB(ns); err != nil {
+		return fmt.Errorf("overlay network %s: %w", n.id, err)
+	}
+
+	if err := d.step("peers"); err != nil {
+		return err
+	}
+	d.peerMu.Lock()
+	defer d.peerMu.Unlock()
+	for ip, p := range d.peers[n.id] {
+		if err := sb.program(ctx, ip, p); err != nil {
+			return fmt.Errorf("overlay network %s: %w", n.id, err)
+		}
+	}
+	n.sb = sb
+	return nil
+}
+
+// dropSandbox unpublishes and destroys network n's namespace. The caller
+// holds n.mu.
+func (d *Driver) dropSandbox(ctx context.Context, n *network) error {
+	d.peerMu.Lock()
+	sb := n.sb
+	n.sb = nil
+	d.peerMu.Unlock()
+	if sb == nil {
+		return nil
+	}
+	return sb.destroy(ctx)
+}
+
+// destroy deletes vxlan0 (so that its VNI and UDP port are free at once,
+// not when the kernel gets round to the dropped namespace), then drops the
+// namespace: the bridge and the veth ends in it go with it.
+func (sb *sandbox) destroy(ctx context.Context) error {
+	var errs []error
+	if sb.fdb != nil {
+		sb.fdb.close()
+	}
+	if sb.vxlan != 0 {
+		if err := sb.ns.DeleteLinkIndex(ctx, sb.vxlan, vxlanName); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := sb.ns.Delete(); err != nil {
+		errs = append(errs, fmt.Errorf("drop namespace %s: %w", sb.ns, err))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,13 @@
+package overlay
+
+import "net/netip"
+
+// vxlanSpec describes a network's VXLAN device.
+type vxlanSpec struct {
+	name   string
+	vni    uint32
+	local  netip.Addr // the local VTEP
+	port   uint16     // UDP destination port
+	mtu    int
+	master int // index of the bridge, in the target namespace, it is a port of
+}
