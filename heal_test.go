@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"sync/atomic"
@@ -50,22 +49,10 @@ func newHealLab(t *testing.T, opts ...cnm.Option) *healLab {
 	t.Helper()
 	ctx := context.Background()
 	ctrl, host := cnmtest.NewController(t, opts...)
-	l := &healLab{ctrl: ctrl, host: host, hostIP: netip.MustParseAddr("192.0.2.1"), outIP: netip.MustParseAddr("192.0.2.2"),
+	l := &healLab{ctrl: ctrl, host: host, hostIP: uplinkHostIP, outIP: uplinkOutIP,
 		bridgeA: "br-heal-a", table: ctrl.FirewallTable()}
+	l.outside = newOutside(t, host)
 	var err error
-	l.outside, err = osl.NewNamespace(ctx, filepath.Join(t.TempDir(), "outside"))
-	require.NoError(t, err)
-	t.Cleanup(func() { l.outside.Delete() })
-	require.NoError(t, host.NS.AddVeth(ctx, osl.VethSpec{HostName: "up0", PeerName: "eth0", PeerNS: l.outside}))
-	up, err := host.NS.LinkByName(ctx, "up0")
-	require.NoError(t, err)
-	require.NoError(t, host.NS.AddAddress(ctx, up.Index, netip.PrefixFrom(l.hostIP, 24)))
-	require.NoError(t, host.NS.SetLinkUp(ctx, up.Index))
-	eth0, err := l.outside.LinkByName(ctx, "eth0")
-	require.NoError(t, err)
-	require.NoError(t, l.outside.AddAddress(ctx, eth0.Index, netip.PrefixFrom(l.outIP, 24)))
-	require.NoError(t, l.outside.SetLinkUp(ctx, eth0.Index))
-	require.NoError(t, l.outside.AddRoute(ctx, osl.Route{Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: l.hostIP, LinkIndex: eth0.Index}))
 	l.outsideSees = serveTCP(t, l.outside.Path(), netip.AddrPortFrom(l.outIP, 80), "outside")
 
 	l.nwA, err = ctrl.NewNetwork(ctx, "bridge", "a", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.150.0.0/24")}),

@@ -58,27 +58,43 @@ func newPortLab(t *testing.T, opts ...cnm.NetworkOption) *portLab {
 	t.Helper()
 	ctx := context.Background()
 	ctrl, host := cnmtest.NewController(t)
-	l := &portLab{ctrl: ctrl, host: host, hostIP: netip.MustParseAddr("192.0.2.1"), outIP: netip.MustParseAddr("192.0.2.2")}
+	l := &portLab{ctrl: ctrl, host: host, hostIP: uplinkHostIP, outIP: uplinkOutIP}
+	l.outside = newOutside(t, host)
 	var err error
-	l.outside, err = osl.NewNamespace(ctx, filepath.Join(t.TempDir(), "outside"))
-	require.NoError(t, err)
-	t.Cleanup(func() { l.outside.Delete() })
-	require.NoError(t, host.NS.AddVeth(ctx, osl.VethSpec{HostName: "up0", PeerName: "eth0", PeerNS: l.outside}))
-	up, err := host.NS.LinkByName(ctx, "up0")
-	require.NoError(t, err)
-	require.NoError(t, host.NS.AddAddress(ctx, up.Index, netip.PrefixFrom(l.hostIP, 24)))
-	require.NoError(t, host.NS.SetLinkUp(ctx, up.Index))
-	eth0, err := l.outside.LinkByName(ctx, "eth0")
-	require.NoError(t, err)
-	require.NoError(t, l.outside.AddAddress(ctx, eth0.Index, netip.PrefixFrom(l.outIP, 24)))
-	require.NoError(t, l.outside.SetLinkUp(ctx, eth0.Index))
-	require.NoError(t, l.outside.AddRoute(ctx, osl.Route{Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: l.hostIP, LinkIndex: eth0.Index}))
 	if len(opts) == 0 {
 		opts = []cnm.NetworkOption{cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.110.0.0/24")})}
 	}
 	l.nw, err = ctrl.NewNetwork(ctx, "bridge", "pub", opts...)
 	require.NoError(t, err)
 	return l
+}
+
+// The addresses of the uplink newOutside makes.
+var (
+	uplinkHostIP = netip.MustParseAddr("192.0.2.1") // the host namespace's, on up0
+	uplinkOutIP  = netip.MustParseAddr("192.0.2.2") // the outside namespace's, on eth0
+)
+
+// newOutside makes an "outside" namespace connected to the host namespace
+// by an uplink veth (up0 in the host, 192.0.2.0/24), routed to everything
+// through the host, and deleted at the end of the test.
+func newOutside(t *testing.T, host *cnmtest.HostNS) *osl.Namespace {
+	t.Helper()
+	ctx := context.Background()
+	out, err := osl.NewNamespace(ctx, filepath.Join(t.TempDir(), "outside"))
+	require.NoError(t, err)
+	t.Cleanup(func() { out.Delete() })
+	require.NoError(t, host.NS.AddVeth(ctx, osl.VethSpec{HostName: "up0", PeerName: "eth0", PeerNS: out}))
+	up, err := host.NS.LinkByName(ctx, "up0")
+	require.NoError(t, err)
+	require.NoError(t, host.NS.AddAddress(ctx, up.Index, netip.PrefixFrom(uplinkHostIP, 24)))
+	require.NoError(t, host.NS.SetLinkUp(ctx, up.Index))
+	eth0, err := out.LinkByName(ctx, "eth0")
+	require.NoError(t, err)
+	require.NoError(t, out.AddAddress(ctx, eth0.Index, netip.PrefixFrom(uplinkOutIP, 24)))
+	require.NoError(t, out.SetLinkUp(ctx, eth0.Index))
+	require.NoError(t, out.AddRoute(ctx, osl.Route{Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: uplinkHostIP, LinkIndex: eth0.Index}))
+	return out
 }
 
 // serveTCP listens on addr inside the namespace path; each connection gets

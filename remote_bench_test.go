@@ -102,18 +102,7 @@ func BenchmarkRemoteSetup(b *testing.B) {
 			b.ResetTimer()
 			for i := range b.N {
 				start := time.Now()
-				name := fmt.Sprintf("c%d", i)
-				sb, err := ctrl.NewSandbox(ctx, name)
-				if err != nil {
-					b.Fatal(err)
-				}
-				ep, err := nw.CreateEndpoint(ctx, name)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := ep.Join(ctx, sb); err != nil {
-					b.Fatal(err)
-				}
+				sb := setupContainer(b, ctrl, nw, fmt.Sprintf("c%d", i))
 				times = append(times, time.Since(start))
 				b.StopTimer()
 				// The background removal of the last container (for a plugin:

@@ -374,7 +374,7 @@ func (c *Controller) restoreEndpoint(ctx context.Context, r endpointRecord, aliv
 	if r.Deleting || (r.SandboxID != "" && !sbAlive) {
 		return ep, true, nil
 	}
-	if err := n.restoreMember(ctx, ep); err != nil {
+	if err := n.addMember(ctx, ep); err != nil {
 		return nil, false, err
 	}
 	var sb *Sandbox

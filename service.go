@@ -63,8 +63,11 @@ func WithService(name string) EndpointOption {
 	}
 }
 
-// addMember counts ep in its service, making the service, with its VIPs,
-// if ep is its first endpoint. On error nothing is left.
+// addMember counts ep in its service. Its first endpoint makes the
+// service, with a VIP per family of the network: at CreateEndpoint the next
+// free addresses, at restore the recorded ones (ep.vip4, ep.vip6) reserved
+// again, except in an allocator that keeps its own state. On error nothing
+// is left.
 func (n *Network) addMember(ctx context.Context, ep *Endpoint) error {
 	if ep.service == "" {
 		return nil
@@ -77,20 +80,28 @@ func (n *Network) addMember(ctx context.Context, ep *Endpoint) error {
 		ep.vip4, ep.vip6 = svc.vip4, svc.vip6
 		return nil
 	}
-	svc := &service{name: ep.service, members: 1}
-	v4, err := n.requestAddress(ctx, n.ipv4, netip.Addr{})
-	if err != nil {
-		return fmt.Errorf("service %q: ipv4 virtual IP: %w", ep.service, err)
+	var release []func() // of what is reserved so far
+	for _, f := range []struct {
+		fam *networkIPAM
+		vip *netip.Addr
+	}{{n.ipv4, &ep.vip4}, {n.ipv6, &ep.vip6}} {
+		want := *f.vip
+		if want.IsValid() && f.fam != nil && ipam.KeepsState(f.fam.alloc) {
+			continue // a plugin holds it itself
+		}
+		p, err := n.requestAddress(ctx, f.fam, want)
+		if err != nil {
+			for _, r := range release {
+				r()
+			}
+			return fmt.Errorf("service %q: virtual IP %v: %w", ep.service, want, err)
+		}
+		release = append(release, func() { n.releaseAddress(ctx, f.fam, p) })
+		*f.vip = p.Addr()
 	}
-	v6, err := n.requestAddress(ctx, n.ipv6, netip.Addr{})
-	if err != nil {
-		n.releaseAddress(ctx, n.ipv4, v4)
-		return fmt.Errorf("service %q: ipv6 virtual IP: %w", ep.service, err)
-	}
-	svc.vip4, svc.vip6 = v4.Addr(), v6.Addr()
-	ep.vip4, ep.vip6 = svc.vip4, svc.vip6
+	svc := &service{name: ep.service, vip4: ep.vip4, vip6: ep.vip6, members: 1}
 	n.addService(svc)
-	c.syncClients(ctx, n, nil)
+	c.syncClients(ctx, n, nil) // at restore, no client is entered yet: restoreLB syncs
 	return nil
 }
 
@@ -305,36 +316,6 @@ func (sb *Sandbox) services() []firewall.Service {
 	}
 	slices.SortFunc(out, func(a, b firewall.Service) int { return a.VIP.Compare(b.VIP) })
 	return out
-}
-
-// restoreMember counts a restored endpoint in its service, as recorded,
-// reserving the VIPs again for the first one.
-func (n *Network) restoreMember(ctx context.Context, ep *Endpoint) error {
-	if ep.service == "" {
-		return nil
-	}
-	c := n.ctrl
-	c.lbMu.Lock()
-	defer c.lbMu.Unlock()
-	if svc := n.lb.services[ep.service]; svc != nil {
-		svc.members++
-		ep.vip4, ep.vip6 = svc.vip4, svc.vip6
-		return nil
-	}
-	svc := &service{name: ep.service, vip4: ep.vip4, vip6: ep.vip6, members: 1}
-	for _, a := range []struct {
-		fam *networkIPAM
-		vip netip.Addr
-	}{{n.ipv4, svc.vip4}, {n.ipv6, svc.vip6}} {
-		if !a.vip.IsValid() || (a.fam != nil && ipam.KeepsState(a.fam.alloc)) {
-			continue
-		}
-		if _, err := n.requestAddress(ctx, a.fam, a.vip); err != nil {
-			return fmt.Errorf("service %q: reserve virtual IP %s: %w", svc.name, a.vip, err)
-		}
-	}
-	n.addService(svc)
-	return nil
 }
 
 // reattachLB undoes detachLB when a leave fails after it; errors are

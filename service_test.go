@@ -20,6 +20,7 @@ import (
 
 	"github.com/seed53641549/cnm"
 	"github.com/seed53641549/cnm/cnmtest"
+	"github.com/seed53641549/cnm/ipam"
 )
 
 const svcPort = 80
@@ -372,4 +373,25 @@ func BenchmarkServiceConnect(b *testing.B) {
 		})
 	}
 	deleteAll(b, ctrl)
+}
+
+// TestServiceVIPExhausted: a service whose VIP does not fit in the subnet
+// is refused at CreateEndpoint, and the endpoint's own address is free
+// again.
+func TestServiceVIPExhausted(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ctrl, host := cnmtest.NewController(t)
+	// A /30: the gateway and one address.
+	nw, err := ctrl.NewNetwork(ctx, "bridge", "tiny", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.134.0.0/30")}))
+	require.NoError(t, err)
+	_, err = nw.CreateEndpoint(ctx, "web", cnm.WithService("web"))
+	require.ErrorIs(t, err, ipam.ErrPoolExhausted)
+	require.ErrorContains(t, err, `service "web"`)
+	assert.Empty(t, nw.Endpoints())
+	ep, err := nw.CreateEndpoint(ctx, "plain")
+	require.NoError(t, err, "the failed endpoint's address is free again")
+	assert.Equal(t, netip.MustParsePrefix("10.134.0.2/30"), ep.Info().IPv4)
+	deleteAll(t, ctrl)
+	cnmtest.AssertNoLeaks(t, host)
 }

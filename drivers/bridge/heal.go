@@ -99,26 +99,29 @@ func (d *driver) Heal(ctx context.Context, req driverapi.HealRequest) ([]drivera
 // the changes cnm makes itself, as a join's port is made up and on its
 // bridge in one request.
 func (d *driver) damaged(links []driverapi.LinkChange) bool {
+	bridges := map[int]bool{} // the bridges' indexes
+	ports := map[string]int{} // host ends, to their bridge's index
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	for _, n := range d.networks {
+		if !n.ready {
+			continue
+		}
+		n.mu.Lock()
+		bridges[n.bridge] = true
+		for _, ep := range n.endpoints {
+			if ep.hostIf != "" {
+				ports[ep.hostIf] = n.bridge
+			}
+		}
+		n.mu.Unlock()
+	}
+	d.mu.Unlock()
 	for _, l := range links {
-		for _, n := range d.networks {
-			if !n.ready {
-				continue
-			}
-			n.mu.Lock()
-			bridge := n.bridge
-			port := false
-			for _, ep := range n.endpoints {
-				port = port || (ep.hostIf != "" && ep.hostIf == l.Name)
-			}
-			n.mu.Unlock()
-			switch {
-			case l.Index == bridge && (l.Deleted || !l.Up || l.AddressGone):
-				return true
-			case port && !l.Deleted && (!l.Up || l.Master != bridge):
-				return true
-			}
+		if bridges[l.Index] && (l.Deleted || !l.Up || l.AddressGone) {
+			return true
+		}
+		if bridge, ok := ports[l.Name]; ok && !l.Deleted && (!l.Up || l.Master != bridge) {
+			return true
 		}
 	}
 	return false
