@@ -374,21 +374,32 @@ func (s *Server) programExternal(ctx context.Context, decode func(any) error) (a
 	if err := decode(&req); err != nil {
 		return nil, err
 	}
+	return nil, s.external(ctx, req.NetworkID, req.EndpointID, req.Options[protocol.OptionPortMap], true)
+}
+
+// external programs (or revokes) an endpoint's external connectivity, with
+// the ports of the port map option portmap, in a driver that gives it;
+// others have nothing to do (and the option is not read).
+func (s *Server) external(ctx context.Context, networkID, endpointID string, portmap any, program bool) error {
 	ec, ok := s.cfg.Driver.(driverapi.ExternalConnector)
 	if !ok {
-		return nil, nil
+		return nil
 	}
-	ep, err := s.endpoint(req.NetworkID, req.EndpointID)
+	ep, err := s.endpoint(networkID, endpointID)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	ports, err := portMappings(req.Options[protocol.OptionPortMap])
+	ports, err := portMappings(portmap)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return nil, ec.ProgramExternalConnectivity(ctx, driverapi.ExternalRequest{
-		NetworkID: req.NetworkID, EndpointID: req.EndpointID, IPv4: ep.req.IPv4.Addr(), IPv6: ep.req.IPv6.Addr(), Ports: ports,
-	})
+	req := driverapi.ExternalRequest{
+		NetworkID: networkID, EndpointID: endpointID, IPv4: ep.req.IPv4.Addr(), IPv6: ep.req.IPv6.Addr(), Ports: ports,
+	}
+	if program {
+		return ec.ProgramExternalConnectivity(ctx, req)
+	}
+	return ec.RevokeExternalConnectivity(ctx, req)
 }
 
 // portMappings converts the port map option (a JSON list of PortBinding).
@@ -431,15 +442,5 @@ func (s *Server) revokeExternal(ctx context.Context, decode func(any) error) (an
 	if err := decode(&req); err != nil {
 		return nil, err
 	}
-	ec, ok := s.cfg.Driver.(driverapi.ExternalConnector)
-	if !ok {
-		return nil, nil
-	}
-	ep, err := s.endpoint(req.NetworkID, req.EndpointID)
-	if err != nil {
-		return nil, err
-	}
-	return nil, ec.RevokeExternalConnectivity(ctx, driverapi.ExternalRequest{
-		NetworkID: req.NetworkID, EndpointID: req.EndpointID, IPv4: ep.req.IPv4.Addr(), IPv6: ep.req.IPv6.Addr(),
-	})
+	return nil, s.external(ctx, req.NetworkID, req.EndpointID, nil, false)
 }
