@@ -44,8 +44,16 @@ type Controller struct {
 	store   store.Store
 	runtime store.Store
 
+	// global is the controller's part in a multi-host cluster (global.go);
+	// nil without WithGlobalStore.
+	global *globalPlane
+
 	events eventBus // Events (events.go)
 	healer *healer  // watchers and heals (heal.go)
+
+	// egressMu serialises the making of the gateway bridge network
+	// (egress.go).
+	egressMu sync.Mutex
 
 	// lbMu guards the load-balancing state of networks and sandboxes
 	// (service.go).
@@ -197,6 +205,11 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 	if err := c.registerPlugins(ctx); err != nil {
 		return nil, err
 	}
+	if cfg.global != nil {
+		if c.global, err = c.openGlobal(ctx); err != nil {
+			return nil, err
+		}
+	}
 	if err := c.restore(ctx); err != nil {
 		c.closeHandles()
 		return nil, fmt.Errorf("restore state from %s: %w", cfg.dataDir, err)
@@ -204,6 +217,15 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 	if err := c.startHealer(); err != nil {
 		c.closeHandles()
 		return nil, err
+	}
+	if c.global != nil {
+		// Restore asked again for every address the records hold: the
+		// blocks of the last run that none of them is in go back.
+		if err := c.global.addrs.cur().ReturnEmptyBlocks(ctx); err != nil {
+			c.log.Warn("cnm: global store: give back empty address blocks", "err", err)
+		}
+		c.global.republish()
+		c.global.start()
 	}
 	return c, nil
 }
@@ -266,6 +288,10 @@ func (c *Controller) Close() error {
 	sandboxes := c.sandboxListLocked()
 	c.mu.Unlock()
 	c.closePlugins()
+	var gerr error
+	if c.global != nil {
+		gerr = c.global.close()
+	}
 	c.events.close()
 	// Background removals stop; the records they would have finished stay,
 	// and the next New finishes them.
@@ -277,12 +303,15 @@ func (c *Controller) Close() error {
 		sb.closeServices()
 		sb.ns.Close()
 	}
-	return errors.Join(c.store.Close(), c.runtime.Close(), c.firewall.Close(), c.hostNS.Close())
+	return errors.Join(gerr, c.store.Close(), c.runtime.Close(), c.firewall.Close(), c.hostNS.Close())
 }
 
 // closeHandles closes what a failed New opened beyond the store, firewall
 // and host namespace (which New's own rollback closes).
 func (c *Controller) closeHandles() {
+	if c.global != nil {
+		_ = c.global.close()
+	}
 	for _, sb := range c.sandboxes {
 		sb.stopResolver()
 		sb.closeServices()

@@ -41,8 +41,11 @@ func (ep *Endpoint) publishNames(sb *Sandbox) {
 func (ep *Endpoint) withdrawNames() { ep.nw.names.remove(ep.id) }
 
 // hasDiscovery reports whether the network's endpoints take part in
-// service discovery: those of drivers that give them an interface.
-func (n *Network) hasDiscovery() bool { return !n.driver.Capability().NoInterface }
+// service discovery: those of drivers that give them an interface, except
+// on the gateway bridge network (egress.go).
+func (n *Network) hasDiscovery() bool {
+	return !n.driver.Capability().NoInterface && n.labels[labelEgress] == ""
+}
 
 // sandboxNames is the resolver's view of one sandbox: the names on the
 // networks it is joined to.

@@ -172,7 +172,13 @@ func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...Endpo
 		return nil, err
 	}
 	defer end()
+	return n.createEndpoint(ctx, name, cfg)
+}
 
+// createEndpoint does CreateEndpoint's work, once its input is checked;
+// the caller has begun an operation.
+func (n *Network) createEndpoint(ctx context.Context, name string, cfg endpointConfig) (_ *Endpoint, retErr error) {
+	c := n.ctrl
 	n.mu.Lock()
 	switch {
 	case n.deleting:
@@ -207,11 +213,17 @@ func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...Endpo
 			return nil
 		}
 	}
-	err = c.run(ctx,
+	err := c.run(ctx,
 		step{name: stepEndpointIPv4,
 			do: func(ctx context.Context) (err error) {
 				if ep.ipv4, err = n.requestAddress(ctx, n.ipv4, cfg.ipv4); err != nil {
 					return fmt.Errorf("ipv4 address: %w", err)
+				}
+				if n.global && cfg.mac == nil && ep.ipv4.IsValid() {
+					// As Docker does: an address handed out again comes
+					// with the same MAC, so that the neighbour caches of
+					// containers on other hosts stay right.
+					ep.mac = mac.FromIPv4(ep.ipv4.Addr())
 				}
 				return nil
 			},
@@ -241,6 +253,19 @@ func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...Endpo
 				if err := ep.removeFromDriver(ctx); err != nil {
 					keepAddresses = true
 					return fmt.Errorf("delete endpoint %q in driver; its addresses stay reserved: %w", name, err)
+				}
+				return nil
+			}},
+		step{name: stepEndpointGlobal,
+			do: func(ctx context.Context) error {
+				if !n.global {
+					return nil
+				}
+				return c.global.publishEndpoint(ctx, ep, nil, true)
+			},
+			undo: func(ctx context.Context) error {
+				if err := c.global.withdrawEndpoint(ctx, ep); err != nil {
+					c.global.outbox.post(gEndpointKey(n.id, ep.id), nil)
 				}
 				return nil
 			}},
@@ -311,6 +336,11 @@ func (ep *Endpoint) Delete(ctx context.Context) (retErr error) {
 		return err
 	}
 	defer end()
+	return ep.delete(ctx)
+}
+
+// delete does Delete's work; the caller has begun an operation.
+func (ep *Endpoint) delete(ctx context.Context) error {
 	ctx = context.WithoutCancel(ctx) // a delete, once begun, is finished
 	ep.mu.Lock()
 	switch {
@@ -332,6 +362,12 @@ func (ep *Endpoint) Delete(ctx context.Context) (retErr error) {
 		ep.busy = false
 		ep.mu.Unlock()
 	}()
+	if ep.nw.global {
+		// A global operation: the other hosts forget it first.
+		if err := ep.nw.ctrl.global.withdrawEndpoint(ctx, ep); err != nil {
+			return fmt.Errorf("delete endpoint %q: %w", ep.name, err)
+		}
+	}
 	if ep.isStuck() {
 		// A failed removal of its interface: try it again now. If it fails
 		// again, the deletion waits for a later retry (below).
@@ -396,6 +432,9 @@ func (ep *Endpoint) forget() {
 	delete(n.epNames, ep.name)
 	n.mu.Unlock()
 	n.removeMember(context.Background(), ep)
+	if n.global {
+		n.ctrl.global.outbox.post(gEndpointKey(n.id, ep.id), nil)
+	}
 	ep.mu.Lock()
 	ep.deleted = true
 	ep.mu.Unlock()

@@ -39,38 +39,53 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) e
 		return err
 	}
 	defer end()
-	noIf := n.driver.Capability().NoInterface
-
-	wrap := func(err error) error {
+	sb.joinMu.Lock()
+	defer sb.joinMu.Unlock()
+	err = ep.join(ctx, sb, cfg)
+	if err == nil {
+		if err = sb.attachEgress(ctx, ep); err != nil {
+			// All or nothing: the join goes too.
+			if lerr := ep.leave(context.WithoutCancel(ctx), sb); lerr != nil {
+				err = errors.Join(err, fmt.Errorf("roll back the join: %w", lerr))
+			}
+		}
+	}
+	if err != nil {
 		c.logOp("join", err, "network", n.id, "endpoint", ep.id, "sandbox", sb.id)
 		return fmt.Errorf("join endpoint %q to sandbox %q: %w", ep.name, sb.containerID, err)
 	}
+	return nil
+}
 
-	sb.joinMu.Lock()
-	defer sb.joinMu.Unlock()
+// join does Join's work; the caller holds sb.joinMu.
+func (ep *Endpoint) join(ctx context.Context, sb *Sandbox, cfg joinConfig) error {
+	n := ep.nw
+	c := n.ctrl
+	noIf := n.driver.Capability().NoInterface
 	if err := sb.checkJoin(ep, noIf); err != nil {
-		return wrap(err)
+		return err
 	}
 	if err := ep.claim(); err != nil {
-		return wrap(err)
+		return err
 	}
 	joined := false
 	defer func() { ep.release(joined) }()
 	// The driver serves one interface per endpoint: one left a moment ago
 	// must be gone first (reaper.go).
 	if err := ep.waitReaped(ctx); err != nil {
-		return wrap(err)
+		return err
 	}
 	if ep.isStuck() {
 		if err := c.retryStuck(ctx, func(e *Endpoint) bool { return e == ep }); err != nil {
-			return wrap(fmt.Errorf("%w: the interface of its last join could not be removed: %w", ErrInUse, err))
+			return fmt.Errorf("%w: the interface of its last join could not be removed: %w", ErrInUse, err)
 		}
 	}
 
 	ifName := ""
+	var err error
 	if !noIf {
 		if ifName, err = sb.nextIfName(ctx); err != nil {
-			return wrap(err)
+			return err
 		}
 	}
 	var (
@@ -150,12 +165,25 @@ func (ep *Endpoint) Join(ctx context.Context, sb *Sandbox, opts ...JoinOption) e
 				_, err := sb.updateResolver(others)
 				return err
 			}},
+		step{name: stepJoinPeer,
+			do: func(ctx context.Context) error {
+				if !n.global {
+					return nil
+				}
+				return c.global.publishEndpoint(ctx, ep, sb, false)
+			},
+			undo: func(ctx context.Context) error {
+				if err := c.global.publishEndpoint(ctx, ep, nil, false); err != nil {
+					c.global.outbox.post(gEndpointKey(n.id, ep.id), c.global.peerRecordOf(ep, nil))
+				}
+				return nil
+			}},
 		step{name: stepJoinCommit, do: func(ctx context.Context) error {
 			return c.saveRecord(ctx, endpointKey(n.id, ep.id), ep.record(sb))
 		}},
 	)
 	if err != nil {
-		return wrap(err)
+		return err
 	}
 	sb.mu.Lock()
 	sb.endpoints = append(sb.endpoints, ep)
@@ -297,7 +325,17 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) (retErr error) {
 	defer end()
 	sb.joinMu.Lock()
 	defer sb.joinMu.Unlock()
+	if err := ep.leave(ctx, sb); err != nil {
+		return err
+	}
+	sb.detachEgress(ctx)
+	return nil
+}
 
+// leave does Leave's work; the caller holds sb.joinMu.
+func (ep *Endpoint) leave(ctx context.Context, sb *Sandbox) error {
+	n := ep.nw
+	c := n.ctrl
 	ep.mu.Lock()
 	switch {
 	case ep.sandbox != sb:
@@ -339,7 +377,7 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) (retErr error) {
 		return fmt.Errorf("leave endpoint %q: %w", ep.name, err)
 	}
 	req := driverapi.LeaveRequest{NetworkID: n.id, EndpointID: ep.id, Sandbox: sb.ns}
-	err = c.step(ctx, stepLeave)
+	err := c.step(ctx, stepLeave)
 	if err == nil && ifName != "" {
 		req.InterfaceName = retiredName()
 		err = sb.ns.RetireLink(ctx, ifIndex, req.InterfaceName)
@@ -373,6 +411,9 @@ func (ep *Endpoint) Leave(ctx context.Context, sb *Sandbox) (retErr error) {
 	}
 	sb.drop(ep)
 	left = true
+	if n.global {
+		c.global.outbox.post(gEndpointKey(n.id, ep.id), c.global.peerRecordOf(ep, nil))
+	}
 	c.emit(Event{Type: EventLeft, NetworkID: n.id, EndpointID: ep.id, SandboxID: sb.id})
 	if ifName == "" {
 		// No interface: the driver only forgets the join.

@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/drivers/overlay"
 	"github.com/seed53641549/cnm/ipam"
 	"github.com/seed53641549/cnm/store"
 )
@@ -29,6 +30,10 @@ type Network struct {
 	options  map[string]string
 	ipv4     *networkIPAM // nil: no IPv4 (drivers without interfaces)
 	ipv6     *networkIPAM // nil: no IPv6
+	// global: the network spans hosts; its record lives in etcd, at
+	// revision globalRev (records never change once written).
+	global    bool
+	globalRev uint64
 
 	// mu guards the fields below.
 	mu        sync.Mutex
@@ -115,6 +120,9 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 			return nil, fmt.Errorf("network %q: %w", name, err)
 		}
 	}
+	if driverName == overlay.NetworkType && c.global == nil {
+		return nil, errNoGlobal(driverName, name)
+	}
 	drv, err := c.drivers.Driver(driverName)
 	if err != nil {
 		return nil, fmt.Errorf("network %q: %w", name, err)
@@ -122,12 +130,25 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 	if drv.Capability().NoInterface && (cfg.ipv4 != nil || cfg.ipv6 != nil) {
 		return nil, fmt.Errorf("%w: network %q: %s networks take no addressing", ErrInvalid, name, driverName)
 	}
+	isGlobal := drv.Capability().Scope == driverapi.GlobalScope
+	if isGlobal {
+		if err := c.checkGlobalConfig(driverName, name, &cfg); err != nil {
+			return nil, err
+		}
+	}
 
 	end, err := c.begin()
 	if err != nil {
 		return nil, err
 	}
 	defer end()
+	return c.newNetwork(ctx, drv, name, cfg)
+}
+
+// newNetwork does NewNetwork's work, once its input is checked; the caller
+// has begun an operation.
+func (c *Controller) newNetwork(ctx context.Context, drv driverapi.Driver, name string, cfg networkConfig) (_ *Network, retErr error) {
+	isGlobal := drv.Capability().Scope == driverapi.GlobalScope
 	c.mu.Lock()
 	if c.networkNames[name] {
 		c.mu.Unlock()
@@ -153,15 +174,19 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 		options:   cfg.driverOpts,
 		endpoints: map[string]*Endpoint{},
 		epNames:   map[string]bool{},
+		global:    isGlobal,
 	}
 	// If the driver's rollback fails, its kernel objects may still hold the
 	// subnet: then the pools stay reserved rather than be handed out twice.
 	keepPools := false
-	err = c.run(ctx,
+	err := c.run(ctx,
 		step{name: stepNetworkIPAM,
 			do: func(ctx context.Context) error {
 				if drv.Capability().NoInterface {
 					return nil
+				}
+				if isGlobal {
+					return c.requestGlobalPools(ctx, n, cfg)
 				}
 				return c.requestNetworkPools(ctx, n, cfg)
 			},
@@ -169,6 +194,9 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 				if !keepPools {
 					c.releaseNetworkIPAM(ctx, n.ipv4)
 					c.releaseNetworkIPAM(ctx, n.ipv6)
+					if isGlobal {
+						c.global.releaseVNI(ctx, n)
+					}
 				}
 				return nil
 			}},
@@ -181,7 +209,18 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 				}
 				return nil
 			}},
+		step{name: stepNetworkGlobal,
+			do: func(ctx context.Context) error {
+				if !isGlobal {
+					return nil
+				}
+				return c.global.commitNetwork(ctx, n)
+			},
+			undo: func(ctx context.Context) error { return c.global.uncommitNetwork(ctx, n) }},
 		step{name: stepNetworkCommit, do: func(ctx context.Context) error {
+			if isGlobal {
+				return nil // its record is in etcd
+			}
 			return c.saveRecord(ctx, networkKey(n.id), n.record())
 		}},
 	)
@@ -283,7 +322,14 @@ func (c *Controller) requestNetworkIPAM(ctx context.Context, req poolRequest, cf
 		gw = firstUsable(pool.Subnet)
 	}
 	fam.gateway = gw
-	if _, err := req.alloc.RequestAddress(ctx, pool.ID, ipam.AddressRequest{Preferred: gw}); err != nil {
+	reserve := func(a netip.Addr) error {
+		if r, ok := req.alloc.(addressReserver); ok {
+			return r.ReserveAddress(ctx, pool.ID, a)
+		}
+		_, err := req.alloc.RequestAddress(ctx, pool.ID, ipam.AddressRequest{Preferred: a})
+		return err
+	}
+	if err := reserve(gw); err != nil {
 		return nil, fmt.Errorf("gateway %s: %w", gw, err)
 	}
 	names := make([]string, 0, len(cfg.AuxAddresses))
@@ -292,7 +338,7 @@ func (c *Controller) requestNetworkIPAM(ctx context.Context, req poolRequest, cf
 	}
 	sort.Strings(names)
 	for _, k := range names {
-		if _, err := req.alloc.RequestAddress(ctx, pool.ID, ipam.AddressRequest{Preferred: cfg.AuxAddresses[k]}); err != nil {
+		if err := reserve(cfg.AuxAddresses[k]); err != nil {
 			return nil, fmt.Errorf("aux address %s=%s: %w", k, cfg.AuxAddresses[k], err)
 		}
 	}
@@ -398,6 +444,9 @@ func (n *Network) Delete(ctx context.Context) (retErr error) {
 	}
 	n.deleting = true
 	n.mu.Unlock()
+	if n.global {
+		return n.deleteGlobal(ctx)
+	}
 
 	// Mark the record first: a crash from here on is finished by the next New.
 	rec := n.record()

@@ -38,6 +38,10 @@ type config struct {
 
 	// Network plugins (plugins.go).
 	plugins pluginConfig // WithPluginDirs, WithPlugin, WithPluginTimeout
+
+	// Multi-host networks (global.go).
+	global    *GlobalStore // WithGlobalStore; nil: local networks only
+	advertise netip.Addr   // WithAdvertiseAddress
 }
 
 // Defaults of [New].

@@ -72,6 +72,11 @@ func (c *Controller) restore(ctx context.Context) error {
 			return fmt.Errorf("network %q: %w", r.Name, err)
 		}
 	}
+	if c.global != nil {
+		if err := c.global.restoreNetworks(ctx); err != nil {
+			return err
+		}
+	}
 	alive := map[string]foundSandbox{}
 	for _, f := range found {
 		if f.ns == nil {

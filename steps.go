@@ -11,12 +11,14 @@ import (
 const (
 	stepNetworkIPAM   = "network:ipam"
 	stepNetworkDriver = "network:driver"
+	stepNetworkGlobal = "network:global" // a global network's record in etcd
 	stepNetworkCommit = "network:commit"
 
 	stepEndpointIPv4    = "endpoint:ipv4"
 	stepEndpointIPv6    = "endpoint:ipv6"
 	stepEndpointService = "endpoint:service"
 	stepEndpointDriver  = "endpoint:driver"
+	stepEndpointGlobal  = "endpoint:global" // a global network's endpoint in the peer table
 	stepEndpointCommit  = "endpoint:commit"
 
 	stepJoinDriver    = "join:driver"
@@ -28,6 +30,7 @@ const (
 	stepJoinExternal  = "join:external"
 	stepJoinDNS       = "join:dns"
 	stepJoinServices  = "join:services"
+	stepJoinPeer      = "join:peer" // a global network's endpoint joined in the peer table
 	stepJoinCommit    = "join:commit"
 
 	stepLeave                  = "leave:interface"         // fails as taking the interface out of use would

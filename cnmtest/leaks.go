@@ -56,7 +56,7 @@ func Leaks(h *HostNS, keep ...string) []string {
 
 	folders, _ := filepath.Glob(filepath.Join(h.RunDir, "cnm-*"))
 	for _, f := range folders {
-		for _, sub := range []string{"netns", "sandboxes"} {
+		for _, sub := range []string{"netns", "sandboxes", "overlay"} {
 			entries, _ := os.ReadDir(filepath.Join(f, sub))
 			for _, e := range entries {
 				leaks = append(leaks, "file "+filepath.Join(f, sub, e.Name()))

@@ -4,6 +4,7 @@ package mac
 import (
 	"crypto/rand"
 	"net"
+	"net/netip"
 )
 
 // Random returns a random locally administered unicast MAC address (the
@@ -13,4 +14,13 @@ func Random() net.HardwareAddr {
 	_, _ = rand.Read(m)
 	m[0] = m[0]&0xfe | 0x02
 	return m
+}
+
+// FromIPv4 returns the MAC Docker gives a container with the IPv4 address
+// a: 02:42 followed by a's four bytes (locally administered, unicast). An
+// address handed out again thus comes back with the same MAC, so the
+// neighbour caches of other containers stay right.
+func FromIPv4(a netip.Addr) net.HardwareAddr {
+	b := a.As4()
+	return net.HardwareAddr{0x02, 0x42, b[0], b[1], b[2], b[3]}
 }

@@ -1,6 +1,7 @@
 package mac
 
 import (
+	"net/netip"
 	"testing"
 
 	"github.com/seed53641549/cnm/internal/linkrules"
@@ -17,5 +18,12 @@ func TestRandomIsLocalUnicastAndVaries(t *testing.T) {
 	}
 	if len(seen) < 100 {
 		t.Fatalf("only %d distinct addresses in 100", len(seen))
+	}
+}
+
+func TestFromIPv4(t *testing.T) {
+	m := FromIPv4(netip.MustParseAddr("10.0.1.2"))
+	if m.String() != "02:42:0a:00:01:02" {
+		t.Fatalf("got %s", m)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -23,6 +24,9 @@ const (
 	poolPrefix   = "ipam/global/pools/" // one key per pool
 	guardKey     = "ipam/global/pool-guard"
 	blocksPrefix = "ipam/global/blocks/"
+	// reservedPrefix holds the reserved addresses of every pool:
+	// reservedPrefix+<subnet>/<ordinal>, with no lease.
+	reservedPrefix = "ipam/global/reserved/"
 )
 
 // poolRecord is the value of a pool's key.
@@ -165,7 +169,8 @@ func checkPoolRequest(req ipam.PoolRequest) error {
 }
 
 // ReleasePool drops the pool for every host, with every block claimed in
-// it. The caller makes sure no host still uses it (the controller refuses to
+// it and every address reserved in it ([Allocator.ReserveAddress]). The
+// caller makes sure no host still uses it (the controller refuses to
 // delete a network with endpoints). An unknown or stale ID is an error
 // wrapping errdefs.ErrNotFound.
 func (a *Allocator) ReleasePool(ctx context.Context, poolID string) error {
@@ -176,6 +181,7 @@ func (a *Allocator) ReleasePool(ctx context.Context, poolID string) error {
 	_, err = a.cfg.Store.TxnIf(ctx, []etcdstore.Cond{{Key: kv.Key, Revision: kv.Revision}},
 		etcdstore.Op{Key: kv.Key, Delete: true},
 		etcdstore.Op{Key: blocksPrefix + subnetKey(subnet) + "/", Delete: true, Prefix: true},
+		etcdstore.Op{Key: reservedPrefix + subnetKey(subnet) + "/", Delete: true, Prefix: true},
 		etcdstore.Op{Key: guardKey, Value: []byte("-" + poolID)})
 	if errors.Is(err, store.ErrConflict) {
 		return fmt.Errorf("%w: pool %q: released meanwhile", errdefs.ErrNotFound, poolID)
@@ -247,11 +253,13 @@ func (a *Allocator) pool(ctx context.Context, poolID string) (*gpool, error) {
 		host:   a.cfg.Host,
 		name:   "subnet " + subnet.String(),
 		prefix: blocksPrefix + subnetKey(subnet) + "/",
-		guard:  []etcdstore.Cond{{Key: kv.Key, Revision: kv.Revision}},
-		first:  first,
-		last:   last,
-		bits:   uint(addrBits - rec.BlockSize),
-		format: func(ord uint64) string { return addrAt(base, ord).String() },
+		// Reservations are read when a block is claimed or adopted.
+		reservedPrefix: reservedPrefix + subnetKey(subnet) + "/",
+		guard:          []etcdstore.Cond{{Key: kv.Key, Revision: kv.Revision}},
+		first:          first,
+		last:           last,
+		bits:           uint(addrBits - rec.BlockSize),
+		format:         func(ord uint64) string { return addrAt(base, ord).String() },
 		blockName: func(idx uint64) string {
 			return netip.PrefixFrom(addrAt(base, idx<<uint(addrBits-rec.BlockSize)), rec.BlockSize).String()
 		},
@@ -300,8 +308,20 @@ func ordOf(subnet netip.Prefix, addr netip.Addr) uint64 {
 // the only case that asks etcd; when every block is claimed by some host and
 // this host's are full it fails with [ipam.ErrPoolExhausted] naming the
 // subnet. A preferred address must be a usable address of the subnet; its
-// block is claimed if no host holds it, and a block held by another host is
-// an error wrapping errdefs.ErrExists naming that host.
+// block is claimed if no host holds it, and a block held by another host
+// (or by this host's name under another lease) is an error wrapping
+// errdefs.ErrExists naming that host. An address reserved with
+// [Allocator.ReserveAddress] is never handed out; asked for as preferred,
+// it is an error wrapping errdefs.ErrExists.
+//
+// Restart: a block whose record names this allocator's Host and Lease was
+// claimed by this host's previous run (whose lease was adopted,
+// [etcdstore.Store.AdoptLease]). It is taken as this allocator's own, with
+// nothing allocated in it, when a preferred address in it is asked for (or,
+// failing a free block, by a dynamic request). So the restarting
+// controller asks again, as preferred, for every address its records say
+// it holds, before it asks this pool for any new one; the rest of each
+// block is then free again.
 func (a *Allocator) RequestAddress(ctx context.Context, poolID string, req ipam.AddressRequest) (netip.Addr, error) {
 	p, err := a.pool(ctx, poolID)
 	if err != nil {
@@ -339,8 +359,8 @@ func (p *gpool) checkAddr(field string, addr netip.Addr) (uint64, error) {
 }
 
 // ReleaseAddress frees an address this host allocated in the pool; an
-// address this host did not allocate is an error wrapping
-// errdefs.ErrNotFound. When its block is then empty the block is returned
+// address this host did not allocate, a reserved one included (it goes with
+// the pool), is an error wrapping errdefs.ErrNotFound and changes nothing. When its block is then empty the block is returned
 // to the subnet (its key deleted). If that delete fails the address is
 // freed all the same and nil returned: the empty block stays this host's,
 // for its next address or [Allocator.ReturnEmptyBlocks].
@@ -358,16 +378,91 @@ func (a *Allocator) ReleaseAddress(ctx context.Context, poolID string, addr neti
 
 // ReturnEmptyBlocks gives back every block of this host that has no address
 // allocated, in every pool it has used. Blocks still in use stay claimed.
+//
+// It also gives back the blocks this host's previous run claimed under the
+// same lease that this allocator has not taken as its own since (nothing
+// was asked of them), in every pool: so after a restart, call it only once
+// every address the controller's records hold has been asked for again;
+// otherwise another host could hand those addresses out.
 func (a *Allocator) ReturnEmptyBlocks(ctx context.Context) error {
+	if a.cfg.Lease.Err() != nil {
+		return nil // etcd drops every block with the lease
+	}
+	// Load the pools where the previous run left blocks.
+	kvs, _, err := a.cfg.Store.Snapshot(ctx, blocksPrefix)
+	if err != nil {
+		return fmt.Errorf("return empty blocks: list blocks: %w", err)
+	}
+	lease := strconv.FormatInt(a.cfg.Lease.ID(), 16)
+	subnets := map[string]bool{}
+	for _, kv := range kvs {
+		if rec := parseBlock(kv.Value); rec.Host == a.cfg.Host && rec.Lease == lease {
+			sk, _, _ := strings.Cut(strings.TrimPrefix(kv.Key, blocksPrefix), "/")
+			subnets[sk] = true
+		}
+	}
+	var errs []error
+	for sk := range subnets {
+		kv, err := a.cfg.Store.Get(ctx, poolPrefix+sk)
+		if errors.Is(err, store.ErrNotFound) {
+			continue // released: its blocks went with it
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("return empty blocks: %w", err))
+			continue
+		}
+		var rec poolRecord
+		if err := json.Unmarshal(kv.Value, &rec); err != nil {
+			continue
+		}
+		if _, err := a.pool(ctx, rec.ID); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			errs = append(errs, fmt.Errorf("return empty blocks: %w", err))
+		}
+	}
 	a.mu.Lock()
 	pools := make([]*gpool, 0, len(a.pools))
 	for _, p := range a.pools {
 		pools = append(pools, p)
 	}
 	a.mu.Unlock()
-	var errs []error
 	for _, p := range pools {
 		errs = append(errs, p.sp.returnEmpty(ctx))
 	}
 	return errors.Join(errs...)
+}
+
+// ReserveAddress reserves addr in the pool for every host, for good: no
+// host's block hands it out, before or after any host dies, until the pool
+// is released ([Allocator.ReleasePool] drops the reservations with it). It
+// is meant for a network's gateway, which every host's overlay bridge
+// carries, and its auxiliary addresses, and is called by the host that
+// requested the pool, right after [Allocator.RequestPool], before any block
+// of the pool exists.
+//
+// The reservation is a key of its own with no lease,
+// ipam/global/reserved/<subnet>/<ordinal>. It is written only if no host
+// holds addr's block, or this host does and has not handed addr out (its
+// block skips addr from then on); a block claimed later, by any host,
+// reads the reservations when it is claimed and skips them (a transaction
+// makes the two exclude each other). A block held by another host is
+// refused (that host may have handed addr out, and learns nothing while
+// it allocates from memory): an error wrapping errdefs.ErrExists naming
+// the host. An address already reserved, or allocated by this host, is an
+// error wrapping errdefs.ErrExists too; one that is not a usable address
+// of the subnet wraps errdefs.ErrInvalid; an unknown pool
+// errdefs.ErrNotFound.
+func (a *Allocator) ReserveAddress(ctx context.Context, poolID string, addr netip.Addr) error {
+	p, err := a.pool(ctx, poolID)
+	if err != nil {
+		return err
+	}
+	ord, err := p.checkAddr("address", addr)
+	if err != nil {
+		return err
+	}
+	val, _ := json.Marshal(reservation{Pool: poolID, Address: addr.String(), Host: a.cfg.Host})
+	if err := p.sp.reserve(ctx, ord, val); err != nil {
+		return fmt.Errorf("reserve %s in pool %q: %w", addr, poolID, err)
+	}
+	return nil
 }

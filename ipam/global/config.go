@@ -18,7 +18,9 @@ type Config struct {
 	// Store is the global store shared by every host. Required.
 	Store KV
 	// Lease is this host's lease: block claims are written under it and end
-	// with it. Required; it must be alive.
+	// with it. Required; it must be alive. A lease adopted from this host's
+	// previous run ([etcdstore.Store.AdoptLease]) makes the allocator take
+	// that run's blocks, recorded with the same Host, as its own.
 	Lease *etcdstore.Lease
 	// Host names this host in block records and errors. Required.
 	Host string

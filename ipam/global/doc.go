@@ -25,14 +25,31 @@
 // anywhere), and the block only spares hosts from racing for the same IDs.
 // Networks are made rarely, so the extra write costs nothing that matters.
 //
+// A network's gateway and auxiliary addresses belong to the network, not to
+// a host: [Allocator.ReserveAddress] records each under a key of its own
+// with no lease, right after the pool is requested, and every block skips
+// the reserved addresses of its pool, whichever host claims it and
+// whenever (it reads them when it claims the block). The reservations go
+// with the pool.
+//
+// A controller that restarts within its lease's TTL takes the lease back
+// ([etcdstore.Store.AdoptLease]) and makes new allocators with it and the
+// same Host. A block record names the host and the lease it was claimed
+// under, so the new allocators take the old run's blocks as their own
+// (with nothing allocated) as soon as the controller asks again for the
+// addresses its records hold; the rest of those blocks is free again. A
+// block of the same host name under another lease is another host's.
+//
 // Keys (under the store's own prefix):
 //
 //	ipam/global/pools/<subnet>                 a pool: its ID and block size
 //	ipam/global/pool-guard                     bumped at every pool change
-//	ipam/global/blocks/<subnet>/<block>        a claimed block (leased)
+//	ipam/global/blocks/<subnet>/<block>        a claimed block (leased): host, lease
+//	ipam/global/reserved/<subnet>/<ordinal>    a reserved address (no lease)
 //	vxlan/blocks/<block>                       a claimed block of VXLAN IDs (leased)
 //	vxlan/ids/<id>                             an allocated VXLAN ID (no lease)
 //
 // Subnets appear in keys with '/' written as '_'; blocks are their index in
-// 16 hexadecimal digits, so keys sort in address order.
+// 16 hexadecimal digits, and reserved addresses their offset in the subnet
+// in 16 hexadecimal digits, so keys sort in address order.
 package global

@@ -31,16 +31,7 @@ func newHost(t testing.TB, srv *etcdtest.Server, name string, ttl time.Duration)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := New(Config{Store: st, Lease: l, Host: name})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = a.Close() })
-	v, err := NewVXLAN(VXLANConfig{Store: st, Lease: l, Host: name, Min: 4096, Max: 4096 + 255})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &host{name: name, st: st, lease: l, alloc: a, vxlan: v}
+	return withLease(t, name, st, l)
 }
 
 func newHosts(t testing.TB, n int) (*etcdtest.Server, []*host) {
@@ -63,4 +54,39 @@ func wantErr(t testing.TB, err error, target error, words ...string) {
 			t.Fatalf("error %q does not name %q", err, w)
 		}
 	}
+}
+
+// restart simulates a restart of h's controller within its lease's TTL:
+// the allocators are dropped and the etcd client closed without revoking
+// the lease; a new client adopts the lease, and new allocators with the
+// same host name use it.
+func restart(t testing.TB, srv *etcdtest.Server, h *host) *host {
+	t.Helper()
+	_ = h.alloc.Close()
+	_ = h.st.Close()
+	st, err := etcdstore.Open(t.Context(), etcdstore.Config{Endpoints: srv.Endpoints(), Prefix: "cnm/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	l, err := st.AdoptLease(t.Context(), h.lease.ID())
+	if err != nil {
+		t.Fatalf("adopt the lease of %s: %v", h.name, err)
+	}
+	return withLease(t, h.name, st, l)
+}
+
+// withLease makes the allocators of host name on st and l.
+func withLease(t testing.TB, name string, st *etcdstore.Store, l *etcdstore.Lease) *host {
+	t.Helper()
+	a, err := New(Config{Store: st, Lease: l, Host: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Close() })
+	v, err := NewVXLAN(VXLANConfig{Store: st, Lease: l, Host: name, Min: 4096, Max: 4096 + 255})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &host{name: name, st: st, lease: l, alloc: a, vxlan: v}
 }

@@ -89,7 +89,9 @@ func NewVXLAN(cfg VXLANConfig) (*VXLANAllocator, error) {
 }
 
 // Request allocates the lowest free ID of this host's blocks, claiming a
-// block when they are full. It fails with ipam.ErrPoolExhausted naming the
+// block when they are full (or taking one this host's previous run claimed
+// under the same lease). It never hands out a recorded ID, whoever
+// recorded it and when. It fails with ipam.ErrPoolExhausted naming the
 // range when every block is claimed and this host's are full.
 func (v *VXLANAllocator) Request(ctx context.Context) (uint32, error) {
 	id, err := v.sp.alloc(ctx)

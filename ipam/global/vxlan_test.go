@@ -111,3 +111,30 @@ func TestVXLANRecordDecides(t *testing.T) {
 		t.Fatalf("vxlan keys left after every release: %v, %v", kvs, err)
 	}
 }
+
+// TestVXLANRecordedBeforeClaim: an ID recorded before this host claimed
+// its block is not counted as this host's: releasing it keeps the block
+// while the host still has an ID in it, and the host's last release
+// returns it.
+func TestVXLANRecordedBeforeClaim(t *testing.T) {
+	_, hs := newHosts(t, 2)
+	ctx := t.Context()
+	if err := hs[1].vxlan.RequestID(ctx, 4097); err != nil { // no block is held yet
+		t.Fatal(err)
+	}
+	if id, err := hs[0].vxlan.Request(ctx); err != nil || id != 4096 {
+		t.Fatalf("first id: %d, %v", id, err)
+	}
+	if err := hs[0].vxlan.Release(ctx, 4097); err != nil {
+		t.Fatal(err)
+	}
+	if kvs, err := hs[0].st.List(ctx, "vxlan/blocks/"); err != nil || len(kvs) != 1 {
+		t.Fatalf("blocks after releasing the id recorded elsewhere: %v, %v; want host0's, which holds 4096", kvs, err)
+	}
+	if err := hs[0].vxlan.Release(ctx, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if kvs, err := hs[0].st.List(ctx, "vxlan/"); err != nil || len(kvs) != 0 {
+		t.Fatalf("vxlan keys after every release: %v, %v", kvs, err)
+	}
+}

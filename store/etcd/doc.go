@@ -6,7 +6,8 @@
 // bbolt cannot give:
 //
 //   - [Store.TxnIf]: an atomic transaction guarded by conditions on the
-//     revisions of several keys, whose writes may be attached to a lease.
+//     revisions of several keys, or on a prefix having no key under it
+//     ([Cond].Prefix), whose writes may be attached to a lease.
 //   - [Store.Snapshot] and [Store.Watch]: a consistent listing of a prefix at
 //     a store revision, and a watch of the prefix that resumes after any
 //     revision. When etcd has compacted the revisions a watch still needed,
@@ -16,7 +17,8 @@
 //   - [Store.GrantLease]: a lease kept alive in the background; keys written
 //     under it vanish when it is revoked or expires (its host died or lost
 //     etcd for longer than the TTL). A lease that is lost is reported on
-//     [Lease.Lost].
+//     [Lease.Lost]. [Store.AdoptLease] takes over a lease an earlier client
+//     granted (the same host's previous run) while it is still alive.
 //
 // Revisions are etcd's modification revisions: a key's [store.KV].Revision
 // is the store-wide revision of its last write, and a compare and swap on

@@ -53,13 +53,58 @@ func (s *Store) GrantLease(ctx context.Context, ttl time.Duration) (*Lease, erro
 	if err != nil {
 		return nil, fmt.Errorf("grant lease of %ds: %w", secs, err)
 	}
+	return s.keepAlive(resp.ID, time.Duration(resp.TTL)*time.Second)
+}
+
+// AdoptLease takes over the lease id that an earlier client granted (this
+// host's previous run, e.g. a controller restarted within the TTL), so that
+// the keys put under it stay. From then on it is kept alive exactly as
+// [Store.GrantLease]'s leases are, with the same [Lease.Lost] and
+// [Lease.Err]; its [Lease.TTL] is the TTL etcd granted it. AdoptLease
+// renews it once before it returns. A lease that no longer exists (it
+// expired or was revoked; its keys are gone) is an error wrapping
+// [ErrLeaseLost] naming it; an id of 0 or below is an error wrapping
+// errdefs.ErrInvalid. Only one live Lease should keep one lease ID alive:
+// the caller drops the earlier holder (another process, or the Lease of a
+// closed Store) first.
+func (s *Store) AdoptLease(ctx context.Context, id int64) (*Lease, error) {
+	if id <= 0 {
+		return nil, fmt.Errorf("%w: lease id %d is not a lease (ids are positive)", errdefs.ErrInvalid, id)
+	}
+	lid := clientv3.LeaseID(id)
+	c, cancel, err := s.reqCtx(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("adopt lease %x: %w", id, err)
+	}
+	defer cancel()
+	ttl, err := s.lease.TimeToLive(c, lid)
+	switch {
+	case err != nil && !isLeaseNotFound(err):
+		return nil, fmt.Errorf("adopt lease %x: %w", id, err)
+	case err != nil || ttl.TTL < 0: // etcd answers a TTL of -1 for a lease it does not have
+		return nil, fmt.Errorf("adopt lease %x: expired or revoked: %w", id, ErrLeaseLost)
+	}
+	// Renew it now: it may have had well under a second left, and a lease
+	// that ended since is reported here rather than on Lost.
+	if _, err := s.lease.KeepAliveOnce(c, lid); err != nil {
+		if isLeaseNotFound(err) {
+			return nil, fmt.Errorf("adopt lease %x: expired or revoked: %w", id, ErrLeaseLost)
+		}
+		return nil, fmt.Errorf("adopt lease %x: renew: %w", id, err)
+	}
+	return s.keepAlive(lid, time.Duration(ttl.GrantedTTL)*time.Second)
+}
+
+// keepAlive starts keeping lease id alive in the background and returns its
+// Lease.
+func (s *Store) keepAlive(id clientv3.LeaseID, ttl time.Duration) (*Lease, error) {
 	kctx, kcancel := context.WithCancel(context.Background())
-	ka, err := s.lease.KeepAlive(kctx, resp.ID)
+	ka, err := s.lease.KeepAlive(kctx, id)
 	if err != nil {
 		kcancel()
-		return nil, fmt.Errorf("keep lease %x alive: %w", resp.ID, err)
+		return nil, fmt.Errorf("keep lease %x alive: %w", int64(id), err)
 	}
-	l := &Lease{s: s, id: resp.ID, ttl: time.Duration(resp.TTL) * time.Second, cancel: kcancel, lost: make(chan struct{})}
+	l := &Lease{s: s, id: id, ttl: ttl, cancel: kcancel, lost: make(chan struct{})}
 	go l.keepAlive(ka)
 	return l, nil
 }

@@ -8,6 +8,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/namespace"
+	"go.uber.org/zap"
 
 	"github.com/seed53641549/cnm/errdefs"
 	"github.com/seed53641549/cnm/store"
@@ -47,6 +48,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		TLS:         cfg.TLS,
 		DialTimeout: cfg.DialTimeout,
 		Context:     context.WithoutCancel(ctx),
+		// The client's own log would write to stderr behind the
+		// program's back; its failures come back as errors.
+		Logger: zap.NewNop(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd %v: %w", cfg.Endpoints, err)

@@ -218,3 +218,73 @@ func TestTLS(t *testing.T) {
 		t.Fatal("plain-text open of a tls server succeeded")
 	}
 }
+
+// TestTxnIfPrefix: a prefix condition holds only while no key has the
+// prefix; a failed one writes nothing and names the prefix.
+func TestTxnIfPrefix(t *testing.T) {
+	srv := etcdtest.Start(t, etcdtest.Options{})
+	s := open(t, srv, "px/")
+	other := open(t, srv, "py/") // its keys are outside s's prefix
+	ctx := t.Context()
+
+	for _, k := range []string{"networks/n1", "networks/n2", "endpoints/n1/ep1", "endpoints/n2x/ep1", "endpoints/n3/"} {
+		if err := s.Txn(ctx, store.Put(k, []byte("v"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := other.Txn(ctx, store.Put("endpoints/n2/ep9", nil)); err != nil {
+		t.Fatal(err)
+	}
+	rev := func(k string) uint64 {
+		kv, err := s.Get(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return kv.Revision
+	}
+	del := func(id string) (uint64, error) {
+		return s.TxnIf(ctx,
+			[]Cond{{Key: "networks/" + id, Revision: rev("networks/" + id)}, {Key: "endpoints/" + id + "/", Prefix: true}},
+			Op{Key: "networks/" + id, Delete: true}, Op{Key: "log/" + id, Value: []byte("deleted")})
+	}
+
+	// n1 has an endpoint: refused, nothing written.
+	_, err := del("n1")
+	wantErr(t, err, store.ErrConflict, `keys under "endpoints/n1/" exist`, "endpoints/n1/ep1")
+	if _, err := s.Get(ctx, "networks/n1"); err != nil {
+		t.Fatalf("networks/n1 deleted by a failed txn: %v", err)
+	}
+	if _, err := s.Get(ctx, "log/n1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("log/n1 written by a failed txn: %v", err)
+	}
+	// n2 has none (endpoints/n2x/ is not under endpoints/n2/, and the other
+	// store's keys are not s's): done, both ops applied.
+	r, err := del("n2")
+	if err != nil {
+		t.Fatalf("prefix condition on an empty prefix: %v", err)
+	}
+	if _, err := s.Get(ctx, "networks/n2"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("networks/n2 after the txn: %v", err)
+	}
+	if kv, err := s.Get(ctx, "log/n2"); err != nil || kv.Revision != r {
+		t.Fatalf("log/n2 after the txn: %+v, %v (txn revision %d)", kv, err, r)
+	}
+	// A key equal to the prefix is under it.
+	_, err = s.TxnIf(ctx, []Cond{{Key: "endpoints/n3/", Prefix: true}}, Op{Key: "x", Value: nil})
+	wantErr(t, err, store.ErrConflict, `"endpoints/n3/"`)
+	// The endpoint goes: the condition holds.
+	if err := s.Txn(ctx, store.Del("endpoints/n1/ep1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := del("n1"); err != nil {
+		t.Fatalf("after the last endpoint went: %v", err)
+	}
+	// A prefix condition with a revision is refused before anything is sent.
+	_, err = s.TxnIf(ctx, []Cond{{Key: "x"}, {Key: "endpoints/n9/", Prefix: true, Revision: 5}}, Op{Key: "y", Value: nil})
+	wantErr(t, err, errdefs.ErrInvalid, "conds[1]", `"endpoints/n9/"`, "revision 5")
+	_, err = s.TxnIf(ctx, []Cond{{Key: "", Prefix: true}}, Op{Key: "y", Value: nil})
+	wantErr(t, err, errdefs.ErrInvalid, "conds[0].key")
+	if _, err := s.Get(ctx, "y"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("y written by a refused txn: %v", err)
+	}
+}

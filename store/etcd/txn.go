@@ -13,9 +13,14 @@ import (
 
 // Cond is one condition of [Store.TxnIf]: the key's revision is Revision,
 // or, with Revision 0, the key does not exist.
+//
+// With Prefix set, Key is a prefix and the condition holds when no key
+// that begins with it exists ("endpoints/<id>/" is empty); Revision must
+// then be 0, anything else is refused with errdefs.ErrInvalid.
 type Cond struct {
 	Key      string
 	Revision uint64
+	Prefix   bool
 }
 
 // Op is one write of [Store.TxnIf]: a put of Value at Key, or with Delete a
@@ -33,7 +38,8 @@ type Op struct {
 // TxnIf applies ops atomically if every condition holds, and returns the
 // store revision after the transaction. When a condition fails nothing is
 // written and the error wraps store.ErrConflict, naming the first key whose
-// revision differs with its expected and actual revisions. Ops must not
+// revision differs with its expected and actual revisions, or the first
+// prefix condition's prefix with a key found under it. Ops must not
 // name one key twice (etcd refuses it). A put under a lost lease fails with
 // an error wrapping [ErrLeaseLost].
 func (s *Store) TxnIf(ctx context.Context, conds []Cond, ops ...Op) (uint64, error) {
@@ -42,6 +48,18 @@ func (s *Store) TxnIf(ctx context.Context, conds []Cond, ops ...Op) (uint64, err
 	for i, c := range conds {
 		if err := checkKey(fmt.Sprintf("conds[%d].key", i), c.Key); err != nil {
 			return 0, err
+		}
+		if c.Prefix {
+			if c.Revision != 0 {
+				return 0, fmt.Errorf("%w: conds[%d] %q: revision %d with prefix set (a prefix condition only says no key exists under it: revision 0)",
+					errdefs.ErrInvalid, i, c.Key, c.Revision)
+			}
+			// etcd evaluates a compare over a range on every key in it, and
+			// on an empty range as on one missing key (create revision 0):
+			// so it holds exactly when no key has the prefix.
+			cmps[i] = clientv3.Compare(clientv3.CreateRevision(c.Key), "=", 0).WithPrefix()
+			gets[i] = clientv3.OpGet(c.Key, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithLimit(1))
+			continue
 		}
 		cmps[i] = clientv3.Compare(clientv3.ModRevision(c.Key), "=", int64(c.Revision))
 		gets[i] = clientv3.OpGet(c.Key, clientv3.WithKeysOnly())
@@ -82,8 +100,16 @@ func (s *Store) TxnIf(ctx context.Context, conds []Cond, ops ...Op) (uint64, err
 	}
 	if !resp.Succeeded {
 		for i, r := range resp.Responses {
+			kvs := r.GetResponseRange().GetKvs()
+			if conds[i].Prefix {
+				if len(kvs) > 0 {
+					return 0, fmt.Errorf("%s: keys under %q exist (%q): %w",
+						what, conds[i].Key, kvs[0].Key, store.ErrConflict)
+				}
+				continue
+			}
 			var got uint64
-			if kvs := r.GetResponseRange().GetKvs(); len(kvs) > 0 {
+			if len(kvs) > 0 {
 				got = uint64(kvs[0].ModRevision)
 			}
 			if got != conds[i].Revision {

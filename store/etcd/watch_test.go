@@ -2,6 +2,7 @@ package etcdstore
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -223,4 +224,79 @@ func TestEtcdDown(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("lease not reported lost with etcd down")
 	}
+}
+
+// TestAdoptLease: a lease granted by a client that went away (a restarted
+// controller) is taken over by a new client and kept alive, with its keys;
+// a lease that ended cannot be adopted.
+func TestAdoptLease(t *testing.T) {
+	srv := etcdtest.Start(t, etcdtest.Options{})
+	ctx := t.Context()
+
+	first := open(t, srv, "al/")
+	l1, err := first.GrantLease(ctx, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.PutWithLease(ctx, "hosts/a", []byte("a"), l1); err != nil {
+		t.Fatal(err)
+	}
+	_ = first.Close() // no revoke: the lease lives on for its TTL
+
+	s := open(t, srv, "al/")
+	l, err := s.AdoptLease(ctx, l1.ID())
+	if err != nil {
+		t.Fatalf("adopt a live lease: %v", err)
+	}
+	if l.ID() != l1.ID() || l.TTL() != 2*time.Second || l.Err() != nil {
+		t.Fatalf("adopted lease %x ttl %s err %v, want %x ttl 2s alive", l.ID(), l.TTL(), l.Err(), l1.ID())
+	}
+	time.Sleep(3500 * time.Millisecond) // well past the TTL
+	if _, err := s.Get(ctx, "hosts/a"); err != nil || l.Err() != nil {
+		t.Fatalf("key of the adopted lease after 3.5s: %v (lease: %v)", err, l.Err())
+	}
+	if _, err := s.PutWithLease(ctx, "hosts/b", nil, l); err != nil {
+		t.Fatalf("put under the adopted lease: %v", err)
+	}
+	// Same semantics as a granted lease: a revoke elsewhere is reported.
+	if _, err := s.lease.Revoke(ctx, l.id); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-l.Lost():
+		wantErr(t, l.Err(), ErrLeaseLost)
+	case <-time.After(5 * time.Second):
+		t.Fatal("adopted lease revoked elsewhere not reported")
+	}
+	if kvs, _ := s.List(ctx, "hosts/"); len(kvs) != 0 {
+		t.Fatalf("keys left after revoke: %v", kvs)
+	}
+	_, err = s.AdoptLease(ctx, l1.ID())
+	wantErr(t, err, ErrLeaseLost, fmt.Sprintf("%x", l1.ID()), "expired or revoked")
+
+	// A lease that expired with its host.
+	dying := open(t, srv, "al/")
+	l3, err := dying.GrantLease(ctx, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dying.PutWithLease(ctx, "hosts/c", nil, l3); err != nil {
+		t.Fatal(err)
+	}
+	w := s.Watch(ctx, "hosts/", 0)
+	_ = dying.Close()
+	if evs := collect(t, w, 1); evs[0].Type != EventDelete || evs[0].KV.Key != "hosts/c" {
+		t.Fatalf("event at expiry: %+v", evs[0])
+	}
+	_, err = s.AdoptLease(ctx, l3.ID())
+	wantErr(t, err, ErrLeaseLost, fmt.Sprintf("%x", l3.ID()))
+
+	// Never granted; not an ID.
+	_, err = s.AdoptLease(ctx, 0x7fff0000deadbeef)
+	wantErr(t, err, ErrLeaseLost, "7fff0000deadbeef")
+	_, err = s.AdoptLease(ctx, 0)
+	wantErr(t, err, errdefs.ErrInvalid, "lease id 0")
+	_ = s.Close()
+	_, err = s.AdoptLease(ctx, l1.ID())
+	wantErr(t, err, ErrClosed)
 }

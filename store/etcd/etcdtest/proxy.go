@@ -34,10 +34,16 @@ func NewProxy(t testing.TB, s *Server) *Proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{l: l, target: u.Host, scheme: u.Scheme, conns: map[net.Conn]bool{}}
+	p := newProxy(l, u.Host, u.Scheme)
+	t.Cleanup(p.Cut)
+	return p
+}
+
+// newProxy forwards the connections l accepts to target until Cut.
+func newProxy(l net.Listener, target, scheme string) *Proxy {
+	p := &Proxy{l: l, target: target, scheme: scheme, conns: map[net.Conn]bool{}}
 	p.wg.Add(1)
 	go p.serve()
-	t.Cleanup(p.Cut)
 	return p
 }
 
@@ -90,4 +96,8 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 	_, _ = io.Copy(dst, src)
 	_ = dst.Close()
 	_ = src.Close()
+	p.mu.Lock()
+	delete(p.conns, dst)
+	delete(p.conns, src)
+	p.mu.Unlock()
 }

@@ -1,0 +1,170 @@
+package cnmtest
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/seed53641549/cnm"
+	"github.com/seed53641549/cnm/osl"
+	"github.com/seed53641549/cnm/store/etcd/etcdtest"
+)
+
+// Cluster is a throwaway multi-host setup for overlay networks: N hosts,
+// each a host namespace with a controller; an underlay, each host's link
+// "ul0" (192.0.2.<i+1>/24) a veth pair to a bridge in a switch namespace;
+// and a real etcd, embedded in the test process, serving 127.0.0.1 on
+// random ports from a temporary directory. Everything goes when the test
+// ends. The controllers' etcd clients run in the test process's own
+// namespace (run the tests in a fresh one, as the README's test script
+// does); their VXLAN tunnels run over the underlay.
+type Cluster struct {
+	Etcd   *etcdtest.Server
+	Switch *osl.Namespace // holds the underlay's bridge "sw0"
+	Hosts  []*ClusterHost
+	opts   ClusterOptions
+}
+
+// ClusterOptions tune [NewCluster].
+type ClusterOptions struct {
+	// LeaseTTL is every host's lease TTL; zero: 2 s, so that a host's
+	// death shows quickly.
+	LeaseTTL time.Duration
+	// Prefix is the global store prefix; zero: the test's name.
+	Prefix string
+	// Options are added to every controller's.
+	Options []cnm.Option
+}
+
+// ClusterHost is one host of a [Cluster].
+type ClusterHost struct {
+	*HostNS
+	VTEP netip.Addr
+	// Ctrl is the host's controller; nil after Kill until Start.
+	Ctrl *cnm.Controller
+	c    *Cluster
+}
+
+// NewCluster makes a cluster of n hosts (at most 250) with their
+// controllers started.
+func NewCluster(t testing.TB, n int, opts ClusterOptions) *Cluster {
+	t.Helper()
+	SkipUnlessRoot(t)
+	if n < 1 || n > 250 {
+		t.Fatalf("cnmtest: cluster of %d hosts: 1-250", n)
+	}
+	if opts.LeaseTTL == 0 {
+		opts.LeaseTTL = 2 * time.Second
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = "cnmtest-" + filepath.Base(t.Name())
+	}
+	ctx := context.Background()
+	cl := &Cluster{Etcd: etcdtest.Start(t, etcdtest.Options{}), opts: opts}
+	sw, err := osl.NewNamespace(ctx, filepath.Join(t.TempDir(), "switch"))
+	if err != nil {
+		t.Fatalf("cnmtest: switch namespace: %v", err)
+	}
+	t.Cleanup(func() { _ = sw.Delete() })
+	cl.Switch = sw
+	br, err := sw.AddBridge(ctx, osl.BridgeSpec{Name: "sw0"})
+	if err != nil {
+		t.Fatalf("cnmtest: switch bridge: %v", err)
+	}
+	if err := sw.LinkUp(ctx, br, false); err != nil {
+		t.Fatalf("cnmtest: switch bridge up: %v", err)
+	}
+	for i := range n {
+		h := &ClusterHost{HostNS: NewHostNS(t), VTEP: netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}), c: cl}
+		port := fmt.Sprintf("h%d", i+1)
+		if err := sw.AddVeth(ctx, osl.VethSpec{HostName: port, PeerName: "ul0", PeerNS: h.NS, MasterIndex: br}); err != nil {
+			t.Fatalf("cnmtest: underlay of host %d: %v", i+1, err)
+		}
+		if err := cl.up(ctx, h, port); err != nil {
+			t.Fatalf("cnmtest: underlay of host %d: %v", i+1, err)
+		}
+		cl.Hosts = append(cl.Hosts, h)
+		h.Start(t)
+		t.Cleanup(func() {
+			h.Kill(t)
+			unmountUnder(h.RunDir) // the data plane outlives its controller
+		})
+	}
+	return cl
+}
+
+// unmountUnder detaches every mount below dir (namespaces' bind mounts).
+func unmountUnder(dir string) {
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(mi), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			_ = unix.Unmount(f[4], unix.MNT_DETACH)
+		}
+	}
+}
+
+// up gives a host's underlay link its address and brings both ends up.
+func (cl *Cluster) up(ctx context.Context, h *ClusterHost, port string) error {
+	l, err := h.NS.LinkByName(ctx, "ul0")
+	if err != nil {
+		return err
+	}
+	if err := h.NS.AddAddress(ctx, l.Index, netip.PrefixFrom(h.VTEP, 24)); err != nil {
+		return err
+	}
+	if err := h.NS.LinkUp(ctx, l.Index, false); err != nil {
+		return err
+	}
+	p, err := cl.Switch.LinkByName(ctx, port)
+	if err != nil {
+		return err
+	}
+	return cl.Switch.LinkUp(ctx, p.Index, false)
+}
+
+// Options returns the options of the host's controller.
+func (h *ClusterHost) Options() []cnm.Option {
+	opts := append(h.HostNS.Options(),
+		cnm.WithGlobalStore(cnm.GlobalStore{Endpoints: h.c.Etcd.Endpoints(), Prefix: h.c.opts.Prefix, LeaseTTL: h.c.opts.LeaseTTL,
+			DialTimeout: 2 * time.Second, RequestTimeout: 2 * time.Second}),
+		cnm.WithAdvertiseAddress(h.VTEP))
+	return append(opts, h.c.opts.Options...)
+}
+
+// Start starts the host's controller (again, after Kill): as after a
+// restart of its process, it takes back what its data dir records.
+func (h *ClusterHost) Start(t testing.TB) {
+	t.Helper()
+	if h.Ctrl != nil {
+		t.Fatalf("cnmtest: host %s: controller is running", h.VTEP)
+	}
+	c, err := cnm.New(h.Options()...)
+	if err != nil {
+		t.Fatalf("cnmtest: controller of host %s: %v", h.VTEP, err)
+	}
+	h.Ctrl = c
+}
+
+// Kill stops the host's controller as a crash would, for the cluster: it
+// stops renewing its lease (nothing is revoked, the data plane stays), so
+// the other hosts lose its peers when the lease's TTL ends.
+func (h *ClusterHost) Kill(t testing.TB) {
+	t.Helper()
+	if h.Ctrl == nil {
+		return
+	}
+	if err := h.Ctrl.Close(); err != nil {
+		t.Errorf("cnmtest: close controller of host %s: %v", h.VTEP, err)
+	}
+	h.Ctrl = nil
+}

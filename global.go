@@ -1,0 +1,341 @@
+package cnm
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/seed53641549/cnm/drivers/overlay"
+	"github.com/seed53641549/cnm/ipam/global"
+	"github.com/seed53641549/cnm/store"
+	etcdstore "github.com/seed53641549/cnm/store/etcd"
+)
+
+// Multi-host networks: a controller given a global store (etcd) and its
+// host's underlay address takes part in a cluster of hosts that share
+// global-scope networks (the overlay driver). Global state lives in etcd,
+// under GlobalStore.Prefix:
+//
+//	networks/<id>             a global network's record (as the data dir's)
+//	network-names/<name>      its name, taken cluster-wide (value: the ID)
+//	endpoints/<network>/<id>  an endpoint: host, VTEP, MAC, addresses,
+//	                          names; written under the host's lease
+//	ipam/global/..., vxlan/.. address blocks and VXLAN IDs (ipam/global)
+//
+// Each controller watches networks/ (networks made elsewhere appear, and
+// deleted ones go, without a restart) and endpoints/ (the peer table: other
+// hosts' joined endpoints become static FDB and neighbour entries on the
+// overlay's VXLAN devices, and names for service discovery). A host's
+// lease is kept alive in the background; when the host dies, etcd drops
+// its endpoints and address blocks after the lease's TTL, and every other
+// host removes its peers. A controller that restarts within the TTL takes
+// its lease back (its ID is kept in the data dir), so its peers never
+// vanish from the others.
+
+// GlobalStore configures the etcd cluster of multi-host networks; see
+// [WithGlobalStore].
+type GlobalStore struct {
+	// Endpoints are the cluster's client URLs ("http://10.0.0.1:2379").
+	// At least one.
+	Endpoints []string
+	// TLS is used for every connection when set (https endpoints need it).
+	TLS *tls.Config
+	// DialTimeout bounds the first connection (New fails without etcd);
+	// zero: 5 s.
+	DialTimeout time.Duration
+	// RequestTimeout bounds every request: a global operation fails within
+	// it when etcd is down. Zero: 5 s.
+	RequestTimeout time.Duration
+	// Prefix is put in front of every key, so several clusters share one
+	// etcd. Empty: [DefaultGlobalPrefix].
+	Prefix string
+	// LeaseTTL is how long the host's peers and address blocks outlive it
+	// (or its link to etcd). Zero: [DefaultLeaseTTL]. At least 1 s.
+	LeaseTTL time.Duration
+}
+
+// Defaults of [GlobalStore].
+const (
+	DefaultGlobalPrefix = "cnm"
+	DefaultLeaseTTL     = 10 * time.Second
+)
+
+// WithGlobalStore makes the controller a member of a multi-host cluster
+// whose state lives in etcd; it needs [WithAdvertiseAddress] too. New then
+// fails if etcd does not answer within the dial timeout. Without it the
+// controller serves local networks only, and overlay networks are refused.
+func WithGlobalStore(gs GlobalStore) Option {
+	return func(c *config) error {
+		if len(gs.Endpoints) == 0 {
+			return fmt.Errorf("%w: global store endpoints: at least one etcd URL is needed", ErrInvalid)
+		}
+		if gs.LeaseTTL != 0 && gs.LeaseTTL < time.Second {
+			return fmt.Errorf("%w: global store lease TTL %s: at least 1s", ErrInvalid, gs.LeaseTTL)
+		}
+		if gs.DialTimeout < 0 || gs.RequestTimeout < 0 {
+			return fmt.Errorf("%w: global store timeouts %s, %s: negative", ErrInvalid, gs.DialTimeout, gs.RequestTimeout)
+		}
+		gs.Endpoints = append([]string(nil), gs.Endpoints...)
+		c.global = &gs
+		return nil
+	}
+}
+
+// WithAdvertiseAddress sets this host's underlay address: the local end
+// (VTEP) of every overlay network's VXLAN tunnels, which other hosts send
+// to. It must be an address of a link of the host namespace.
+func WithAdvertiseAddress(a netip.Addr) Option {
+	return func(c *config) error {
+		if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() || a.Zone() != "" {
+			return fmt.Errorf("%w: advertise address %s: want a unicast, non-loopback address without zone", ErrInvalid, a)
+		}
+		c.advertise = a.Unmap()
+		return nil
+	}
+}
+
+// errNoGlobal is the error for a global-scope network on a controller
+// that is not part of a cluster.
+func errNoGlobal(driver, name string) error {
+	return fmt.Errorf("%w: network %q: %s networks span hosts: they need a global store (WithGlobalStore) and this host's underlay address (WithAdvertiseAddress)",
+		ErrInvalid, name, driver)
+}
+
+// Keys of the global store.
+const (
+	gNetworks  = "networks/"
+	gNames     = "network-names/"
+	gEndpoints = "endpoints/"
+	keyLease   = "meta/global-lease" // in the data dir: the lease to take back
+)
+
+func gNetworkKey(id string) string        { return gNetworks + id }
+func gNameKey(name string) string         { return gNames + name }
+func gEndpointKey(nid, eid string) string { return gEndpoints + nid + "/" + eid }
+
+// globalPlane is a controller's part in the cluster.
+type globalPlane struct {
+	c     *Controller
+	kv    *etcdstore.Store
+	vtep  netip.Addr
+	ttl   time.Duration
+	ov    *overlay.Driver
+	vnis  *global.VXLANAllocator
+	addrs *globalIPAM
+
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	leaseMu sync.RWMutex
+	lease   *etcdstore.Lease
+
+	peers   peerTable // other hosts' endpoints, as watched (peers.go)
+	outbox  outbox    // this host's endpoint records still to write (peers.go)
+	netsRev uint64    // revision of the networks/ listing restore used
+}
+
+// openGlobal connects to etcd, takes back the host's lease or grants a new
+// one, and registers the overlay driver. Networks are taken back by
+// restore (restoreGlobalNetworks); the watches start after it (start).
+func (c *Controller) openGlobal(ctx context.Context) (_ *globalPlane, retErr error) {
+	gs := *c.cfg.global
+	if !c.cfg.advertise.IsValid() {
+		return nil, fmt.Errorf("%w: global store: this host's underlay address is missing (WithAdvertiseAddress)", ErrInvalid)
+	}
+	prefix := gs.Prefix
+	if prefix == "" {
+		prefix = DefaultGlobalPrefix
+	}
+	ttl := gs.LeaseTTL
+	if ttl == 0 {
+		ttl = DefaultLeaseTTL
+	}
+	kv, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: gs.Endpoints, TLS: gs.TLS, DialTimeout: gs.DialTimeout, RequestTimeout: gs.RequestTimeout, Prefix: prefix})
+	if err != nil {
+		return nil, fmt.Errorf("global store %v: %w", gs.Endpoints, err)
+	}
+	defer func() {
+		if retErr != nil {
+			kv.Close()
+		}
+	}()
+	g := &globalPlane{c: c, kv: kv, vtep: c.cfg.advertise, ttl: ttl}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	g.outbox.init()
+	if err := g.takeLease(ctx); err != nil {
+		return nil, err
+	}
+	g.addrs = &globalIPAM{g: g}
+	if err := g.newAllocators(); err != nil {
+		return nil, err
+	}
+	ov, err := overlay.New(overlay.Config{HostNS: c.hostNS, AdvertiseAddress: g.vtep, RunDir: filepath.Join(c.files, "overlay")})
+	if err != nil {
+		return nil, err
+	}
+	if err := c.drivers.RegisterDriver(overlay.NetworkType, ov); err != nil {
+		return nil, err
+	}
+	g.ov = ov
+	return g, nil
+}
+
+// takeLease takes back the lease the data dir names, if it is still alive,
+// or grants a new one and records it.
+func (g *globalPlane) takeLease(ctx context.Context) error {
+	c := g.c
+	if kv, err := c.store.Get(ctx, keyLease); err == nil {
+		if id, perr := strconv.ParseInt(string(kv.Value), 16, 64); perr == nil {
+			l, err := g.kv.AdoptLease(ctx, id)
+			if err == nil {
+				g.lease = l
+				return nil
+			}
+			if !errors.Is(err, etcdstore.ErrLeaseLost) {
+				return fmt.Errorf("global store: take back lease %x: %w", id, err)
+			}
+			c.log.Info("cnm: the host's lease expired while the controller was down: its peers and address blocks are claimed again", "lease", fmt.Sprintf("%x", id))
+		}
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	l, err := g.kv.GrantLease(ctx, g.ttl)
+	if err != nil {
+		return fmt.Errorf("global store: grant lease: %w", err)
+	}
+	if err := c.store.Txn(ctx, store.Put(keyLease, []byte(strconv.FormatInt(l.ID(), 16)))); err != nil {
+		_ = l.Revoke(context.WithoutCancel(ctx))
+		return fmt.Errorf("record the global store lease: %w", err)
+	}
+	g.lease = l
+	return nil
+}
+
+// newAllocators makes the address and VXLAN ID allocators on the current
+// lease.
+func (g *globalPlane) newAllocators() error {
+	host := string(g.c.owner)
+	a, err := global.New(global.Config{Store: g.kv, Lease: g.lease, Host: host})
+	if err != nil {
+		return err
+	}
+	v, err := global.NewVXLAN(global.VXLANConfig{Store: g.kv, Lease: g.lease, Host: host})
+	if err != nil {
+		a.Close()
+		return err
+	}
+	g.addrs.swap(a)
+	g.vnis = v
+	return nil
+}
+
+// start begins the watches of networks and peers and the outbox's writer.
+func (g *globalPlane) start() {
+	g.wg.Add(4)
+	go func() { defer g.wg.Done(); g.watchNetworks() }()
+	go func() { defer g.wg.Done(); g.watchPeers() }()
+	go func() { defer g.wg.Done(); g.outbox.run(g) }()
+	go func() { defer g.wg.Done(); g.keepLease() }()
+}
+
+// keepLease replaces the host's lease when it is lost (etcd was out of
+// reach for longer than the TTL): etcd has dropped the host's endpoint
+// records and address blocks by then. Once etcd answers again, a new lease
+// is granted, this host's endpoints' addresses are claimed again (each
+// block anew) and their records written again.
+func (g *globalPlane) keepLease() {
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-g.currentLease().Lost():
+		}
+		g.c.log.Warn("cnm: global store: the host's lease was lost: its peers and address blocks are claimed again once etcd answers")
+		for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+			err := g.renewLease()
+			if err == nil {
+				break
+			}
+			g.c.log.Warn("cnm: global store: new lease: retrying", "err", err)
+			select {
+			case <-g.ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+		}
+	}
+}
+
+// renewLease grants a new lease, makes the allocators anew on it, claims
+// this host's endpoints' addresses again and republishes their records.
+func (g *globalPlane) renewLease() error {
+	end, err := g.c.begin()
+	if err != nil {
+		return nil // closed: nothing to renew
+	}
+	defer end()
+	ctx := g.ctx
+	l, err := g.kv.GrantLease(ctx, g.ttl)
+	if err != nil {
+		return err
+	}
+	if err := g.c.store.Txn(ctx, store.Put(keyLease, []byte(strconv.FormatInt(l.ID(), 16)))); err != nil {
+		_ = l.Revoke(ctx)
+		return err
+	}
+	g.leaseMu.Lock()
+	g.lease = l
+	g.leaseMu.Unlock()
+	if err := g.newAllocators(); err != nil {
+		return err
+	}
+	var errs []error
+	for _, n := range g.c.Networks() {
+		if !n.global {
+			continue
+		}
+		for _, ep := range n.Endpoints() {
+			for _, a := range []struct {
+				fam  *networkIPAM
+				addr netip.Prefix
+			}{{n.ipv4, ep.ipv4}, {n.ipv6, ep.ipv6}} {
+				if a.addr.IsValid() && a.fam != nil {
+					if _, err := n.requestAddress(ctx, a.fam, a.addr.Addr()); err != nil {
+						// Another host took the block meanwhile: two
+						// interfaces may now have one address.
+						errs = append(errs, fmt.Errorf("endpoint %q: claim %s again: %w", ep.name, a.addr, err))
+					}
+				}
+			}
+		}
+	}
+	g.republish()
+	if len(errs) > 0 {
+		g.c.log.Error("cnm: global store: addresses of this host taken by another host while its lease was lost", "err", errors.Join(errs...))
+	}
+	return nil
+}
+
+// close stops the watches and closes the etcd client. The lease is not
+// revoked: the host's peers stay until its TTL ends, so a controller that
+// restarts takes them back without other hosts seeing a gap.
+func (g *globalPlane) close() error {
+	g.cancel()
+	g.wg.Wait()
+	g.addrs.close()
+	return g.kv.Close()
+}
+
+// currentLease returns the host's lease.
+func (g *globalPlane) currentLease() *etcdstore.Lease {
+	g.leaseMu.RLock()
+	defer g.leaseMu.RUnlock()
+	return g.lease
+}

@@ -1,0 +1,372 @@
+package cnm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/drivers/overlay"
+	"github.com/seed53641549/cnm/store"
+	etcdstore "github.com/seed53641549/cnm/store/etcd"
+)
+
+// Global networks: made on one host, recorded in etcd, taken by every
+// host's controller from its watch of networks/.
+
+// checkGlobalConfig refuses what a global network cannot have: an IPAM
+// driver other than the global one, or a family without a subnet (the
+// global address space has no default pools).
+func (c *Controller) checkGlobalConfig(driverName, name string, cfg *networkConfig) error {
+	if c.global == nil {
+		return errNoGlobal(driverName, name)
+	}
+	if cfg.ipamDriver != "" && cfg.ipamDriver != globalIPAMDriver {
+		return fmt.Errorf("%w: network %q: ipam driver %q: %s networks take their addresses from the global address space (ipam driver %q)",
+			ErrInvalid, name, cfg.ipamDriver, driverName, globalIPAMDriver)
+	}
+	if cfg.ipv4 == nil || !cfg.ipv4.Subnet.IsValid() {
+		return fmt.Errorf("%w: network %q: ipv4 subnet: required for %s networks (the global address space has no default pools)", ErrInvalid, name, driverName)
+	}
+	if cfg.ipv6 != nil && !cfg.ipv6.Subnet.IsValid() {
+		return fmt.Errorf("%w: network %q: ipv6 subnet: required for %s networks", ErrInvalid, name, driverName)
+	}
+	if cfg.ipv4.IPRange.IsValid() || (cfg.ipv6 != nil && cfg.ipv6.IPRange.IsValid()) {
+		return fmt.Errorf("%w: network %q: ip-range: not supported on %s networks (each host allocates from blocks of the whole subnet)", ErrInvalid, name, driverName)
+	}
+	return nil
+}
+
+// requestVNI allocates the network's VXLAN ID (the one its options name,
+// or the next free one) and writes it into its options.
+func (g *globalPlane) requestVNI(ctx context.Context, n *Network) error {
+	opts := maps.Clone(n.options)
+	if opts == nil {
+		opts = map[string]string{}
+	}
+	if v, ok := opts[overlay.OptionVNI]; ok {
+		id, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+		if err != nil || id < 1 || id > overlay.MaxVNI {
+			return fmt.Errorf("%w: option %s=%q: VNI must be 1-%d", ErrInvalid, overlay.OptionVNI, v, overlay.MaxVNI)
+		}
+		if err := g.vnis.RequestID(ctx, uint32(id)); err != nil {
+			return fmt.Errorf("option %s=%q: %w", overlay.OptionVNI, v, err)
+		}
+		opts[overlay.OptionVNI] = strconv.FormatUint(id, 10)
+	} else {
+		id, err := g.vnis.Request(ctx)
+		if err != nil {
+			return fmt.Errorf("vxlan id: %w", err)
+		}
+		opts[overlay.OptionVNI] = strconv.FormatUint(uint64(id), 10)
+	}
+	n.options = opts
+	return nil
+}
+
+func (g *globalPlane) releaseVNI(ctx context.Context, n *Network) {
+	id, err := strconv.ParseUint(n.options[overlay.OptionVNI], 10, 32)
+	if err != nil {
+		return
+	}
+	if err := g.vnis.Release(context.WithoutCancel(ctx), uint32(id)); err != nil {
+		g.c.log.Warn("cnm: release vxlan id", "network", n.name, "vni", id, "err", err)
+	}
+}
+
+// globalRecord is a global network's record in etcd: the data dir's
+// record, with the pool IDs every host needs.
+func (n *Network) globalRecord() networkRecord {
+	r := n.record()
+	for _, p := range []struct {
+		r *ipamRecord
+		i *networkIPAM
+	}{{r.IPv4, n.ipv4}, {r.IPv6, n.ipv6}} {
+		if p.r != nil {
+			p.r.PoolID, p.r.Driver = p.i.poolID, globalIPAMDriver
+		}
+	}
+	return r
+}
+
+// commitNetwork records a new global network and takes its name in the
+// cluster, in one transaction.
+func (g *globalPlane) commitNetwork(ctx context.Context, n *Network) error {
+	val, err := json.Marshal(n.globalRecord())
+	if err != nil {
+		return err
+	}
+	rev, err := g.kv.TxnIf(ctx, []etcdstore.Cond{{Key: gNameKey(n.name)}, {Key: gNetworkKey(n.id)}},
+		etcdstore.Op{Key: gNameKey(n.name), Value: []byte(n.id)},
+		etcdstore.Op{Key: gNetworkKey(n.id), Value: val})
+	if errors.Is(err, store.ErrConflict) {
+		return fmt.Errorf("%w: network name %q is taken in the cluster", ErrExists, n.name)
+	}
+	if err != nil {
+		return fmt.Errorf("record global network: %w", err)
+	}
+	n.globalRev = rev
+	return nil
+}
+
+// uncommitNetwork undoes commitNetwork.
+func (g *globalPlane) uncommitNetwork(ctx context.Context, n *Network) error {
+	_, err := g.kv.TxnIf(ctx, nil, etcdstore.Op{Key: gNameKey(n.name), Delete: true}, etcdstore.Op{Key: gNetworkKey(n.id), Delete: true})
+	return err
+}
+
+// deleteGlobal deletes a global network for every host: refused with
+// ErrInUse while any host has an endpoint on it (the condition and the
+// delete are one transaction, so no endpoint is made meanwhile). The
+// caller has checked this host's endpoints and marked n deleting.
+func (n *Network) deleteGlobal(ctx context.Context) error {
+	c := n.ctrl
+	g := c.global
+	_, err := g.kv.TxnIf(ctx,
+		[]etcdstore.Cond{{Key: gNetworkKey(n.id), Revision: n.globalRev}, {Key: gEndpoints + n.id + "/", Prefix: true}},
+		etcdstore.Op{Key: gNetworkKey(n.id), Delete: true},
+		etcdstore.Op{Key: gNameKey(n.name), Delete: true})
+	if errors.Is(err, store.ErrConflict) {
+		kvs, lerr := g.kv.List(ctx, gEndpoints+n.id+"/")
+		switch {
+		case lerr != nil:
+			err = lerr
+		case len(kvs) > 0:
+			hosts := map[string]bool{}
+			for _, kv := range kvs {
+				var r peerRecord
+				if json.Unmarshal(kv.Value, &r) == nil {
+					hosts[r.Host] = true
+				}
+			}
+			err = fmt.Errorf("%w: network %q has %d endpoints on %d hosts", ErrInUse, n.name, len(kvs), len(hosts))
+		default:
+			err = nil // deleted meanwhile by another host: finish here
+		}
+	}
+	if err != nil {
+		n.mu.Lock()
+		n.deleting = false
+		n.mu.Unlock()
+		return fmt.Errorf("delete network %q: %w", n.name, err)
+	}
+	// The network is gone for every host: what follows only tidies up.
+	ctx = context.WithoutCancel(ctx)
+	g.releaseVNI(ctx, n)
+	c.releaseNetworkIPAM(ctx, n.ipv4)
+	c.releaseNetworkIPAM(ctx, n.ipv6)
+	c.dropGlobalNetwork(ctx, n)
+	return nil
+}
+
+// dropGlobalNetwork removes a deleted global network from this host.
+func (c *Controller) dropGlobalNetwork(ctx context.Context, n *Network) {
+	if err := n.driver.DeleteNetwork(ctx, n.id); err != nil && !errors.Is(err, ErrNotFound) {
+		c.log.Warn("cnm: delete global network in driver", "network", n.name, "err", err)
+	}
+	c.mu.Lock()
+	delete(c.networks, n.id)
+	delete(c.networkNames, n.name)
+	c.mu.Unlock()
+	c.emit(Event{Type: EventNetworkDeleted, NetworkID: n.id, Detail: n.name})
+}
+
+// adoptGlobalNetwork makes this host's Network of a global network from
+// its record. It is not published in c.networks.
+func (c *Controller) adoptGlobalNetwork(ctx context.Context, r networkRecord, rev uint64, restore bool) (*Network, error) {
+	drv, err := c.drivers.Driver(r.Driver)
+	if err != nil {
+		return nil, err
+	}
+	n := &Network{
+		ctrl: c, id: r.ID, name: r.Name, driver: drv, internal: r.Internal, labels: r.Labels, options: r.Options,
+		endpoints: map[string]*Endpoint{}, epNames: map[string]bool{}, global: true, globalRev: rev,
+	}
+	for _, fam := range []struct {
+		rec *ipamRecord
+		dst **networkIPAM
+	}{{r.IPv4, &n.ipv4}, {r.IPv6, &n.ipv6}} {
+		if fam.rec == nil {
+			continue
+		}
+		*fam.dst = &networkIPAM{alloc: c.global.addrs, driver: globalIPAMDriver, poolID: fam.rec.PoolID, subnet: fam.rec.Subnet,
+			gateway: fam.rec.Gateway, aux: fam.rec.Aux}
+	}
+	create := drv.CreateNetwork
+	if rd, ok := drv.(driverapi.Restorer); ok && restore {
+		create = rd.RestoreNetwork
+	}
+	if err := create(ctx, n.driverRequest()); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// restoreGlobalNetworks takes every global network back at New, before
+// the endpoints (restore.go).
+func (g *globalPlane) restoreNetworks(ctx context.Context) error {
+	kvs, rev, err := g.kv.Snapshot(ctx, gNetworks)
+	if err != nil {
+		return fmt.Errorf("global store: list networks: %w", err)
+	}
+	g.netsRev = rev
+	for _, kv := range kvs {
+		if err := g.addNetwork(ctx, kv, true); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addNetwork publishes the global network kv records on this host, unless
+// it is known already.
+func (g *globalPlane) addNetwork(ctx context.Context, kv store.KV, restore bool) error {
+	c := g.c
+	var r networkRecord
+	if err := json.Unmarshal(kv.Value, &r); err != nil || r.ID == "" {
+		c.log.Warn("cnm: global network record unreadable: skipped", "key", kv.Key, "err", err)
+		return nil
+	}
+	if r.Schema > recordSchema {
+		return fmt.Errorf("global network %q: %w: schema %d", r.Name, store.ErrSchema, r.Schema)
+	}
+	c.mu.Lock()
+	_, known := c.networks[r.ID]
+	taken := c.networkNames[r.Name]
+	if !known && !taken {
+		c.networkNames[r.Name] = true // held while the driver is told
+	}
+	c.mu.Unlock()
+	if known {
+		return nil
+	}
+	if taken {
+		c.log.Warn("cnm: global network not taken: a network of this host has its name", "network", r.Name, "id", r.ID)
+		return nil
+	}
+	n, err := c.adoptGlobalNetwork(ctx, r, kv.Revision, restore)
+	c.mu.Lock()
+	if err != nil {
+		delete(c.networkNames, r.Name)
+	} else {
+		c.networks[n.id] = n
+	}
+	c.mu.Unlock()
+	if err != nil {
+		if restore {
+			return fmt.Errorf("global network %q: %w", r.Name, err)
+		}
+		c.log.Warn("cnm: take global network", "network", r.Name, "err", err)
+		return nil
+	}
+	g.peers.networkAdded(g, n)
+	if !restore {
+		c.emit(Event{Type: EventNetworkCreated, NetworkID: n.id, Detail: n.name})
+	}
+	return nil
+}
+
+// removeNetwork drops a global network another host deleted, unless this
+// host still has endpoints on it (which etcd's transaction rules out
+// unless this host's lease had ended): those keep it until they go.
+func (g *globalPlane) removeNetwork(ctx context.Context, id string) {
+	c := g.c
+	c.mu.Lock()
+	n := c.networks[id]
+	c.mu.Unlock()
+	if n == nil || !n.global {
+		return
+	}
+	n.mu.Lock()
+	busy := len(n.epNames) > 0 || n.deleting
+	if !busy {
+		n.deleting = true
+	}
+	n.mu.Unlock()
+	if busy {
+		if len(n.Endpoints()) > 0 {
+			c.log.Warn("cnm: global network deleted by another host while this host has endpoints on it: kept until they are deleted", "network", n.name)
+		}
+		return
+	}
+	c.dropGlobalNetwork(ctx, n)
+}
+
+// watchNetworks follows networks/ from the revision restore listed.
+func (g *globalPlane) watchNetworks() {
+	rev := g.netsRev
+	for g.ctx.Err() == nil {
+		for b := range g.kv.Watch(g.ctx, gNetworks, rev) {
+			if b.Err != nil {
+				g.c.log.Warn("cnm: watch of global networks ended: restarting", "err", b.Err)
+				break
+			}
+			end, err := g.c.begin()
+			if err != nil {
+				return
+			}
+			g.applyNetworks(b)
+			end()
+			rev = b.Revision
+		}
+		select {
+		case <-g.ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// applyNetworks applies one batch of the networks watch.
+func (g *globalPlane) applyNetworks(b etcdstore.WatchBatch) {
+	ctx := g.ctx
+	if b.Resync {
+		seen := map[string]bool{}
+		for _, kv := range b.Snapshot {
+			seen[strings.TrimPrefix(kv.Key, gNetworks)] = true
+			_ = g.addNetwork(ctx, kv, false)
+		}
+		for _, n := range g.c.Networks() {
+			if n.global && !seen[n.id] {
+				g.removeNetwork(ctx, n.id)
+			}
+		}
+		return
+	}
+	for _, ev := range b.Events {
+		switch ev.Type {
+		case etcdstore.EventPut:
+			_ = g.addNetwork(ctx, ev.KV, false)
+		case etcdstore.EventDelete:
+			g.removeNetwork(ctx, strings.TrimPrefix(ev.KV.Key, gNetworks))
+		}
+	}
+}
+
+// requestGlobalPools reserves a global network's subnets in the global
+// address space and its VXLAN ID. On error nothing stays reserved.
+func (c *Controller) requestGlobalPools(ctx context.Context, n *Network, cfg networkConfig) error {
+	req := poolRequest{alloc: c.global.addrs, driver: globalIPAMDriver}
+	var err error
+	if n.ipv4, err = c.requestNetworkIPAM(ctx, req, *cfg.ipv4, false); err != nil {
+		return err
+	}
+	if cfg.ipv6 != nil {
+		if n.ipv6, err = c.requestNetworkIPAM(ctx, req, *cfg.ipv6, true); err != nil {
+			c.releaseNetworkIPAM(ctx, n.ipv4)
+			n.ipv4 = nil
+			return err
+		}
+	}
+	if err := c.global.requestVNI(ctx, n); err != nil {
+		c.releaseNetworkIPAM(ctx, n.ipv4)
+		c.releaseNetworkIPAM(ctx, n.ipv6)
+		n.ipv4, n.ipv6 = nil, nil
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,520 @@
+package cnm_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/seed53641549/cnm"
+	"github.com/seed53641549/cnm/cnmtest"
+)
+
+// Multi-host overlay networks, end to end: controllers in host namespaces
+// of their own, an underlay through a switch namespace, a real etcd
+// (cnmtest.NewCluster).
+
+// waitNetwork waits until the network called name appears on c.
+func waitNetwork(t *testing.T, c *cnm.Controller, name string) *cnm.Network {
+	t.Helper()
+	var n *cnm.Network
+	require.Eventually(t, func() bool {
+		var err error
+		n, err = c.NetworkByName(name)
+		return err == nil
+	}, 5*time.Second, 5*time.Millisecond, "network %q never appeared on controller %s", name, c.ID())
+	return n
+}
+
+// ovContainer is a sandbox with one endpoint on an overlay network.
+type ovContainer struct {
+	sb   *cnm.Sandbox
+	ep   *cnm.Endpoint
+	addr netip.Addr
+}
+
+// run makes a sandbox called name on h and joins it to the network called
+// network.
+func ovRun(t *testing.T, h *cnmtest.ClusterHost, network, name string) ovContainer {
+	t.Helper()
+	ctx := context.Background()
+	n := waitNetwork(t, h.Ctrl, network)
+	sb, err := h.Ctrl.NewSandbox(ctx, name+"-"+network, cnm.WithHostname(name), cnm.WithDNS(netip.MustParseAddr("127.0.0.1")))
+	require.NoError(t, err)
+	ep, err := n.CreateEndpoint(ctx, name)
+	require.NoError(t, err)
+	require.NoError(t, ep.Join(ctx, sb))
+	return ovContainer{sb: sb, ep: ep, addr: ep.Info().IPv4.Addr()}
+}
+
+// echoServer serves TCP echo on port 7 inside a sandbox until the test
+// ends.
+func echoServer(t *testing.T, c ovContainer) {
+	t.Helper()
+	l, err := cnmtest.Listen(context.Background(), c.sb.Key(), netip.AddrPortFrom(netip.IPv4Unspecified(), 7))
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				_, _ = io.Copy(conn, conn)
+			}()
+		}
+	}()
+}
+
+// echo dials from one ovContainer to another's echo server and checks one
+// round trip.
+func echo(ctx context.Context, from, to ovContainer, timeout time.Duration) error {
+	conn, err := cnmtest.Dial(ctx, from.sb.Key(), netip.AddrPortFrom(to.addr, 7), timeout)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return roundTrip(conn, timeout)
+}
+
+func roundTrip(conn net.Conn, timeout time.Duration) error {
+	_ = conn.SetDeadline(time.Now().Add(timeout))
+	msg := []byte("over the overlay")
+	if _, err := conn.Write(msg); err != nil {
+		return err
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(conn, got); err != nil {
+		return err
+	}
+	if string(got) != string(msg) {
+		return fmt.Errorf("echo: got %q", got)
+	}
+	return nil
+}
+
+// requireReach waits until from reaches to (peers are programmed by a
+// watch, a few milliseconds after the join).
+func requireReach(t *testing.T, from, to ovContainer) {
+	t.Helper()
+	var last error
+	ok := assert.Eventually(t, func() bool {
+		last = echo(context.Background(), from, to, 300*time.Millisecond)
+		return last == nil
+	}, 5*time.Second, 10*time.Millisecond)
+	if !ok {
+		if os.Getenv("OVDEBUG") != "" {
+			paths, _ := filepath.Glob("/tmp/" + strings.Split(t.Name(), "/")[0] + "*/*/run/cnm-*/overlay/ov-*")
+			for _, p := range paths {
+				out, _ := exec.Command("sh", "-c", "nsenter --net="+p+" sh -c 'ip -d link; ip neigh; bridge fdb show; ip addr'").CombinedOutput()
+				t.Logf("%s:\n%s", p, out)
+			}
+		}
+		t.Fatalf("%s cannot reach %s at %s: %v", from.ep.Name(), to.ep.Name(), to.addr, last)
+	}
+}
+
+func TestOverlayAcrossHosts(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 3, cnmtest.ClusterOptions{})
+	h1, h2, h3 := cl.Hosts[0], cl.Hosts[1], cl.Hosts[2]
+
+	ov, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov1", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.50.0.0/24")}))
+	require.NoError(t, err)
+	assert.Equal(t, "overlay", ov.Type())
+	for _, h := range cl.Hosts[1:] {
+		n := waitNetwork(t, h.Ctrl, "ov1")
+		assert.Equal(t, ov.ID(), n.ID())
+		cfg, ok := n.IPv4()
+		require.True(t, ok)
+		assert.Equal(t, netip.MustParsePrefix("10.50.0.0/24"), cfg.Subnet)
+		assert.Equal(t, netip.MustParseAddr("10.50.0.1"), cfg.Gateway)
+	}
+	_, err = h2.Ctrl.NewNetwork(ctx, "overlay", "ov1", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.51.0.0/24")}))
+	require.ErrorIs(t, err, cnm.ErrExists, "the name is taken in the cluster")
+
+	cs := []ovContainer{ovRun(t, h1, "ov1", "c1"), ovRun(t, h2, "ov1", "c2"), ovRun(t, h3, "ov1", "c3")}
+	seen := map[netip.Addr]bool{}
+	for _, c := range cs {
+		require.False(t, seen[c.addr], "address %s handed out twice", c.addr)
+		seen[c.addr] = true
+		assert.NotEqual(t, netip.MustParseAddr("10.50.0.1"), c.addr, "the gateway is never handed out")
+		echoServer(t, c)
+	}
+	for _, from := range cs {
+		for _, to := range cs {
+			if from != to {
+				requireReach(t, from, to)
+			}
+		}
+	}
+
+	t.Run("names", func(t *testing.T) {
+		r := sandboxResolver(cs[0].sb.Key())
+		for _, c := range cs[1:] {
+			require.Eventually(t, func() bool {
+				addrs, err := lookup(t, r, c.ep.Name())
+				return err == nil && len(addrs) == 1 && addrs[0] == c.addr
+			}, 5*time.Second, 10*time.Millisecond, "name %s from another host", c.ep.Name())
+		}
+	})
+
+	t.Run("second network is isolated", func(t *testing.T) {
+		ov2, err := h2.Ctrl.NewNetwork(ctx, "overlay", "ov2", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.60.0.0/24")}))
+		require.NoError(t, err)
+		d1, d3 := ovRun(t, h1, "ov2", "d1"), ovRun(t, h3, "ov2", "d3")
+		echoServer(t, d3)
+		requireReach(t, d1, d3)
+		// d1 has no interface on ov1: c3's address is not reachable from it.
+		err = echo(ctx, d1, cs[2], 300*time.Millisecond)
+		require.Error(t, err, "ov2 reached ov1")
+
+		// h2, which made ov2, has no endpoint on it; h1 and h3 have.
+		err = ov2.Delete(ctx)
+		require.ErrorIs(t, err, cnm.ErrInUse)
+		assert.Contains(t, err.Error(), "2 endpoints on 2 hosts")
+	})
+
+	t.Run("late joiner reachable from every host", func(t *testing.T) {
+		late := ovRun(t, h3, "ov1", "late")
+		echoServer(t, late)
+		for _, from := range cs {
+			requireReach(t, from, late)
+		}
+	})
+
+	t.Run("leave removes the peer", func(t *testing.T) {
+		gone := ovRun(t, h2, "ov1", "gone")
+		echoServer(t, gone)
+		requireReach(t, cs[0], gone)
+		require.NoError(t, gone.ep.Leave(ctx, gone.sb))
+		require.Eventually(t, func() bool {
+			_, err := lookup(t, sandboxResolver(cs[0].sb.Key()), "gone")
+			return err != nil
+		}, 5*time.Second, 10*time.Millisecond, "name of a left endpoint still answered")
+	})
+}
+
+func TestOverlayHostKilled(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{LeaseTTL: 2 * time.Second})
+	h1, h2 := cl.Hosts[0], cl.Hosts[1]
+	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.70.0.0/25")}))
+	require.NoError(t, err)
+	a, b := ovRun(t, h1, "ov", "a"), ovRun(t, h2, "ov", "b")
+	echoServer(t, b)
+	requireReach(t, a, b)
+	r := sandboxResolver(a.sb.Key())
+	require.Eventually(t, func() bool { _, err := lookup(t, r, "b"); return err == nil }, 5*time.Second, 10*time.Millisecond)
+
+	killed := time.Now()
+	h2.Kill(t)
+	require.Eventually(t, func() bool { _, err := lookup(t, r, "b"); return err != nil }, 10*time.Second, 20*time.Millisecond,
+		"the killed host's endpoint is still a peer")
+	took := time.Since(killed)
+	t.Logf("peer gone %s after the kill (lease TTL 2s)", took)
+	assert.Less(t, took, 6*time.Second)
+
+	// Its block (a /26) is free again: h1 can take the killed host's
+	// address.
+	n := waitNetwork(t, h1.Ctrl, "ov")
+	ep, err := n.CreateEndpoint(ctx, "taker", cnm.WithIPv4Address(b.addr))
+	require.NoError(t, err, "the killed host's address block is reusable")
+	require.NoError(t, ep.Delete(ctx))
+}
+
+func TestOverlayRestart(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{LeaseTTL: 3 * time.Second})
+	h1, h2 := cl.Hosts[0], cl.Hosts[1]
+	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.80.0.0/24")}))
+	require.NoError(t, err)
+	a, b := ovRun(t, h1, "ov", "a"), ovRun(t, h2, "ov", "b")
+	echoServer(t, a)
+	echoServer(t, b)
+	requireReach(t, a, b)
+	conn, err := cnmtest.Dial(ctx, a.sb.Key(), netip.AddrPortFrom(b.addr, 7), time.Second)
+	require.NoError(t, err)
+	defer conn.Close()
+	require.NoError(t, roundTrip(conn, time.Second))
+
+	h2.Kill(t)
+	require.NoError(t, roundTrip(conn, time.Second), "the data plane runs while the controller is down")
+	h2.Start(t)
+	require.NoError(t, roundTrip(conn, time.Second), "restart kept the established connection")
+
+	n := waitNetwork(t, h2.Ctrl, "ov")
+	eps := n.Endpoints()
+	require.Len(t, eps, 1)
+	assert.Equal(t, b.addr, eps[0].Info().IPv4.Addr())
+	// Past the old lease's TTL: the peer was taken back, not lost.
+	time.Sleep(4 * time.Second)
+	require.NoError(t, roundTrip(conn, time.Second))
+	requireReach(t, a, b)
+	b2 := ovRun(t, h2, "ov", "b2")
+	assert.NotEqual(t, b.addr, b2.addr, "an address of before the restart handed out again")
+	echoServer(t, b2)
+	requireReach(t, a, b2)
+	_, err = lookup(t, sandboxResolver(a.sb.Key()), "b")
+	require.NoError(t, err, "the restarted host's names are still known")
+}
+
+func TestOverlayEtcdDown(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{LeaseTTL: 5 * time.Second})
+	h1, h2 := cl.Hosts[0], cl.Hosts[1]
+	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.90.0.0/24")}))
+	require.NoError(t, err)
+	a, b := ovRun(t, h1, "ov", "a"), ovRun(t, h2, "ov", "b")
+	echoServer(t, b)
+	requireReach(t, a, b)
+	conn, err := cnmtest.Dial(ctx, a.sb.Key(), netip.AddrPortFrom(b.addr, 7), time.Second)
+	require.NoError(t, err)
+	defer conn.Close()
+
+	// Traffic flows throughout the outage.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var flowErr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if err := roundTrip(conn, time.Second); err != nil {
+				flowErr = err
+				return
+			}
+		}
+	}()
+
+	cl.Etcd.Stop()
+	start := time.Now()
+	_, err = h1.Ctrl.NewNetwork(ctx, "overlay", "ov-down", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.91.0.0/24")}))
+	require.Error(t, err, "a global operation with etcd down")
+	assert.Less(t, time.Since(start), 6*time.Second, "fails within its timeout")
+	t.Logf("with etcd down: %v (%s)", err, time.Since(start).Round(time.Millisecond))
+	n := waitNetwork(t, h2.Ctrl, "ov")
+	_, err = n.CreateEndpoint(ctx, "while-down")
+	require.Error(t, err)
+
+	// Local networks keep working.
+	br, err := h1.Ctrl.NewNetwork(ctx, "bridge", "local", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.92.0.0/24")}))
+	require.NoError(t, err)
+	lsb, err := h1.Ctrl.NewSandbox(ctx, "local")
+	require.NoError(t, err)
+	lep, err := br.CreateEndpoint(ctx, "local")
+	require.NoError(t, err)
+	require.NoError(t, lep.Join(ctx, lsb))
+
+	time.Sleep(time.Second)
+	cl.Etcd.Restart(t)
+	close(stop)
+	wg.Wait()
+	require.NoError(t, flowErr, "traffic stopped while etcd was down")
+
+	// New joins work once it is back, and are seen by the other host.
+	var late ovContainer
+	require.Eventually(t, func() bool {
+		sb, err := h2.Ctrl.NewSandbox(ctx, "late")
+		if err != nil {
+			return false
+		}
+		ep, err := n.CreateEndpoint(ctx, "late")
+		if err == nil {
+			err = ep.Join(ctx, sb)
+		}
+		if err != nil {
+			_ = sb.Delete(ctx)
+			if ep != nil {
+				_ = ep.Delete(ctx)
+			}
+			return false
+		}
+		late = ovContainer{sb: sb, ep: ep, addr: ep.Info().IPv4.Addr()}
+		return true
+	}, 15*time.Second, 100*time.Millisecond, "joins never worked again after etcd returned")
+	echoServer(t, late)
+	requireReach(t, a, late)
+}
+
+func TestOverlayConcurrentAllocation(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{LeaseTTL: 10 * time.Second})
+	_, err := cl.Hosts[0].Ctrl.NewNetwork(ctx, "overlay", "big", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.100.0.0/21")}))
+	require.NoError(t, err)
+	const each = 500
+	var wg sync.WaitGroup
+	addrs := make([][]netip.Addr, len(cl.Hosts))
+	errs := make([]error, len(cl.Hosts))
+	for i, h := range cl.Hosts {
+		n := waitNetwork(t, h.Ctrl, "big")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range each {
+				ep, err := n.CreateEndpoint(ctx, fmt.Sprintf("e%d-%d", i, j))
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				addrs[i] = append(addrs[i], ep.Info().IPv4.Addr())
+			}
+		}()
+	}
+	wg.Wait()
+	require.NoError(t, errors.Join(errs...))
+	seen := map[netip.Addr]int{}
+	for i, as := range addrs {
+		require.Len(t, as, each)
+		for _, a := range as {
+			if prev, dup := seen[a]; dup {
+				t.Fatalf("address %s handed out to hosts %d and %d", a, prev, i)
+			}
+			seen[a] = i
+		}
+	}
+}
+
+func TestOverlayBadInput(t *testing.T) {
+	ctx := context.Background()
+	t.Run("no global store", func(t *testing.T) {
+		c, _ := cnmtest.NewController(t)
+		_, err := c.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.110.0.0/24")}))
+		require.ErrorIs(t, err, cnm.ErrInvalid)
+		assert.Contains(t, err.Error(), "WithGlobalStore")
+		assert.Contains(t, err.Error(), "WithAdvertiseAddress")
+	})
+	t.Run("global store without advertise address", func(t *testing.T) {
+		h := cnmtest.NewHostNS(t)
+		_, err := cnm.New(append(h.Options(), cnm.WithGlobalStore(cnm.GlobalStore{Endpoints: []string{"http://127.0.0.1:1"}}))...)
+		require.ErrorIs(t, err, cnm.ErrInvalid)
+		assert.Contains(t, err.Error(), "WithAdvertiseAddress")
+	})
+	t.Run("options", func(t *testing.T) {
+		h := cnmtest.NewHostNS(t)
+		for _, o := range []cnm.Option{
+			cnm.WithGlobalStore(cnm.GlobalStore{}),
+			cnm.WithGlobalStore(cnm.GlobalStore{Endpoints: []string{"http://127.0.0.1:1"}, LeaseTTL: time.Millisecond}),
+			cnm.WithAdvertiseAddress(netip.Addr{}),
+			cnm.WithAdvertiseAddress(netip.MustParseAddr("127.0.0.1")),
+			cnm.WithAdvertiseAddress(netip.MustParseAddr("224.0.0.1")),
+		} {
+			_, err := cnm.New(append(h.Options(), o)...)
+			require.ErrorIs(t, err, cnm.ErrInvalid)
+		}
+	})
+	t.Run("etcd unreachable", func(t *testing.T) {
+		h := cnmtest.NewHostNS(t)
+		start := time.Now()
+		_, err := cnm.New(append(h.Options(), cnm.WithGlobalStore(cnm.GlobalStore{Endpoints: []string{"http://127.0.0.1:1"}, DialTimeout: time.Second}),
+			cnm.WithAdvertiseAddress(netip.MustParseAddr("192.0.2.1")))...)
+		require.Error(t, err)
+		assert.Less(t, time.Since(start), 4*time.Second)
+		assert.Contains(t, err.Error(), "global store")
+	})
+	t.Run("network config", func(t *testing.T) {
+		cl := cnmtest.NewCluster(t, 1, cnmtest.ClusterOptions{})
+		c := cl.Hosts[0].Ctrl
+		for _, tc := range []struct {
+			opts []cnm.NetworkOption
+			want string
+		}{
+			{nil, "ipv4 subnet: required"},
+			{[]cnm.NetworkOption{cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.111.0.0/24")}), cnm.WithIPAMDriver("default", nil)}, `ipam driver "default"`},
+			{[]cnm.NetworkOption{cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.111.0.0/24")}), cnm.WithDriverOptions(map[string]string{"bogus": "1"})}, "bogus"},
+			{[]cnm.NetworkOption{cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.111.0.0/24")}), cnm.WithDriverOptions(map[string]string{"com.docker.network.driver.overlay.vxlanid_list": "0"})}, "vxlanid_list"},
+		} {
+			_, err := c.NewNetwork(ctx, "overlay", "bad", tc.opts...)
+			require.ErrorIs(t, err, cnm.ErrInvalid)
+			assert.Contains(t, err.Error(), tc.want)
+			_, err = c.NetworkByName("bad")
+			require.ErrorIs(t, err, cnm.ErrNotFound)
+		}
+		// Nothing stayed reserved: the subnet and name are free.
+		n, err := c.NewNetwork(ctx, "overlay", "bad", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.111.0.0/24")}))
+		require.NoError(t, err)
+		require.NoError(t, n.Delete(ctx))
+		_, err = c.NewNetwork(ctx, "overlay", "bad", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.111.0.0/24")}))
+		require.NoError(t, err, "a deleted global network's subnet and name are free again")
+	})
+}
+
+func TestOverlayEgress(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{})
+	h1, h2 := cl.Hosts[0], cl.Hosts[1]
+	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.120.0.0/24")}))
+	require.NoError(t, err)
+	_, err = h1.Ctrl.NewNetwork(ctx, "overlay", "ovi", cnm.WithInternal(), cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.121.0.0/24")}))
+	require.NoError(t, err)
+
+	// "The outside world": a server on the other host's underlay address,
+	// in its host namespace.
+	outside := netip.MustParseAddrPort("192.0.2.2:9000")
+	l, err := cnmtest.Listen(ctx, h2.Path, outside)
+	require.NoError(t, err)
+	defer l.Close()
+	peers := make(chan net.Addr, 4)
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			peers <- conn.RemoteAddr()
+			conn.Close()
+		}
+	}()
+
+	a := ovRun(t, h1, "ov", "a")
+	eps := a.sb.Endpoints()
+	require.Len(t, eps, 2, "an overlay ovContainer gets an interface on the gateway bridge")
+	var gw *cnm.Endpoint
+	for _, ep := range eps {
+		if ep.Network().Name() == cnm.GatewayBridgeNetwork {
+			gw = ep
+		}
+	}
+	require.NotNil(t, gw)
+	assert.True(t, gw.Info().Gateway.IsValid(), "the gateway bridge offers the default route")
+	conn, err := cnmtest.Dial(ctx, a.sb.Key(), outside, 2*time.Second)
+	require.NoError(t, err, "an overlay ovContainer reaches the outside world")
+	conn.Close()
+	select {
+	case from := <-peers:
+		assert.Equal(t, "192.0.2.1", from.(*net.TCPAddr).IP.String(), "masqueraded behind its host's address")
+	case <-time.After(2 * time.Second):
+		t.Fatal("the outside server saw no connection")
+	}
+
+	i := ovRun(t, h1, "ovi", "i")
+	require.Len(t, i.sb.Endpoints(), 1, "an internal overlay network has no way out")
+	_, err = cnmtest.Dial(ctx, i.sb.Key(), outside, 300*time.Millisecond)
+	require.Error(t, err)
+
+	// The last overlay endpoint's leave takes the gateway endpoint away.
+	require.NoError(t, a.ep.Leave(ctx, a.sb))
+	assert.Empty(t, a.sb.Endpoints())
+	n, err := h1.Ctrl.NetworkByName(cnm.GatewayBridgeNetwork)
+	require.NoError(t, err)
+	assert.Empty(t, n.Endpoints())
+}
