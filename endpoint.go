@@ -261,7 +261,7 @@ func (n *Network) createEndpoint(ctx context.Context, name string, cfg endpointC
 				if !n.global {
 					return nil
 				}
-				return c.global.publishEndpoint(ctx, ep, nil, true)
+				return c.global.publishEndpoint(ctx, ep)
 			},
 			undo: func(ctx context.Context) error {
 				if err := c.global.withdrawEndpoint(ctx, ep); err != nil {

@@ -165,19 +165,6 @@ func (ep *Endpoint) join(ctx context.Context, sb *Sandbox, cfg joinConfig) error
 				_, err := sb.updateResolver(others)
 				return err
 			}},
-		step{name: stepJoinPeer,
-			do: func(ctx context.Context) error {
-				if !n.global {
-					return nil
-				}
-				return c.global.publishEndpoint(ctx, ep, sb, false)
-			},
-			undo: func(ctx context.Context) error {
-				if err := c.global.publishEndpoint(ctx, ep, nil, false); err != nil {
-					c.global.outbox.post(gEndpointKey(n.id, ep.id), c.global.peerRecordOf(ep, nil))
-				}
-				return nil
-			}},
 		step{name: stepJoinCommit, do: func(ctx context.Context) error {
 			return c.saveRecord(ctx, endpointKey(n.id, ep.id), ep.record(sb))
 		}},
@@ -192,6 +179,13 @@ func (ep *Endpoint) join(ctx context.Context, sb *Sandbox, cfg joinConfig) error
 	ep.sandbox = sb
 	ep.mu.Unlock()
 	ep.publishNames(sb)
+	if n.global {
+		// Other hosts learn of the join from the peer table. The write is
+		// not on the join's path: it lands in the background, at once or,
+		// while etcd is down, once it is back (the join works on this
+		// host meanwhile).
+		c.global.outbox.post(gEndpointKey(n.id, ep.id), c.global.peerRecordOf(ep, sb))
+	}
 	joined = true
 	c.emit(Event{Type: EventJoined, NetworkID: n.id, EndpointID: ep.id, SandboxID: sb.id, Detail: ifName})
 	return nil

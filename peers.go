@@ -51,15 +51,12 @@ func (g *globalPlane) peerRecordOf(ep *Endpoint, sb *Sandbox) []byte {
 	return b
 }
 
-// publishEndpoint writes ep's record now (a global operation: it fails
-// within the request timeout when etcd is down). With create, it fails
-// with ErrNotFound if the network was deleted meanwhile.
-func (g *globalPlane) publishEndpoint(ctx context.Context, ep *Endpoint, sb *Sandbox, create bool) error {
-	var conds []etcdstore.Cond
-	if create {
-		conds = []etcdstore.Cond{{Key: gNetworkKey(ep.nw.id), Revision: ep.nw.globalRev}}
-	}
-	err := g.outbox.write(ctx, g, gEndpointKey(ep.nw.id, ep.id), g.peerRecordOf(ep, sb), conds)
+// publishEndpoint writes a new endpoint's record now (a global operation:
+// it fails within the request timeout when etcd is down), or fails with
+// ErrNotFound if the network was deleted meanwhile.
+func (g *globalPlane) publishEndpoint(ctx context.Context, ep *Endpoint) error {
+	conds := []etcdstore.Cond{{Key: gNetworkKey(ep.nw.id), Revision: ep.nw.globalRev}}
+	err := g.outbox.write(ctx, g, gEndpointKey(ep.nw.id, ep.id), g.peerRecordOf(ep, nil), conds)
 	if errors.Is(err, store.ErrConflict) {
 		return fmt.Errorf("%w: network %q was deleted by another host", ErrNotFound, ep.nw.name)
 	}

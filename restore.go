@@ -414,6 +414,21 @@ func (c *Controller) restoreEndpoint(ctx context.Context, r endpointRecord, aliv
 	var err error
 	if rd, ok := n.driver.(driverapi.Restorer); ok {
 		err = rd.RestoreEndpoint(ctx, req)
+		if errors.Is(err, ErrNotFound) && sb != nil {
+			// The driver lost what joined the interface (a network
+			// namespace removed by hand): the endpoint comes back left,
+			// and reassert removes its interface.
+			c.log.Warn("cnm: restore: endpoint's join is gone in its driver: left", "endpoint", r.Name, "err", err)
+			sb = nil
+			req.Sandbox, req.InterfaceName, req.Ports = nil, "", nil
+			for _, b := range r.Bindings {
+				c.ports.Release(b.Proto, b.HostIP, b.HostPort)
+			}
+			r.SandboxID, r.InterfaceName, r.IfIndex, r.IfMAC, r.Bindings = "", "", 0, "", nil
+			if err = c.saveRecord(ctx, endpointKey(n.id, ep.id), r); err == nil {
+				err = rd.RestoreEndpoint(ctx, req)
+			}
+		}
 	} else if p, ok := n.driver.(driverapi.EndpointPreparer); ok {
 		err = p.CreateEndpoint(ctx, ep.driverRequest())
 	}

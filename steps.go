@@ -30,7 +30,6 @@ const (
 	stepJoinExternal  = "join:external"
 	stepJoinDNS       = "join:dns"
 	stepJoinServices  = "join:services"
-	stepJoinPeer      = "join:peer" // a global network's endpoint joined in the peer table
 	stepJoinCommit    = "join:commit"
 
 	stepLeave                  = "leave:interface"         // fails as taking the interface out of use would

@@ -4,13 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/seed53641549/cnm"
 	"github.com/seed53641549/cnm/osl"
@@ -98,19 +94,6 @@ func NewCluster(t testing.TB, n int, opts ClusterOptions) *Cluster {
 		})
 	}
 	return cl
-}
-
-// unmountUnder detaches every mount below dir (namespaces' bind mounts).
-func unmountUnder(dir string) {
-	mi, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return
-	}
-	for _, line := range strings.Split(string(mi), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
-			_ = unix.Unmount(f[4], unix.MNT_DETACH)
-		}
-	}
 }
 
 // up gives a host's underlay link its address and brings both ends up.

@@ -140,8 +140,20 @@ func (d *Driver) Leave(ctx context.Context, req driverapi.LeaveRequest) error {
 		return nil
 	}
 	// Deleted here, not left to the namespace's destruction, which the
-	// kernel runs later: Leave returns once the interface is gone.
-	if err := n.sb.ns.DeleteLink(ctx, ep.hostIf); err != nil {
+	// kernel runs later: Leave returns once the interface is gone. A veth
+	// takes the kernel tens of milliseconds to delete: unless this is the
+	// last endpoint (whose leave drops the namespace), the deletion runs
+	// without n.mu, so that other endpoints of the network are made and
+	// joined meanwhile. The namespace stays: ep still counts as joined.
+	sb := n.sb
+	if n.joined > 1 {
+		n.mu.Unlock()
+		err = sb.ns.DeleteLink(ctx, ep.hostIf)
+		n.mu.Lock()
+	} else {
+		err = sb.ns.DeleteLink(ctx, ep.hostIf)
+	}
+	if err != nil {
 		return fmt.Errorf("overlay leave of endpoint %s: %w", req.EndpointID, err)
 	}
 	ep.hostIf = ""

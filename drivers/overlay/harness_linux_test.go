@@ -49,6 +49,16 @@ func newHosts(t testing.TB, ulMTU int) (*testHost, *testHost) {
 		hosts[i] = &testHost{ns: ns, vtep: netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}), runDir: filepath.Join(dir, fmt.Sprintf("run%d", i+1))}
 	}
 	h1, h2 := hosts[0], hosts[1]
+	// A test that fails halfway leaves network namespaces mounted in the
+	// run dirs: unmount them before the temporary directory goes.
+	t.Cleanup(func() {
+		for _, h := range hosts {
+			entries, _ := os.ReadDir(h.runDir)
+			for _, e := range entries {
+				_ = osl.RemoveNamespaceFile(filepath.Join(h.runDir, e.Name()))
+			}
+		}
+	})
 	require.NoError(t, h1.ns.AddVeth(ctx, osl.VethSpec{HostName: "ul0", PeerName: "ul0", PeerNS: h2.ns, MTU: ulMTU}))
 	for _, h := range hosts {
 		l, err := h.ns.LinkByName(ctx, "ul0")

@@ -3,6 +3,7 @@ package overlay
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/seed53641549/cnm/driverapi"
 )
@@ -10,22 +11,49 @@ import (
 // CreateNetwork validates the network and records it. It makes no kernel
 // object: a network's namespace is made at its first Join on this host.
 // It checks that Config.AdvertiseAddress is on a link of the host
-// namespace, whose MTU gives the default MTU.
+// namespace, whose MTU gives the default MTU. An encrypted network is
+// refused with ErrNotSupported (see [OptionEncrypted]). An internal network
+// (req.Internal) is recorded like any other: the driver never offers a way
+// out of an overlay network (Join reports no gateway).
 func (d *Driver) CreateNetwork(ctx context.Context, req driverapi.NetworkRequest) error {
-	if req.ID == "" {
-		return fmt.Errorf("%w: overlay network: empty ID", driverapi.ErrInvalid)
-	}
-	opts, err := parseOptions(req.Options, req.IPv6 != nil)
+	n, err := d.newNetwork(ctx, req)
 	if err != nil {
 		return err
 	}
-	n := &network{id: req.ID, vni: opts.vni, mtu: opts.mtu, ipv6: req.IPv6 != nil, endpoints: map[string]*endpoint{}}
+	return d.addNetwork(n)
+}
+
+// HasNetwork reports whether network id is recorded (created or restored,
+// not deleted). It makes no kernel call.
+func (d *Driver) HasNetwork(id string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := d.networks[id]
+	return ok
+}
+
+// newNetwork validates a network's request and returns its state; it
+// records nothing. The ESP probe of an encrypted network comes last, once
+// everything else is known to be good.
+func (d *Driver) newNetwork(ctx context.Context, req driverapi.NetworkRequest) (*network, error) {
+	if req.ID == "" {
+		return nil, fmt.Errorf("%w: overlay network: empty ID", driverapi.ErrInvalid)
+	}
+	if strings.ContainsAny(req.ID, "/\x00") {
+		// It names a file (see sandboxPath).
+		return nil, fmt.Errorf("%w: overlay network ID %q: has a '/' or NUL", driverapi.ErrInvalid, req.ID)
+	}
+	opts, err := parseOptions(req.Options, req.IPv6 != nil)
+	if err != nil {
+		return nil, err
+	}
+	n := &network{id: req.ID, vni: opts.vni, mtu: opts.mtu, ipv6: req.IPv6 != nil, internal: req.Internal, endpoints: map[string]*endpoint{}}
 	for _, data := range []*driverapi.IPAMData{req.IPv4, req.IPv6} {
 		if data == nil || !data.Gateway.IsValid() {
 			continue
 		}
 		if !data.Pool.Contains(data.Gateway.Addr()) {
-			return fmt.Errorf("%w: overlay network %s: gateway %s outside subnet %s", driverapi.ErrInvalid, req.ID, data.Gateway, data.Pool)
+			return nil, fmt.Errorf("%w: overlay network %s: gateway %s outside subnet %s", driverapi.ErrInvalid, req.ID, data.Gateway, data.Pool)
 		}
 		n.gws = append(n.gws, data.Gateway)
 	}
@@ -35,29 +63,64 @@ func (d *Driver) CreateNetwork(ctx context.Context, req driverapi.NetworkRequest
 	if n.mtu == 0 {
 		ul, err := d.underlayMTU(ctx)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if err := checkMTU(fmt.Sprintf("MTU (underlay MTU %d - %d)", ul, d.overhead()), ul-d.overhead(), n.ipv6); err != nil {
-			return err
+			return nil, err
 		}
 		n.mtu = ul - d.overhead()
 	} else if n.ipv6 {
 		if err := checkMTU("MTU", n.mtu, true); err != nil {
-			return err
+			return nil, err
 		}
 	}
+	if err := d.conflict(n); err != nil {
+		return nil, err
+	}
+	if opts.encrypted {
+		if err := d.checkEncryption(ctx, req.ID, opts.encryptedValue); err != nil {
+			return nil, err
+		}
+	}
+	return n, nil
+}
 
+// addNetwork records n, checking again (under the lock) that nothing
+// recorded conflicts with it.
+func (d *Driver) addNetwork(n *network) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if _, ok := d.networks[req.ID]; ok {
-		return fmt.Errorf("%w: overlay network %s", driverapi.ErrExists, req.ID)
+	if err := d.conflictLocked(n); err != nil {
+		return err
 	}
+	d.networks[n.id] = n
+	return nil
+}
+
+// conflict reports a recorded network that n cannot live beside.
+func (d *Driver) conflict(n *network) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.conflictLocked(n)
+}
+
+// conflictLocked reports a recorded network with n's ID, n's VNI, or the
+// same namespace path (IDs that share their first 12 characters: see
+// [Driver.sandboxPath]). The caller holds d.mu.
+func (d *Driver) conflictLocked(n *network) error {
+	if _, ok := d.networks[n.id]; ok {
+		return fmt.Errorf("%w: overlay network %s", driverapi.ErrExists, n.id)
+	}
+	path := d.sandboxPath(n.id)
 	for _, o := range d.networks {
 		if o.vni == n.vni {
 			return fmt.Errorf("%w: overlay option %s=%d: VNI used by network %s", driverapi.ErrExists, OptionVNI, n.vni, o.id)
 		}
+		if d.sandboxPath(o.id) == path {
+			return fmt.Errorf("%w: overlay network ID %q: its namespace %s would be that of network %q (same first %d characters)",
+				driverapi.ErrExists, n.id, path, o.id, idPrefixLen)
+		}
 	}
-	d.networks[req.ID] = n
 	return nil
 }
 

@@ -19,7 +19,11 @@ const (
 	OptionVNI = "com.docker.network.driver.overlay.vxlanid_list"
 	// OptionMTU is the MTU of the network's interfaces.
 	OptionMTU = "com.docker.network.driver.mtu"
-	// OptionEncrypted asks for ESP between VTEPs: not supported yet.
+	// OptionEncrypted asks for ESP between VTEPs. As in Docker, its
+	// presence asks, whatever its value ("" or "true"). Not supported yet:
+	// such a network is refused with ErrNotSupported, saying whether the
+	// kernel drops ESP (probed once per Driver) or the driver lacks the
+	// encrypted data path.
 	OptionEncrypted = "encrypted"
 )
 
@@ -30,6 +34,9 @@ const MaxVNI = 1<<24 - 1
 type options struct {
 	vni uint32
 	mtu int // 0: the driver's default
+
+	encrypted      bool   // OptionEncrypted is present
+	encryptedValue string // its value, for errors
 }
 
 // parseOptions validates every key and value, and rejects keys it does not
@@ -60,7 +67,7 @@ func parseOptions(m map[string]string, ipv6 bool) (options, error) {
 			}
 			o.mtu = mtu
 		case OptionEncrypted:
-			return o, fmt.Errorf("%w: overlay option %s=%q: encrypted overlay networks are not implemented", driverapi.ErrNotSupported, k, v)
+			o.encrypted, o.encryptedValue = true, v
 		default:
 			return o, fmt.Errorf("%w: overlay option %q: unknown key", driverapi.ErrInvalid, k)
 		}

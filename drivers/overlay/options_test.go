@@ -3,6 +3,7 @@ package overlay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -14,8 +15,8 @@ import (
 	"github.com/seed53641549/cnm/osl"
 )
 
-// TestParseOptions: every bad option is refused with ErrInvalid (or
-// ErrNotSupported), naming the key and the value.
+// TestParseOptions: every bad option is refused with ErrInvalid, naming
+// the key and the value.
 func TestParseOptions(t *testing.T) {
 	o, err := parseOptions(map[string]string{OptionVNI: "4097", OptionMTU: "1400"}, false)
 	require.NoError(t, err)
@@ -23,6 +24,13 @@ func TestParseOptions(t *testing.T) {
 	o, err = parseOptions(map[string]string{OptionVNI: "16777215"}, false)
 	require.NoError(t, err)
 	assert.Equal(t, uint32(MaxVNI), o.vni)
+	// Encryption is asked for by the key's presence, whatever its value;
+	// the network's creation decides (TestEncryptedRefused).
+	for _, v := range []string{"", "true"} {
+		o, err = parseOptions(map[string]string{OptionVNI: "1", OptionEncrypted: v}, false)
+		require.NoError(t, err)
+		assert.Equal(t, options{vni: 1, encrypted: true, encryptedValue: v}, o)
+	}
 
 	for _, tc := range []struct {
 		opts map[string]string
@@ -40,7 +48,6 @@ func TestParseOptions(t *testing.T) {
 		{map[string]string{OptionVNI: "1", OptionMTU: "1200"}, true, driverapi.ErrInvalid, []string{OptionMTU, "1200", "IPv6"}},
 		{map[string]string{OptionVNI: "1", OptionMTU: "big"}, false, driverapi.ErrInvalid, []string{OptionMTU, "big"}},
 		{map[string]string{OptionVNI: "1", "com.docker.network.bridge.name": "x"}, false, driverapi.ErrInvalid, []string{"com.docker.network.bridge.name", "unknown"}},
-		{map[string]string{OptionVNI: "1", OptionEncrypted: ""}, false, driverapi.ErrNotSupported, []string{"encrypted"}},
 	} {
 		_, err := parseOptions(tc.opts, tc.ipv6)
 		require.ErrorIs(t, err, tc.want, "%v", tc.opts)
@@ -78,6 +85,21 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		for _, s := range tc.says {
 			assert.Contains(t, err.Error(), s)
 		}
+	}
+}
+
+// TestNetworkIDRefused: a network ID names a file (the network's
+// namespace): one with a '/' is refused before anything else is looked at.
+func TestNetworkIDRefused(t *testing.T) {
+	d, err := New(Config{HostNS: &osl.Namespace{}, AdvertiseAddress: netip.MustParseAddr("192.0.2.1"), RunDir: "/run/x"})
+	require.NoError(t, err)
+	for _, id := range []string{"a/../../../x", "x\x00"} {
+		req := driverapi.NetworkRequest{ID: id, Options: map[string]string{OptionVNI: "1", OptionMTU: "1400"}}
+		for _, err := range []error{d.CreateNetwork(context.Background(), req), d.RestoreNetwork(context.Background(), req)} {
+			require.ErrorIs(t, err, driverapi.ErrInvalid, id)
+			assert.Contains(t, err.Error(), fmt.Sprintf("%q", id))
+		}
+		assert.False(t, d.HasNetwork(id))
 	}
 }
 

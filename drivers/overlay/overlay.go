@@ -25,6 +25,14 @@
 // [Driver.RemovePeer] (fed by the control plane, etcd's peer table): each
 // peer is a static FDB entry (MAC → remote VTEP) on vxlan0 and a permanent
 // neighbour entry (IP → MAC) on vxlan0.
+//
+// The kernel objects outlive the driver: a controller that restarts makes a
+// new Driver with the same Config.RunDir, which takes them back through
+// [driverapi.Restorer] without disturbing traffic (see restore.go).
+//
+// Encrypted networks ([OptionEncrypted]) are refused with ErrNotSupported:
+// the driver first probes whether the kernel carries ESP at all, and says
+// which of the two reasons holds (see encrypted.go).
 package overlay
 
 import (
@@ -78,8 +86,9 @@ type Config struct {
 	MTU int
 }
 
-// Driver is the overlay driver: a [driverapi.Driver] and
-// [driverapi.EndpointPreparer], plus the peer API the control plane feeds.
+// Driver is the overlay driver: a [driverapi.Driver],
+// [driverapi.EndpointPreparer] and [driverapi.Restorer], plus the peer API
+// the control plane feeds.
 type Driver struct {
 	cfg Config
 
@@ -96,20 +105,25 @@ type Driver struct {
 	// added at the same time never miss each other.
 	peerMu sync.Mutex
 	peers  map[string]map[netip.Addr]peerEntry // network ID → IP → where
+
+	// esp caches the ESP probe's answer (see encrypted.go).
+	esp espCache
 }
 
 var (
 	_ driverapi.Driver           = (*Driver)(nil)
 	_ driverapi.EndpointPreparer = (*Driver)(nil)
+	_ driverapi.Restorer         = (*Driver)(nil)
 )
 
 // network is the driver's state of one overlay network on this host.
 type network struct {
-	id   string
-	vni  uint32
-	mtu  int
-	ipv6 bool
-	gws  []netip.Prefix // gateway addresses on br0, with the subnets' lengths
+	id       string
+	vni      uint32
+	mtu      int
+	ipv6     bool
+	internal bool           // no way out: recorded; the driver offers none to any network
+	gws      []netip.Prefix // gateway addresses on br0, with the subnets' lengths
 
 	// mu serialises joins and leaves of the network (and its deletion), so
 	// the namespace is made by the first and dropped by the last.

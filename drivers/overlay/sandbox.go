@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 
+	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/osl"
 )
 
@@ -25,12 +27,21 @@ type sandbox struct {
 	fdb    *fdb // netlink handle inside ns for FDB entries
 }
 
+// nsPrefix starts the file name of every network namespace of the driver
+// in Config.RunDir: [Driver.FinishRestore] drops those it cannot explain.
+const nsPrefix = "ov-"
+
+// idPrefixLen is how much of a network ID names its namespace. The
+// controller's IDs are random UUIDs: 12 characters hold 44 random bits.
+// Two recorded networks whose namespaces would share a path are refused.
+const idPrefixLen = 12
+
 // sandboxPath returns where network id's namespace is bind-mounted.
 func (d *Driver) sandboxPath(id string) string {
-	if len(id) > 12 {
-		id = id[:12]
+	if len(id) > idPrefixLen {
+		id = id[:idPrefixLen]
 	}
-	return filepath.Join(d.cfg.RunDir, "ov-"+id)
+	return filepath.Join(d.cfg.RunDir, nsPrefix+id)
 }
 
 // makeSandbox makes network n's namespace with br0 (gateway addresses, up)
@@ -44,6 +55,11 @@ func (d *Driver) makeSandbox(ctx context.Context, n *network) (retErr error) {
 		return fmt.Errorf("overlay network %s: %w", n.id, err)
 	}
 	ns, err := osl.NewNamespace(ctx, d.sandboxPath(n.id))
+	if errors.Is(err, fs.ErrExist) {
+		// Left by an earlier driver and neither taken back nor dropped:
+		// see FinishRestore.
+		return fmt.Errorf("%w: overlay network %s: make namespace: %w", driverapi.ErrExists, n.id, err)
+	}
 	if err != nil {
 		return fmt.Errorf("overlay network %s: make namespace: %w", n.id, err)
 	}
@@ -90,6 +106,13 @@ func (d *Driver) makeSandbox(ctx context.Context, n *network) (retErr error) {
 	if err := d.step("peers"); err != nil {
 		return err
 	}
+	return d.publish(ctx, n, sb)
+}
+
+// publish programs every known peer of network n in sb and makes sb n's
+// namespace, under peerMu, so that no AddPeer falls between the two. The
+// caller holds n.mu; on error n.sb is unchanged.
+func (d *Driver) publish(ctx context.Context, n *network, sb *sandbox) error {
 	d.peerMu.Lock()
 	defer d.peerMu.Unlock()
 	for ip, p := range d.peers[n.id] {
@@ -112,6 +135,15 @@ func (d *Driver) dropSandbox(ctx context.Context, n *network) error {
 		return nil
 	}
 	return sb.destroy(ctx)
+}
+
+// close closes the driver's handles on the namespace and keeps it: the
+// kernel objects in it live on.
+func (sb *sandbox) close() {
+	if sb.fdb != nil {
+		sb.fdb.close()
+	}
+	sb.ns.Close()
 }
 
 // destroy deletes vxlan0 (so that its VNI and UDP port are free at once,

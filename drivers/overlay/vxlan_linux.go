@@ -74,6 +74,32 @@ func addVXLAN(ctx context.Context, host, target *osl.Namespace, spec vxlanSpec) 
 	return l.Index, nil
 }
 
+// vxlanMatches reports whether the link index of ns is a VXLAN device as
+// spec (and addVXLAN) describe it: VNI, local address, port, no learning,
+// proxy. Its MTU and master are not compared: the caller handles those.
+//
+// Equivalent to: `ip -d link show $index` and a look at the vxlan line.
+func vxlanMatches(ctx context.Context, ns *osl.Namespace, index int, spec vxlanSpec) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	h, err := handleIn(ns)
+	if err != nil {
+		return false, err
+	}
+	defer h.Close()
+	l, err := h.LinkByIndex(index)
+	if err != nil {
+		return false, fmt.Errorf("get vxlan %d in %s: %w", index, ns, err)
+	}
+	vx, ok := l.(*netlink.Vxlan)
+	if !ok {
+		return false, nil
+	}
+	src, _ := netip.AddrFromSlice(vx.SrcAddr)
+	return vx.VxlanId == int(spec.vni) && src.Unmap() == spec.local && vx.Port == int(spec.port) && !vx.Learning && vx.Proxy, nil
+}
+
 // handleIn opens a netlink handle inside ns.
 func handleIn(ns *osl.Namespace) (*netlink.Handle, error) {
 	fd, err := ns.FD()

@@ -19,6 +19,10 @@ func addVXLAN(ctx context.Context, host, target *osl.Namespace, spec vxlanSpec) 
 	return 0, errNotSupported
 }
 
+func vxlanMatches(ctx context.Context, ns *osl.Namespace, index int, spec vxlanSpec) (bool, error) {
+	return false, errNotSupported
+}
+
 // fdb programs a VXLAN device's forwarding database (Linux only).
 type fdb struct{}
 
