@@ -161,6 +161,11 @@ func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...Endpo
 	if err := n.checkPorts(cfg.ports); err != nil {
 		return nil, fmt.Errorf("endpoint %q: %w", name, err)
 	}
+	if n.global && cfg.service != "" {
+		// A VIP would come from this host's address block and be known
+		// here only.
+		return nil, fmt.Errorf("%w: endpoint %q: service %q: services are not supported on %s networks yet", ErrNotSupported, name, cfg.service, n.driver.Type())
+	}
 	if err := n.checkAddress("ipv4", cfg.ipv4, n.ipv4); err != nil {
 		return nil, fmt.Errorf("endpoint %q: %w", name, err)
 	}
@@ -277,8 +282,11 @@ func (n *Network) createEndpoint(ctx context.Context, name string, cfg endpointC
 		return nil, fmt.Errorf("endpoint %q: %w", name, err)
 	}
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	n.endpoints[ep.id] = ep
+	n.mu.Unlock()
+	if n.global {
+		c.global.followIfUsed(n)
+	}
 	c.emit(Event{Type: EventEndpointCreated, NetworkID: n.id, EndpointID: ep.id, Detail: ep.name})
 	return ep, nil
 }
@@ -434,6 +442,7 @@ func (ep *Endpoint) forget() {
 	n.removeMember(context.Background(), ep)
 	if n.global {
 		n.ctrl.global.outbox.post(gEndpointKey(n.id, ep.id), nil)
+		n.ctrl.global.followIfUsed(n)
 	}
 	ep.mu.Lock()
 	ep.deleted = true

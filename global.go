@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,9 +30,10 @@ import (
 //	ipam/global/..., vxlan/.. address blocks and VXLAN IDs (ipam/global)
 //
 // Each controller watches networks/ (networks made elsewhere appear, and
-// deleted ones go, without a restart) and endpoints/ (the peer table: other
-// hosts' joined endpoints become static FDB and neighbour entries on the
-// overlay's VXLAN devices, and names for service discovery). A host's
+// deleted ones go, without a restart) and, for each global network it has
+// endpoints on, endpoints/<network>/ (the peer table: other hosts' joined
+// endpoints become static FDB and neighbour entries on the overlay's VXLAN
+// devices, and names for service discovery). A host's
 // lease is kept alive in the background; when the host dies, etcd drops
 // its endpoints and address blocks after the lease's TTL, and every other
 // host removes its peers. A controller that restarts within the TTL takes
@@ -52,8 +54,8 @@ type GlobalStore struct {
 	// RequestTimeout bounds every request: a global operation fails within
 	// it when etcd is down. Zero: 5 s.
 	RequestTimeout time.Duration
-	// Prefix is put in front of every key, so several clusters share one
-	// etcd. Empty: [DefaultGlobalPrefix].
+	// Prefix is put in front of every key, followed by "/", so several
+	// clusters share one etcd. Empty: [DefaultGlobalPrefix].
 	Prefix string
 	// LeaseTTL is how long the host's peers and address blocks outlive it
 	// (or its link to etcd). Zero: [DefaultLeaseTTL]. At least 1 s.
@@ -153,6 +155,7 @@ func (c *Controller) openGlobal(ctx context.Context) (_ *globalPlane, retErr err
 	if prefix == "" {
 		prefix = DefaultGlobalPrefix
 	}
+	prefix = strings.TrimSuffix(prefix, "/") + "/"
 	ttl := gs.LeaseTTL
 	if ttl == 0 {
 		ttl = DefaultLeaseTTL
@@ -238,11 +241,13 @@ func (g *globalPlane) newAllocators() error {
 
 // start begins the watches of networks and peers and the outbox's writer.
 func (g *globalPlane) start() {
-	g.wg.Add(4)
+	g.wg.Add(3)
 	go func() { defer g.wg.Done(); g.watchNetworks() }()
-	go func() { defer g.wg.Done(); g.watchPeers() }()
 	go func() { defer g.wg.Done(); g.outbox.run(g) }()
 	go func() { defer g.wg.Done(); g.keepLease() }()
+	for _, n := range g.c.Networks() {
+		g.followIfUsed(n)
+	}
 }
 
 // keepLease replaces the host's lease when it is lost (etcd was out of

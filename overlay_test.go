@@ -20,6 +20,8 @@ import (
 
 	"github.com/seed53641549/cnm"
 	"github.com/seed53641549/cnm/cnmtest"
+	"github.com/seed53641549/cnm/store"
+	etcdstore "github.com/seed53641549/cnm/store/etcd"
 )
 
 // Multi-host overlay networks, end to end: controllers in host namespaces
@@ -271,6 +273,20 @@ func TestOverlayRestart(t *testing.T) {
 	requireReach(t, a, b2)
 	_, err = lookup(t, sandboxResolver(a.sb.Key()), "b")
 	require.NoError(t, err, "the restarted host's names are still known")
+
+	// Down for longer than the TTL: its peers go from h1, and come back
+	// with a new lease when it starts again; its addresses are claimed
+	// again, not handed out twice.
+	h2.Kill(t)
+	require.Eventually(t, func() bool { _, err := lookup(t, sandboxResolver(a.sb.Key()), "b"); return err != nil }, 10*time.Second, 20*time.Millisecond)
+	h2.Start(t)
+	requireReach(t, a, b)
+	requireReach(t, a, b2)
+	require.NoError(t, roundTrip(conn, time.Second), "an established connection outlives the lease")
+	b3 := ovRun(t, h2, "ov", "b3")
+	assert.NotContains(t, []netip.Addr{b.addr, b2.addr}, b3.addr)
+	c := ovRun(t, h1, "ov", "c1")
+	assert.NotContains(t, []netip.Addr{a.addr, b.addr, b2.addr, b3.addr}, c.addr)
 }
 
 func TestOverlayEtcdDown(t *testing.T) {
@@ -449,6 +465,18 @@ func TestOverlayBadInput(t *testing.T) {
 			_, err = c.NetworkByName("bad")
 			require.ErrorIs(t, err, cnm.ErrNotFound)
 		}
+		svcNet, err := c.NewNetwork(ctx, "overlay", "svc", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.112.0.0/24")}))
+		require.NoError(t, err)
+		_, err = svcNet.CreateEndpoint(ctx, "web", cnm.WithService("web"))
+		require.ErrorIs(t, err, cnm.ErrNotSupported)
+		assert.Contains(t, err.Error(), `service "web"`)
+		_, err = c.NewNetwork(ctx, "overlay", "enc", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.113.0.0/24")}),
+			cnm.WithDriverOptions(map[string]string{"encrypted": ""}))
+		require.ErrorIs(t, err, cnm.ErrNotSupported, "this kernel has no ESP")
+		assert.Contains(t, err.Error(), "encrypted")
+		_, err = c.NetworkByName("enc")
+		require.ErrorIs(t, err, cnm.ErrNotFound)
+
 		// Nothing stayed reserved: the subnet and name are free.
 		n, err := c.NewNetwork(ctx, "overlay", "bad", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.111.0.0/24")}))
 		require.NoError(t, err)
@@ -517,4 +545,42 @@ func TestOverlayEgress(t *testing.T) {
 	n, err := h1.Ctrl.NetworkByName(cnm.GatewayBridgeNetwork)
 	require.NoError(t, err)
 	assert.Empty(t, n.Endpoints())
+}
+
+func TestOverlayResyncAfterCompaction(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{LeaseTTL: 10 * time.Second, Proxied: true})
+	h1, h2 := cl.Hosts[0], cl.Hosts[1]
+	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.130.0.0/24")}))
+	require.NoError(t, err)
+	a, x := ovRun(t, h1, "ov", "a"), ovRun(t, h1, "ov", "x")
+	b := ovRun(t, h2, "ov", "b")
+	echoServer(t, a)
+	requireReach(t, b, a)
+	r := sandboxResolver(b.sb.Key())
+	require.Eventually(t, func() bool { _, err := lookup(t, r, "x"); return err == nil }, 5*time.Second, 10*time.Millisecond)
+
+	// h2 loses etcd; meanwhile x goes, c comes, and etcd compacts the
+	// revisions h2's watch would resume from.
+	h2.Proxy.Pause()
+	require.NoError(t, x.sb.Delete(ctx))
+	c := ovRun(t, h1, "ov", "c")
+	echoServer(t, c)
+	kv, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: cl.Etcd.Endpoints()})
+	require.NoError(t, err)
+	defer kv.Close()
+	var rev uint64
+	require.Eventually(t, func() bool {
+		var kvs []store.KV
+		kvs, rev, err = kv.Snapshot(ctx, "cnmtest-"+t.Name()+"/endpoints/")
+		return err == nil && len(kvs) == 3 // a, b, c: x's deletion landed
+	}, 5*time.Second, 10*time.Millisecond)
+	cl.Etcd.Compact(t, rev)
+	h2.Proxy.Resume()
+
+	requireReach(t, b, c)
+	require.Eventually(t, func() bool { _, err := lookup(t, r, "x"); return err != nil }, 10*time.Second, 20*time.Millisecond,
+		"a peer deleted during the outage is still known after the resync")
+	_, err = lookup(t, r, "c")
+	require.NoError(t, err)
 }

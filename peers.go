@@ -220,10 +220,65 @@ func (g *globalPlane) put(ctx context.Context, key string, val []byte, conds []e
 	return err
 }
 
-// peerTable is what this host knows of other hosts' endpoints.
+// peerTable is what this host knows of other hosts' endpoints: those of
+// the global networks this host has endpoints on, each followed by a
+// watch of its own (a host on one network of a hundred hears of that one
+// only; see docs/overlay-scale.md).
 type peerTable struct {
 	mu    sync.Mutex
 	byKey map[string]peerRecord // endpoints/<network>/<endpoint> of other hosts
+
+	watchMu sync.Mutex
+	watches map[string]context.CancelFunc // by network ID
+}
+
+// follow starts the watch of network n's peers, unless it runs.
+func (t *peerTable) follow(g *globalPlane, n *Network) {
+	t.watchMu.Lock()
+	defer t.watchMu.Unlock()
+	if t.watches == nil {
+		t.watches = map[string]context.CancelFunc{}
+	}
+	if _, ok := t.watches[n.id]; ok || g.ctx.Err() != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(g.ctx)
+	t.watches[n.id] = cancel
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		g.watchPeers(ctx, gEndpoints+n.id+"/")
+	}()
+}
+
+// unfollow stops the watch of network id's peers and forgets them: this
+// host has no endpoint on it any more.
+func (t *peerTable) unfollow(g *globalPlane, id string) {
+	t.watchMu.Lock()
+	cancel := t.watches[id]
+	delete(t.watches, id)
+	t.watchMu.Unlock()
+	if cancel == nil {
+		return
+	}
+	cancel()
+	t.resync(g, gEndpoints+id+"/", nil)
+}
+
+// followIfUsed starts or stops the watch of n's peers as this host has
+// endpoints on it or not.
+func (g *globalPlane) followIfUsed(n *Network) {
+	if !n.global {
+		return
+	}
+	n.mu.Lock()
+	used := len(n.endpoints) > 0
+	n.mu.Unlock()
+	if used {
+		g.peers.follow(g, n)
+	} else {
+		g.peers.unfollow(g, n.id)
+	}
 }
 
 // splitEndpointKey returns the network and endpoint IDs of an endpoint key.
@@ -305,8 +360,8 @@ func (g *globalPlane) network(id string) *Network {
 	return nil
 }
 
-// resync replaces the table by a listing.
-func (t *peerTable) resync(g *globalPlane, kvs []store.KV) {
+// resync replaces the part of the table under prefix by a listing.
+func (t *peerTable) resync(g *globalPlane, prefix string, kvs []store.KV) {
 	seen := map[string]bool{}
 	for _, kv := range kvs {
 		seen[kv.Key] = true
@@ -315,7 +370,7 @@ func (t *peerTable) resync(g *globalPlane, kvs []store.KV) {
 	t.mu.Lock()
 	var gone []string
 	for k := range t.byKey {
-		if !seen[k] {
+		if strings.HasPrefix(k, prefix) && !seen[k] {
 			gone = append(gone, k)
 		}
 	}
@@ -335,32 +390,33 @@ func (t *peerTable) apply(g *globalPlane, kv store.KV) {
 	t.set(g, kv.Key, &r)
 }
 
-// watchPeers lists the peer table, then follows it.
-func (g *globalPlane) watchPeers() {
+// watchPeers lists the peers under prefix (one network's), then follows
+// them until ctx ends.
+func (g *globalPlane) watchPeers(ctx context.Context, prefix string) {
 	var rev uint64
-	for g.ctx.Err() == nil {
+	for ctx.Err() == nil {
 		if rev == 0 {
-			kvs, r, err := g.kv.Snapshot(g.ctx, gEndpoints)
+			kvs, r, err := g.kv.Snapshot(ctx, prefix)
 			if err != nil {
-				if g.ctx.Err() == nil {
-					g.c.log.Warn("cnm: global store: list peers: retrying", "err", err)
+				if ctx.Err() == nil {
+					g.c.log.Warn("cnm: global store: list peers: retrying", "prefix", prefix, "err", err)
 				}
 				select {
-				case <-g.ctx.Done():
+				case <-ctx.Done():
 				case <-time.After(time.Second):
 				}
 				continue
 			}
-			g.peers.resync(g, kvs)
+			g.peers.resync(g, prefix, kvs)
 			rev = r
 		}
-		for b := range g.kv.Watch(g.ctx, gEndpoints, rev) {
+		for b := range g.kv.Watch(ctx, prefix, rev) {
 			if b.Err != nil {
-				g.c.log.Warn("cnm: watch of the peer table ended: restarting", "err", b.Err)
+				g.c.log.Warn("cnm: watch of the peer table ended: restarting", "prefix", prefix, "err", b.Err)
 				break
 			}
 			if b.Resync {
-				g.peers.resync(g, b.Snapshot)
+				g.peers.resync(g, prefix, b.Snapshot)
 			}
 			for _, ev := range b.Events {
 				if ev.Type == etcdstore.EventPut {
@@ -372,7 +428,7 @@ func (g *globalPlane) watchPeers() {
 			rev = b.Revision
 		}
 		select {
-		case <-g.ctx.Done():
+		case <-ctx.Done():
 		case <-time.After(time.Second):
 		}
 	}

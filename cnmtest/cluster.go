@@ -37,6 +37,9 @@ type ClusterOptions struct {
 	Prefix string
 	// Options are added to every controller's.
 	Options []cnm.Option
+	// Proxied connects each host to etcd through a proxy of its own
+	// (ClusterHost.Proxy), to cut one host off etcd while the others go on.
+	Proxied bool
 }
 
 // ClusterHost is one host of a [Cluster].
@@ -45,7 +48,9 @@ type ClusterHost struct {
 	VTEP netip.Addr
 	// Ctrl is the host's controller; nil after Kill until Start.
 	Ctrl *cnm.Controller
-	c    *Cluster
+	// Proxy is the host's way to etcd with ClusterOptions.Proxied.
+	Proxy *etcdtest.Proxy
+	c     *Cluster
 }
 
 // NewCluster makes a cluster of n hosts (at most 250) with their
@@ -86,6 +91,9 @@ func NewCluster(t testing.TB, n int, opts ClusterOptions) *Cluster {
 		if err := cl.up(ctx, h, port); err != nil {
 			t.Fatalf("cnmtest: underlay of host %d: %v", i+1, err)
 		}
+		if opts.Proxied {
+			h.Proxy = etcdtest.NewProxy(t, cl.Etcd)
+		}
 		cl.Hosts = append(cl.Hosts, h)
 		h.Start(t)
 		t.Cleanup(func() {
@@ -117,8 +125,12 @@ func (cl *Cluster) up(ctx context.Context, h *ClusterHost, port string) error {
 
 // Options returns the options of the host's controller.
 func (h *ClusterHost) Options() []cnm.Option {
+	endpoints := h.c.Etcd.Endpoints()
+	if h.Proxy != nil {
+		endpoints = []string{h.Proxy.Endpoint()}
+	}
 	opts := append(h.HostNS.Options(),
-		cnm.WithGlobalStore(cnm.GlobalStore{Endpoints: h.c.Etcd.Endpoints(), Prefix: h.c.opts.Prefix, LeaseTTL: h.c.opts.LeaseTTL,
+		cnm.WithGlobalStore(cnm.GlobalStore{Endpoints: endpoints, Prefix: h.c.opts.Prefix, LeaseTTL: h.c.opts.LeaseTTL,
 			DialTimeout: 2 * time.Second, RequestTimeout: 2 * time.Second}),
 		cnm.WithAdvertiseAddress(h.VTEP))
 	return append(opts, h.c.opts.Options...)

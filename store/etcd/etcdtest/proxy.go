@@ -16,10 +16,30 @@ type Proxy struct {
 	target string
 	scheme string
 
-	mu    sync.Mutex
-	conns map[net.Conn]bool
-	cut   bool
-	wg    sync.WaitGroup
+	mu     sync.Mutex
+	conns  map[net.Conn]bool
+	cut    bool
+	paused bool
+	wg     sync.WaitGroup
+}
+
+// Pause closes every connection through the proxy and refuses new ones
+// until Resume: its clients lose etcd for a while (their watches fall
+// behind) while other clients go on.
+func (p *Proxy) Pause() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.paused = true
+	for c := range p.conns {
+		_ = c.Close()
+	}
+}
+
+// Resume forwards connections again after Pause.
+func (p *Proxy) Resume() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.paused = false
 }
 
 // NewProxy starts a proxy to the server's first endpoint and registers its
@@ -70,6 +90,13 @@ func (p *Proxy) serve() {
 		c, err := p.l.Accept()
 		if err != nil {
 			return
+		}
+		p.mu.Lock()
+		paused := p.paused
+		p.mu.Unlock()
+		if paused {
+			_ = c.Close()
+			continue
 		}
 		up, err := net.Dial("tcp", p.target)
 		if err != nil {
