@@ -269,6 +269,9 @@ func (n *Network) createEndpoint(ctx context.Context, name string, cfg endpointC
 				return c.global.publishEndpoint(ctx, ep)
 			},
 			undo: func(ctx context.Context) error {
+				if !n.global {
+					return nil
+				}
 				if err := c.global.withdrawEndpoint(ctx, ep); err != nil {
 					c.global.outbox.post(gEndpointKey(n.id, ep.id), nil)
 				}

@@ -216,7 +216,12 @@ func (c *Controller) newNetwork(ctx context.Context, drv driverapi.Driver, name 
 				}
 				return c.global.commitNetwork(ctx, n)
 			},
-			undo: func(ctx context.Context) error { return c.global.uncommitNetwork(ctx, n) }},
+			undo: func(ctx context.Context) error {
+				if !isGlobal {
+					return nil
+				}
+				return c.global.uncommitNetwork(ctx, n)
+			}},
 		step{name: stepNetworkCommit, do: func(ctx context.Context) error {
 			if isGlobal {
 				return nil // its record is in etcd

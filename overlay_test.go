@@ -20,6 +20,7 @@ import (
 
 	"github.com/seed53641549/cnm"
 	"github.com/seed53641549/cnm/cnmtest"
+	"github.com/seed53641549/cnm/osl"
 	"github.com/seed53641549/cnm/store"
 	etcdstore "github.com/seed53641549/cnm/store/etcd"
 )
@@ -175,15 +176,41 @@ func TestOverlayAcrossHosts(t *testing.T) {
 		}
 	})
 
-	t.Run("second network is isolated", func(t *testing.T) {
-		ov2, err := h2.Ctrl.NewNetwork(ctx, "overlay", "ov2", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.60.0.0/24")}))
+	t.Run("second network with the same subnet is isolated", func(t *testing.T) {
+		ov2, err := h2.Ctrl.NewNetwork(ctx, "overlay", "ov2", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.50.0.0/24")}))
 		require.NoError(t, err)
+		assert.NotEqual(t, ov.DriverOptions()["com.docker.network.driver.overlay.vxlanid_list"], ov2.DriverOptions()["com.docker.network.driver.overlay.vxlanid_list"])
 		d1, d3 := ovRun(t, h1, "ov2", "d1"), ovRun(t, h3, "ov2", "d3")
 		echoServer(t, d3)
 		requireReach(t, d1, d3)
-		// d1 has no interface on ov1: c3's address is not reachable from it.
-		err = echo(ctx, d1, cs[2], 300*time.Millisecond)
-		require.Error(t, err, "ov2 reached ov1")
+		// Each address of ov2 may also be one of ov1's: a listener on port
+		// 8 of every ov1 container, none on ov2's. A connection from d1 to
+		// any of them is refused by an ov2 container or finds nobody; it
+		// never reaches ov1.
+		for _, c := range cs {
+			l, err := cnmtest.Listen(ctx, c.sb.Key(), netip.AddrPortFrom(netip.IPv4Unspecified(), 8))
+			require.NoError(t, err)
+			defer l.Close()
+			go func() {
+				for {
+					conn, err := l.Accept()
+					if err != nil {
+						return
+					}
+					conn.Close()
+				}
+			}()
+		}
+		for _, c := range cs {
+			conn, err := cnmtest.Dial(ctx, d1.sb.Key(), netip.AddrPortFrom(c.addr, 8), 300*time.Millisecond)
+			if err == nil {
+				conn.Close()
+			}
+			require.Error(t, err, "ov2 reached %s on ov1 at %s", c.ep.Name(), c.addr)
+		}
+		if d3.addr == cs[1].addr || d3.addr == cs[2].addr || d3.addr == cs[0].addr {
+			t.Logf("d3 on ov2 has the address %s of a container on ov1", d3.addr)
+		}
 
 		// h2, which made ov2, has no endpoint on it; h1 and h3 have.
 		err = ov2.Delete(ctx)
@@ -583,4 +610,127 @@ func TestOverlayResyncAfterCompaction(t *testing.T) {
 		"a peer deleted during the outage is still known after the resync")
 	_, err = lookup(t, r, "c")
 	require.NoError(t, err)
+}
+
+// TestOverlayRollback fails each step of making an overlay network, an
+// endpoint on it and a join (with its gateway bridge endpoint), and checks
+// that nothing is left: no key in etcd, no address, no interface, no
+// namespace.
+func TestOverlayRollback(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{LeaseTTL: 10 * time.Second})
+	h1, h2 := cl.Hosts[0], cl.Hosts[1]
+	kv, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: cl.Etcd.Endpoints(), Prefix: "cnmtest-" + t.Name() + "/"})
+	require.NoError(t, err)
+	defer kv.Close()
+	keys := func(prefix string) []string {
+		kvs, _, err := kv.Snapshot(ctx, prefix)
+		require.NoError(t, err)
+		var out []string
+		for _, kv := range kvs {
+			out = append(out, kv.Key)
+		}
+		return out
+	}
+	fail := func(c *cnm.Controller, step string) *bool {
+		hit := false
+		cnm.SetFaultHook(c, func(s string) error {
+			if s == step {
+				hit = true
+				return errors.New("injected fault")
+			}
+			return nil
+		})
+		return &hit
+	}
+	subnet := cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.140.0.0/24")})
+
+	for _, step := range []string{"network:ipam", "network:driver", "network:global", "network:commit"} {
+		hit := fail(h1.Ctrl, step)
+		_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "rb", subnet)
+		require.True(t, *hit, step)
+		require.Error(t, err, step)
+		assert.Empty(t, keys("networks/"), step)
+		assert.Empty(t, keys("network-names/"), step)
+		assert.Empty(t, keys("ipam/global/pools/"), step)
+		assert.Empty(t, keys("ipam/global/reserved/"), step)
+		assert.Empty(t, keys("vxlan/ids/"), step)
+		for _, h := range cl.Hosts {
+			_, err := h.Ctrl.NetworkByName("rb")
+			assert.ErrorIs(t, err, cnm.ErrNotFound, step)
+		}
+	}
+	cnm.SetFaultHook(h1.Ctrl, nil)
+	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "rb", subnet)
+	require.NoError(t, err)
+
+	for _, step := range []string{"endpoint:ipv4", "endpoint:ipv6", "endpoint:service", "endpoint:driver", "endpoint:global", "endpoint:commit"} {
+		hit := fail(h1.Ctrl, step)
+		_, err := nw.CreateEndpoint(ctx, "e")
+		require.True(t, *hit, step)
+		require.Error(t, err, step)
+		assert.Empty(t, keys("endpoints/"), step)
+		assert.Empty(t, nw.Endpoints(), step)
+	}
+	cnm.SetFaultHook(h1.Ctrl, nil)
+	ep, err := nw.CreateEndpoint(ctx, "e")
+	require.NoError(t, err)
+	assert.Equal(t, netip.MustParseAddr("10.140.0.2"), ep.Info().IPv4.Addr(), "no address was kept by a failed create")
+
+	sb, err := h1.Ctrl.NewSandbox(ctx, "rb")
+	require.NoError(t, err)
+	failedJoins := 0
+	steps := []string{"join:driver", "join:interface", "join:routes", "join:gateway", "join:hosts", "join:external", "join:services", "join:dns", "join:commit"}
+	for _, step := range steps {
+		for _, nth := range []int{1, 2} { // the overlay join, then the gateway bridge's
+			calls := 0
+			cnm.SetFaultHook(h1.Ctrl, func(s string) error {
+				if s == step {
+					calls++
+					if calls == nth {
+						return errors.New("injected fault")
+					}
+				}
+				return nil
+			})
+			err := ep.Join(ctx, sb)
+			if calls < nth {
+				continue // the step runs once only (no gateway bridge join)
+			}
+			require.Error(t, err, "%s #%d", step, nth)
+			failedJoins++
+			assert.Empty(t, sb.Endpoints(), "%s #%d", step, nth)
+			require.NoError(t, h1.Ctrl.Settle(ctx))
+			links, err := cnmtestLinks(ctx, sb.Key())
+			require.NoError(t, err)
+			assert.Equal(t, []string{"lo"}, links, "%s #%d: interfaces left in the sandbox", step, nth)
+			if gw, err := h1.Ctrl.NetworkByName(cnm.GatewayBridgeNetwork); err == nil {
+				assert.Empty(t, gw.Endpoints(), "%s #%d: gateway bridge endpoint left", step, nth)
+			}
+		}
+	}
+	assert.Equal(t, 2*len(steps), failedJoins, "each step failed in the overlay join and in the gateway bridge's")
+	cnm.SetFaultHook(h1.Ctrl, nil)
+	require.NoError(t, ep.Join(ctx, sb))
+	b := ovRun(t, h2, "rb", "b")
+	echoServer(t, b)
+	requireReach(t, ovContainer{sb: sb, ep: ep, addr: ep.Info().IPv4.Addr()}, b)
+}
+
+// cnmtestLinks lists the link names in the namespace at path.
+func cnmtestLinks(ctx context.Context, path string) ([]string, error) {
+	ns, err := osl.OpenNamespace(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	links, err := ns.Links(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, l := range links {
+		out = append(out, l.Name)
+	}
+	return out, nil
 }

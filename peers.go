@@ -29,6 +29,8 @@ type peerRecord struct {
 	IPv6   netip.Prefix `json:"ipv6,omitzero"`
 	Joined bool         `json:"joined,omitempty"`
 	Names  []string     `json:"names,omitempty"` // for service discovery, while joined
+
+	rev uint64 // etcd revision of the record, in the table only
 }
 
 func (r peerRecord) addrs() []netip.Addr {
@@ -305,6 +307,8 @@ func (t *peerTable) set(g *globalPlane, key string, rec *peerRecord) {
 	old, had := t.byKey[key]
 	if had && rec != nil && old.Joined == rec.Joined && old.VTEP == rec.VTEP && old.MAC == rec.MAC &&
 		old.IPv4 == rec.IPv4 && old.IPv6 == rec.IPv6 && strings.Join(old.Names, ",") == strings.Join(rec.Names, ",") {
+		old.rev = rec.rev
+		t.byKey[key] = old
 		return
 	}
 	n := g.network(nid)
@@ -378,6 +382,37 @@ func (t *peerTable) resync(g *globalPlane, prefix string, kvs []store.KV) {
 	for _, k := range gone {
 		t.set(g, k, nil)
 	}
+	if nid, _, ok := splitEndpointKey(prefix + "x"); ok {
+		t.syncKernel(g, nid)
+	}
+}
+
+// syncKernel makes the overlay driver's peers of network nid, in its table
+// and on its VXLAN device, exactly the table's: entries a restart or a
+// missed change left (peers gone meanwhile) go. One address with two
+// records (a dead host's, not yet expired, and a new one) takes the newer.
+func (t *peerTable) syncKernel(g *globalPlane, nid string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	prefix := gEndpoints + nid + "/"
+	newest := map[netip.Addr]peerRecord{}
+	for key, r := range t.byKey {
+		if !r.Joined || !strings.HasPrefix(key, prefix) {
+			continue
+		}
+		for _, a := range r.addrs() {
+			if o, ok := newest[a]; !ok || r.rev > o.rev {
+				newest[a] = r
+			}
+		}
+	}
+	peers := make([]overlay.Peer, 0, len(newest))
+	for a, r := range newest {
+		peers = append(peers, overlay.Peer{NetworkID: nid, IP: a, MAC: parseMAC(r.MAC), VTEP: r.VTEP})
+	}
+	if err := g.ov.SyncPeers(g.ctx, nid, peers); err != nil {
+		g.c.log.Warn("cnm: sync overlay peers", "network", nid, "err", err)
+	}
 }
 
 // apply applies one written key.
@@ -387,6 +422,7 @@ func (t *peerTable) apply(g *globalPlane, kv store.KV) {
 		g.c.log.Warn("cnm: peer record unreadable: skipped", "key", kv.Key, "err", err)
 		return
 	}
+	r.rev = kv.Revision
 	t.set(g, kv.Key, &r)
 }
 

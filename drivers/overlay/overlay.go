@@ -22,9 +22,11 @@
 //     its MAC, as the bridge driver makes it.
 //
 // Where the other hosts' endpoints are comes from [Driver.AddPeer] and
-// [Driver.RemovePeer] (fed by the control plane, etcd's peer table): each
-// peer is a static FDB entry (MAC → remote VTEP) on vxlan0 and a permanent
-// neighbour entry (IP → MAC) on vxlan0.
+// [Driver.RemovePeer] (fed by the control plane, etcd's peer table), and
+// from [Driver.SyncPeers], which replaces a network's peers with a full
+// list (the control plane's resync): each peer is a static FDB entry
+// (MAC → remote VTEP) on vxlan0 and a permanent neighbour entry (IP → MAC)
+// on vxlan0.
 //
 // The kernel objects outlive the driver: a controller that restarts makes a
 // new Driver with the same Config.RunDir, which takes them back through

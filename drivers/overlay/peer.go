@@ -36,12 +36,19 @@ func (p Peer) check(own netip.Addr) error {
 		return fmt.Errorf("%w: overlay peer: NetworkID: missing", driverapi.ErrInvalid)
 	case !p.IP.IsValid() || p.IP.IsUnspecified() || p.IP.IsMulticast() || p.IP.Zone() != "":
 		return fmt.Errorf("%w: overlay peer on network %s: IP=%s: want a unicast address", driverapi.ErrInvalid, p.NetworkID, p.IP)
+	case p.IP.Is4In6():
+		// The kernel would keep it as an IPv6 neighbour, which lists as
+		// the IPv4 address: SyncPeers could not tell it from one.
+		return fmt.Errorf("%w: overlay peer on network %s: IP=%s: an IPv4-mapped IPv6 address: give the IPv4 address", driverapi.ErrInvalid, p.NetworkID, p.IP)
 	}
 	if err := linkrules.CheckMAC(p.MAC); err != nil {
 		return fmt.Errorf("overlay peer %s on network %s: MAC=%q: %w", p.IP, p.NetworkID, p.MAC, err)
 	}
 	if err := checkVTEP("peer VTEP", p.VTEP); err != nil {
 		return fmt.Errorf("peer %s on network %s: %w", p.IP, p.NetworkID, err)
+	}
+	if p.VTEP.Is4In6() {
+		return fmt.Errorf("%w: overlay peer %s on network %s: VTEP=%s: an IPv4-mapped IPv6 address: give the IPv4 address", driverapi.ErrInvalid, p.IP, p.NetworkID, p.VTEP)
 	}
 	if p.VTEP.Is4() != own.Is4() {
 		return fmt.Errorf("%w: overlay peer %s on network %s: VTEP=%s: not of the family of this host's AdvertiseAddress %s",

@@ -291,7 +291,9 @@ func (d *Driver) releaseSandbox(n *network) {
 //   - programs every peer known by now in each namespace kept again.
 //     FDB and neighbour entries of peers it does not know are kept: the
 //     control plane may feed peers after FinishRestore, and AddPeer
-//     replaces an entry of the same IP or MAC.
+//     replaces an entry of the same IP or MAC. Those of peers removed
+//     while the controller was down go with the control plane's
+//     [Driver.SyncPeers] of the network.
 //
 // It is meant to run once, after RestoreNetwork and RestoreEndpoint of
 // everything recorded and before the controller joins anything else;

@@ -11,3 +11,9 @@ type vxlanSpec struct {
 	mtu    int
 	master int // index of the bridge, in the target namespace, it is a port of
 }
+
+// fdbRecord is one FDB entry of a VXLAN device, as listed.
+type fdbRecord struct {
+	MAC  string // as net.HardwareAddr.String formats it
+	VTEP netip.Addr
+}

@@ -167,13 +167,9 @@ func (f *fdb) del(ctx context.Context, index int, mac net.HardwareAddr, vtep net
 	return nil
 }
 
-// fdbRecord is one FDB entry of a VXLAN device, as listed.
-type fdbRecord struct {
-	MAC  string
-	VTEP netip.Addr
-}
-
-// list returns the permanent FDB entries of the VXLAN device index.
+// list returns the permanent FDB entries of the VXLAN device index: those
+// of the device itself (with a remote VTEP), one per remote, in the
+// kernel's order; not the entries of the bridge it is a port of (no VTEP).
 //
 // Equivalent to: `bridge fdb show dev $vxlan`.
 func (f *fdb) list(index int) ([]fdbRecord, error) {
@@ -183,7 +179,7 @@ func (f *fdb) list(index int) ([]fdbRecord, error) {
 	}
 	var out []fdbRecord
 	for _, n := range ns {
-		if n.State&netlink.NUD_PERMANENT == 0 || n.IP == nil {
+		if n.State&netlink.NUD_PERMANENT == 0 || n.IP == nil || n.Flags&netlink.NTF_MASTER != 0 {
 			continue
 		}
 		a, _ := netip.AddrFromSlice(n.IP)

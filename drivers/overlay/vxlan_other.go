@@ -36,4 +36,6 @@ func (f *fdb) del(ctx context.Context, index int, mac net.HardwareAddr, vtep net
 	return errNotSupported
 }
 
+func (f *fdb) list(index int) ([]fdbRecord, error) { return nil, errNotSupported }
+
 func (f *fdb) close() {}

@@ -20,12 +20,14 @@ import (
 )
 
 const (
-	poolsPrefix  = "ipam/global/pool"   // covers the pools and the guard
-	poolPrefix   = "ipam/global/pools/" // one key per pool
-	guardKey     = "ipam/global/pool-guard"
+	// poolPrefix holds one key per pool: poolPrefix+<pool key> (see
+	// [parsePoolID]).
+	poolPrefix = "ipam/global/pools/"
+	// blocksPrefix holds the claimed blocks of every pool:
+	// blocksPrefix+<pool key>/<block index>, under the claiming host's lease.
 	blocksPrefix = "ipam/global/blocks/"
 	// reservedPrefix holds the reserved addresses of every pool:
-	// reservedPrefix+<subnet>/<ordinal>, with no lease.
+	// reservedPrefix+<pool key>/<ordinal>, with no lease.
 	reservedPrefix = "ipam/global/reserved/"
 )
 
@@ -47,9 +49,15 @@ type poolRecord struct {
 type Allocator struct {
 	cfg Config
 
-	mu      sync.Mutex
-	pools   map[string]*gpool // by ID: pools this host has used
-	deleted map[string]uint64 // by subnet key: revision of the last delete the watch saw
+	mu    sync.Mutex
+	pools map[string]*gpool // by ID: pools this host has used
+	// loading counts the lookups in flight of pools not cached yet, by
+	// pool key; deleted holds, by pool key, the revision of the last
+	// delete the watch saw of a pool being looked up, so that a lookup
+	// that read the record before it went does not cache it. An entry of
+	// both goes when the last lookup of its key ends.
+	loading map[string]int
+	deleted map[string]uint64
 
 	watchOnce sync.Once
 	stopWatch context.CancelFunc // set by the first pool load
@@ -58,6 +66,7 @@ type Allocator struct {
 
 type gpool struct {
 	id     string
+	key    string // its key (see [parsePoolID])
 	subnet netip.Prefix
 	rev    uint64 // revision of the pool's record
 	sp     *space
@@ -73,7 +82,8 @@ func New(cfg Config) (*Allocator, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Allocator{cfg: cfg, pools: make(map[string]*gpool), deleted: make(map[string]uint64), watchDone: make(chan struct{})}, nil
+	return &Allocator{cfg: cfg, pools: make(map[string]*gpool),
+		loading: make(map[string]int), deleted: make(map[string]uint64), watchDone: make(chan struct{})}, nil
 }
 
 // AddressSpaces returns [ipam.LocalSpace] and [ipam.GlobalSpace]; this
@@ -84,15 +94,59 @@ func (a *Allocator) AddressSpaces() (local, global string) {
 
 func subnetKey(p netip.Prefix) string { return strings.ReplaceAll(p.String(), "/", "_") }
 
-// RequestPool reserves req.Subnet in the global address space for every
-// host, and returns the pool. The subnet must be given (the global space has
-// no default pools), masked, of the family req.V6 says, and for IPv6 a /64
-// or longer; IPRange and Size are not supported and must be zero; Avoid is
-// ignored. An address space other than "" or [ipam.GlobalSpace] is refused.
-// Bad input is an error wrapping errdefs.ErrInvalid naming the field and
-// value; a subnet overlapping a pool held by any host is [ipam.ErrOverlap].
-// Pools are added one at a time across all hosts (a guard key serialises
-// them), so two hosts never reserve overlapping subnets.
+// nonceLen is the length of a pool ID's nonce: 8 random bytes in
+// hexadecimal.
+const nonceLen = 16
+
+// newPoolID returns a new ID for a pool of subnet, and the pool's key.
+func newPoolID(subnet netip.Prefix) (id, key string) {
+	var b [nonceLen / 2]byte
+	_, _ = rand.Read(b[:])
+	nonce := hex.EncodeToString(b[:])
+	return ipam.GlobalSpace + "/" + subnet.String() + "#" + nonce, subnetKey(subnet) + "_" + nonce
+}
+
+// parsePoolID returns the subnet of a pool ID ("global/<subnet>#<nonce>")
+// and the pool's key, which names the pool in the keys of its record,
+// blocks and reservations: the subnet with '/' written as '_', then '_'
+// and the nonce ("global/10.0.0.0/24#0123456789abcdef" is
+// "10.0.0.0_24_0123456789abcdef"). Anything else is an error wrapping
+// errdefs.ErrNotFound.
+func parsePoolID(poolID string) (netip.Prefix, string, error) {
+	rest, ok := strings.CutPrefix(poolID, ipam.GlobalSpace+"/")
+	sub, nonce, ok2 := strings.Cut(rest, "#")
+	subnet, err := netip.ParsePrefix(sub)
+	if !ok || !ok2 || err != nil || subnet.String() != sub || !isNonce(nonce) {
+		return netip.Prefix{}, "", fmt.Errorf("%w: pool id %q is not a global pool id", errdefs.ErrNotFound, poolID)
+	}
+	return subnet, subnetKey(subnet) + "_" + nonce, nil
+}
+
+func isNonce(s string) bool {
+	if len(s) != nonceLen {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// RequestPool makes a pool of req.Subnet in the global address space,
+// usable by its ID on every host, and returns it. The subnet must be given
+// (the global space has no default pools), masked, of the family req.V6
+// says, and for IPv6 a /64 or longer; IPRange and Size are not supported
+// and must be zero; Avoid is ignored. An address space other than "" or
+// [ipam.GlobalSpace] is refused. Bad input is an error wrapping
+// errdefs.ErrInvalid naming the field and value.
+//
+// The subnet may overlap, or equal, that of any other pool, requested by
+// any host: a global network lives in a network namespace of its own on
+// every host, so two of them may use the same addresses. Every pool is
+// independent, named by its ID: its own blocks, reservations and
+// allocations, released with it alone.
 func (a *Allocator) RequestPool(ctx context.Context, req ipam.PoolRequest) (ipam.Pool, error) {
 	if err := checkPoolRequest(req); err != nil {
 		return ipam.Pool{}, err
@@ -103,35 +157,15 @@ func (a *Allocator) RequestPool(ctx context.Context, req ipam.PoolRequest) (ipam
 		bs = a.cfg.BlockSizeV6
 	}
 	bs = max(bs, subnet.Bits())
-	var nonce [8]byte
-	_, _ = rand.Read(nonce[:])
-	id := ipam.GlobalSpace + "/" + subnet.String() + "#" + hex.EncodeToString(nonce[:])
-	val, _ := json.Marshal(poolRecord{ID: id, Subnet: subnet.String(), BlockSize: bs})
-	for {
-		kvs, _, err := a.cfg.Store.Snapshot(ctx, poolsPrefix)
-		if err != nil {
-			return ipam.Pool{}, fmt.Errorf("request pool %s: %w", subnet, err)
-		}
-		var guardRev uint64
-		for _, kv := range kvs {
-			if kv.Key == guardKey {
-				guardRev = kv.Revision
-				continue
-			}
-			var rec poolRecord
-			if json.Unmarshal(kv.Value, &rec) != nil {
-				continue
-			}
-			if held, err := netip.ParsePrefix(rec.Subnet); err == nil && held.Overlaps(subnet) {
-				return ipam.Pool{}, fmt.Errorf("%w: subnet %s overlaps pool %s in address space %q",
-					ipam.ErrOverlap, subnet, held, ipam.GlobalSpace)
-			}
-		}
-		_, err = a.cfg.Store.TxnIf(ctx, []etcdstore.Cond{{Key: guardKey, Revision: guardRev}},
-			etcdstore.Op{Key: poolPrefix + subnetKey(subnet), Value: val},
-			etcdstore.Op{Key: guardKey, Value: []byte(id)})
-		if errors.Is(err, store.ErrConflict) {
-			continue // another pool changed meanwhile: check again
+	for attempt := 1; ; attempt++ {
+		id, key := newPoolID(subnet)
+		val, _ := json.Marshal(poolRecord{ID: id, Subnet: subnet.String(), BlockSize: bs})
+		// The key must not exist: a nonce drawn twice (never, in
+		// practice) is drawn again rather than taking another pool's key.
+		_, err := a.cfg.Store.TxnIf(ctx, []etcdstore.Cond{{Key: poolPrefix + key}},
+			etcdstore.Op{Key: poolPrefix + key, Value: val})
+		if errors.Is(err, store.ErrConflict) && attempt < 3 {
+			continue
 		}
 		if err != nil {
 			return ipam.Pool{}, fmt.Errorf("request pool %s: %w", subnet, err)
@@ -169,20 +203,24 @@ func checkPoolRequest(req ipam.PoolRequest) error {
 }
 
 // ReleasePool drops the pool for every host, with every block claimed in
-// it and every address reserved in it ([Allocator.ReserveAddress]). The
-// caller makes sure no host still uses it (the controller refuses to
-// delete a network with endpoints). An unknown or stale ID is an error
-// wrapping errdefs.ErrNotFound.
+// it and every address reserved in it ([Allocator.ReserveAddress]); other
+// pools, of the same subnet or not, keep theirs. The caller makes sure no
+// host still uses it (the controller refuses to delete a network with
+// endpoints). An unknown or stale ID is an error wrapping
+// errdefs.ErrNotFound.
 func (a *Allocator) ReleasePool(ctx context.Context, poolID string) error {
-	subnet, kv, err := a.lookup(ctx, poolID)
+	_, key, err := parsePoolID(poolID)
+	if err != nil {
+		return err
+	}
+	_, kv, err := a.lookup(ctx, poolID, key)
 	if err != nil {
 		return err
 	}
 	_, err = a.cfg.Store.TxnIf(ctx, []etcdstore.Cond{{Key: kv.Key, Revision: kv.Revision}},
 		etcdstore.Op{Key: kv.Key, Delete: true},
-		etcdstore.Op{Key: blocksPrefix + subnetKey(subnet) + "/", Delete: true, Prefix: true},
-		etcdstore.Op{Key: reservedPrefix + subnetKey(subnet) + "/", Delete: true, Prefix: true},
-		etcdstore.Op{Key: guardKey, Value: []byte("-" + poolID)})
+		etcdstore.Op{Key: blocksPrefix + key + "/", Delete: true, Prefix: true},
+		etcdstore.Op{Key: reservedPrefix + key + "/", Delete: true, Prefix: true})
 	if errors.Is(err, store.ErrConflict) {
 		return fmt.Errorf("%w: pool %q: released meanwhile", errdefs.ErrNotFound, poolID)
 	}
@@ -195,26 +233,20 @@ func (a *Allocator) ReleasePool(ctx context.Context, poolID string) error {
 	return nil
 }
 
-// lookup reads the pool record of poolID from the store.
-func (a *Allocator) lookup(ctx context.Context, poolID string) (netip.Prefix, store.KV, error) {
-	rest, ok := strings.CutPrefix(poolID, ipam.GlobalSpace+"/")
-	sub, _, ok2 := strings.Cut(rest, "#")
-	subnet, err := netip.ParsePrefix(sub)
-	if !ok || !ok2 || err != nil {
-		return netip.Prefix{}, store.KV{}, fmt.Errorf("%w: pool id %q is not a global pool id", errdefs.ErrNotFound, poolID)
-	}
-	kv, err := a.cfg.Store.Get(ctx, poolPrefix+subnetKey(subnet))
+// lookup reads the record of pool poolID, whose key is key, from the store.
+func (a *Allocator) lookup(ctx context.Context, poolID, key string) (poolRecord, store.KV, error) {
+	kv, err := a.cfg.Store.Get(ctx, poolPrefix+key)
 	if errors.Is(err, store.ErrNotFound) {
-		return netip.Prefix{}, store.KV{}, fmt.Errorf("%w: pool %q", errdefs.ErrNotFound, poolID)
+		return poolRecord{}, store.KV{}, fmt.Errorf("%w: pool %q", errdefs.ErrNotFound, poolID)
 	}
 	if err != nil {
-		return netip.Prefix{}, store.KV{}, fmt.Errorf("pool %q: %w", poolID, err)
+		return poolRecord{}, store.KV{}, fmt.Errorf("pool %q: %w", poolID, err)
 	}
 	var rec poolRecord
 	if err := json.Unmarshal(kv.Value, &rec); err != nil || rec.ID != poolID {
-		return netip.Prefix{}, store.KV{}, fmt.Errorf("%w: pool %q (subnet %s belongs to another pool)", errdefs.ErrNotFound, poolID, subnet)
+		return poolRecord{}, store.KV{}, fmt.Errorf("%w: pool %q (its key holds another pool)", errdefs.ErrNotFound, poolID)
 	}
-	return subnet, kv, nil
+	return rec, kv, nil
 }
 
 // pool returns the pool of poolID, reading it from the store the first time
@@ -226,12 +258,18 @@ func (a *Allocator) pool(ctx context.Context, poolID string) (*gpool, error) {
 	if p != nil {
 		return p, nil
 	}
-	subnet, kv, err := a.lookup(ctx, poolID)
+	subnet, key, err := parsePoolID(poolID)
 	if err != nil {
 		return nil, err
 	}
-	var rec poolRecord
-	_ = json.Unmarshal(kv.Value, &rec)
+	a.mu.Lock()
+	a.loading[key]++
+	a.mu.Unlock()
+	defer a.doneLoading(key)
+	rec, kv, err := a.lookup(ctx, poolID, key)
+	if err != nil {
+		return nil, err
+	}
 	addrBits := subnet.Addr().BitLen()
 	hostBits := uint(addrBits - subnet.Bits())
 	last := ^uint64(0) >> (64 - hostBits)
@@ -246,15 +284,15 @@ func (a *Allocator) pool(ctx context.Context, poolID string) (*gpool, error) {
 		first = 1 // no Subnet-Router anycast address
 	}
 	base := subnet.Addr()
-	p = &gpool{id: poolID, subnet: subnet, rev: kv.Revision}
+	p = &gpool{id: poolID, key: key, subnet: subnet, rev: kv.Revision}
 	p.sp = &space{
 		kv:     a.cfg.Store,
 		lease:  a.cfg.Lease,
 		host:   a.cfg.Host,
 		name:   "subnet " + subnet.String(),
-		prefix: blocksPrefix + subnetKey(subnet) + "/",
+		prefix: blocksPrefix + key + "/",
 		// Reservations are read when a block is claimed or adopted.
-		reservedPrefix: reservedPrefix + subnetKey(subnet) + "/",
+		reservedPrefix: reservedPrefix + key + "/",
 		guard:          []etcdstore.Cond{{Key: kv.Key, Revision: kv.Revision}},
 		first:          first,
 		last:           last,
@@ -271,11 +309,23 @@ func (a *Allocator) pool(ctx context.Context, poolID string) (*gpool, error) {
 	if q := a.pools[poolID]; q != nil {
 		return q, nil
 	}
-	if a.deleted[subnetKey(subnet)] > kv.Revision { // released while we read it
+	if a.deleted[key] > kv.Revision { // released while we read it
 		return nil, fmt.Errorf("%w: pool %q", errdefs.ErrNotFound, poolID)
 	}
 	a.pools[poolID] = p
 	return p, nil
+}
+
+// doneLoading ends a lookup of the pool key; the last one forgets the
+// deletes the watch saw of it (a later lookup reads the store after them).
+func (a *Allocator) doneLoading(key string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.loading[key]--
+	if a.loading[key] <= 0 {
+		delete(a.loading, key)
+		delete(a.deleted, key)
+	}
 }
 
 // addrAt returns base + ord (ord fits in the subnet's host bits, at most 64).
@@ -304,7 +354,7 @@ func ordOf(subnet netip.Prefix, addr netip.Addr) uint64 {
 // req.Preferred it takes the lowest free address of this host's blocks (not
 // next-fit as [ipam.AddressRequest] describes for the local allocator: a
 // just-released address may come back at once), and
-// claims the lowest free block of the subnet when they are full, which is
+// claims the lowest free block of the pool when they are full, which is
 // the only case that asks etcd; when every block is claimed by some host and
 // this host's are full it fails with [ipam.ErrPoolExhausted] naming the
 // subnet. A preferred address must be a usable address of the subnet; its
@@ -312,7 +362,9 @@ func ordOf(subnet netip.Prefix, addr netip.Addr) uint64 {
 // (or by this host's name under another lease) is an error wrapping
 // errdefs.ErrExists naming that host. An address reserved with
 // [Allocator.ReserveAddress] is never handed out; asked for as preferred,
-// it is an error wrapping errdefs.ErrExists.
+// it is an error wrapping errdefs.ErrExists. Only this pool counts: an
+// address allocated or reserved in another pool of the same subnet is free
+// here.
 //
 // Restart: a block whose record names this allocator's Host and Lease was
 // claimed by this host's previous run (whose lease was adopted,
@@ -394,16 +446,16 @@ func (a *Allocator) ReturnEmptyBlocks(ctx context.Context) error {
 		return fmt.Errorf("return empty blocks: list blocks: %w", err)
 	}
 	lease := strconv.FormatInt(a.cfg.Lease.ID(), 16)
-	subnets := map[string]bool{}
+	keys := map[string]bool{} // of the pools
 	for _, kv := range kvs {
 		if rec := parseBlock(kv.Value); rec.Host == a.cfg.Host && rec.Lease == lease {
-			sk, _, _ := strings.Cut(strings.TrimPrefix(kv.Key, blocksPrefix), "/")
-			subnets[sk] = true
+			key, _, _ := strings.Cut(strings.TrimPrefix(kv.Key, blocksPrefix), "/")
+			keys[key] = true
 		}
 	}
 	var errs []error
-	for sk := range subnets {
-		kv, err := a.cfg.Store.Get(ctx, poolPrefix+sk)
+	for key := range keys {
+		kv, err := a.cfg.Store.Get(ctx, poolPrefix+key)
 		if errors.Is(err, store.ErrNotFound) {
 			continue // released: its blocks went with it
 		}
@@ -440,7 +492,8 @@ func (a *Allocator) ReturnEmptyBlocks(ctx context.Context) error {
 // of the pool exists.
 //
 // The reservation is a key of its own with no lease,
-// ipam/global/reserved/<subnet>/<ordinal>. It is written only if no host
+// ipam/global/reserved/<pool key>/<ordinal>, of this pool alone: a pool of
+// the same subnet may hand addr out. It is written only if no host
 // holds addr's block, or this host does and has not handed addr out (its
 // block skips addr from then on); a block claimed later, by any host,
 // reads the reservations when it is claimed and skips them (a transaction

@@ -2,6 +2,13 @@
 // multi-host networks from etcd, and allocates their VXLAN IDs, with block
 // affinity as Calico does: etcd stays off the per-address path.
 //
+// A pool ([Allocator.RequestPool]) is usable by its ID on every host. Pools
+// may overlap, or have the same subnet: each global (overlay) network lives
+// in a network namespace of its own on every host, so two networks may use
+// the same addresses and stay apart. Every pool is independent, and
+// everything below is per pool, keyed by the pool's ID: its blocks, its
+// reservations, the addresses handed out.
+//
 // Each host cuts a pool's subnet into small aligned blocks (a /26 for IPv4
 // and a /122 for IPv6 by default) and claims a free block by a
 // compare-and-swap transaction (the block's key must not exist) written
@@ -42,14 +49,18 @@
 //
 // Keys (under the store's own prefix):
 //
-//	ipam/global/pools/<subnet>                 a pool: its ID and block size
-//	ipam/global/pool-guard                     bumped at every pool change
-//	ipam/global/blocks/<subnet>/<block>        a claimed block (leased): host, lease
-//	ipam/global/reserved/<subnet>/<ordinal>    a reserved address (no lease)
+//	ipam/global/pools/<pool>                   a pool: its ID, subnet and block size
+//	ipam/global/blocks/<pool>/<block>          a claimed block (leased): host, lease
+//	ipam/global/reserved/<pool>/<ordinal>      a reserved address (no lease)
 //	vxlan/blocks/<block>                       a claimed block of VXLAN IDs (leased)
 //	vxlan/ids/<id>                             an allocated VXLAN ID (no lease)
 //
-// Subnets appear in keys with '/' written as '_'; blocks are their index in
-// 16 hexadecimal digits, and reserved addresses their offset in the subnet
-// in 16 hexadecimal digits, so keys sort in address order.
+// <pool> is the pool's key, made of its ID ("global/<subnet>#<nonce>", the
+// nonce 16 hexadecimal digits): the subnet with '/' written as '_', then
+// '_' and the nonce, so pool ID global/10.0.0.0/24#0123456789abcdef has key
+// 10.0.0.0_24_0123456789abcdef. A pool's record is written only if its key
+// does not exist, and is deleted in one transaction with the blocks and
+// reservations under its key, which no other pool shares. Blocks are their
+// index in 16 hexadecimal digits, and reserved addresses their offset in
+// the subnet in 16 hexadecimal digits, so keys sort in address order.
 package global

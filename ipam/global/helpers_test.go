@@ -44,6 +44,16 @@ func newHosts(t testing.TB, n int) (*etcdtest.Server, []*host) {
 	return srv, hs
 }
 
+// poolKey returns the key of pool poolID in the store.
+func poolKey(t testing.TB, poolID string) string {
+	t.Helper()
+	_, key, err := parsePoolID(poolID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
 func wantErr(t testing.TB, err error, target error, words ...string) {
 	t.Helper()
 	if !errors.Is(err, target) {

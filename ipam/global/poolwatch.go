@@ -11,7 +11,8 @@ import (
 // The pools a host has used are cached, so that the per-address path does
 // not read etcd. A watch of the pool keys drops a cached pool as soon as
 // any host releases it, so a stale pool ID is not served from blocks that
-// no longer exist in etcd.
+// no longer exist in etcd. Pool keys are made of the pool IDs, so the
+// release of a pool drops that pool alone, not another of the same subnet.
 
 // startWatch starts the watch of the pool keys once, from revision after.
 func (a *Allocator) startWatch(after uint64) {
@@ -39,16 +40,13 @@ func (a *Allocator) watchPools(ctx context.Context, after uint64) {
 				for _, kv := range b.Snapshot {
 					live[strings.TrimPrefix(kv.Key, poolPrefix)] = true
 				}
-				a.dropPools(b.Revision, func(sk string) bool { return !live[sk] })
+				a.dropPools(b.Revision, func(key string) bool { return !live[key] })
 				continue
 			}
 			for _, ev := range b.Events {
-				sk := strings.TrimPrefix(ev.KV.Key, poolPrefix)
 				if ev.Type == etcdstore.EventDelete {
-					a.mu.Lock()
-					a.deleted[sk] = max(a.deleted[sk], ev.KV.Revision)
-					a.mu.Unlock()
-					a.dropPools(ev.KV.Revision, func(k string) bool { return k == sk })
+					gone := strings.TrimPrefix(ev.KV.Key, poolPrefix)
+					a.dropPools(ev.KV.Revision, func(key string) bool { return key == gone })
 				}
 			}
 		}
@@ -63,19 +61,23 @@ func (a *Allocator) watchPools(ctx context.Context, after uint64) {
 	}
 }
 
-// dropPools forgets the cached pools whose subnet key gone selects and
-// whose record is older than rev, refuses further calls on them, and
-// remembers rev so that a lookup that read such a record before the watch
-// saw it go does not cache it.
-func (a *Allocator) dropPools(rev uint64, gone func(subnetKey string) bool) {
+// dropPools forgets the cached pools whose pool key gone selects and whose
+// record is older than rev, and refuses further calls on them; for the
+// pools gone selects that are being looked up, it remembers rev, so that a
+// lookup that read such a record before the watch saw it go does not
+// cache it.
+func (a *Allocator) dropPools(rev uint64, gone func(poolKey string) bool) {
 	a.mu.Lock()
+	for key := range a.loading {
+		if gone(key) {
+			a.deleted[key] = max(a.deleted[key], rev)
+		}
+	}
 	var dropped []*gpool
 	for id, p := range a.pools {
-		sk := subnetKey(p.subnet)
-		if gone(sk) && p.rev < rev {
+		if gone(p.key) && p.rev < rev {
 			delete(a.pools, id)
 			dropped = append(dropped, p)
-			a.deleted[sk] = max(a.deleted[sk], rev)
 		}
 	}
 	a.mu.Unlock()

@@ -13,10 +13,10 @@ import (
 
 func addr4(s string) netip.Addr { return netip.MustParseAddr(s) }
 
-// blockKeys lists the block keys of the subnet key sk.
-func blockKeys(t *testing.T, h *host, sk string) map[string]string {
+// blockKeys lists the block keys of pool poolID, with their hosts.
+func blockKeys(t *testing.T, h *host, poolID string) map[string]string {
 	t.Helper()
-	kvs, err := h.st.List(t.Context(), blocksPrefix+sk+"/")
+	kvs, err := h.st.List(t.Context(), blocksPrefix+poolKey(t, poolID)+"/")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func TestRestartAdoptsBlocks(t *testing.T) {
 	if err := r2.alloc.ReturnEmptyBlocks(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := blockKeys(t, r2, "10.30.0.0_24"); len(got) != 3 {
+	if got := blockKeys(t, r2, p.ID); len(got) != 3 {
 		t.Fatalf("blocks of 10.30.0.0/24 after ReturnEmptyBlocks: %v, want the 3 in use", got)
 	}
 	if got, err := other.alloc.RequestAddress(ctx, p.ID, ipam.AddressRequest{Preferred: addr4("10.30.0.200")}); err != nil || got != addr4("10.30.0.200") {
@@ -173,7 +173,7 @@ func TestRestartAdoptsBlocks(t *testing.T) {
 			t.Fatalf("release %s: %v", a, err)
 		}
 	}
-	for k, h := range blockKeys(t, r2, "10.30.0.0_24") {
+	for k, h := range blockKeys(t, r2, p.ID) {
 		if h == "r" {
 			t.Fatalf("block %s still r's after every release", k)
 		}
@@ -207,7 +207,7 @@ func TestRestartLeaseExpired(t *testing.T) {
 	_ = r.alloc.Close()
 	_ = r.st.Close()
 	deadline := time.Now().Add(10 * time.Second)
-	for len(blockKeys(t, other, "10.40.0.0_24")) != 0 {
+	for len(blockKeys(t, other, p.ID)) != 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("blocks of the expired lease still there")
 		}
