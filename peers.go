@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -289,8 +290,12 @@ func splitEndpointKey(key string) (nid, eid string, ok bool) {
 	return nid, eid, ok && nid != "" && eid != ""
 }
 
-// set applies one record of the table (nil: deleted): the old one's peers
-// and names go, the new one's come.
+// set applies one record of the table (nil: deleted). An endpoint is a
+// peer (FDB and neighbour entries) from the moment it is made, so that
+// when its Join returns on its host, the other hosts reach it already: the
+// record written at CreateEndpoint carries it, and Join's own write, in
+// the background, only adds its names for service discovery. The old
+// record's peers and names go, the new one's come.
 func (t *peerTable) set(g *globalPlane, key string, rec *peerRecord) {
 	nid, eid, ok := splitEndpointKey(key)
 	if !ok {
@@ -305,38 +310,35 @@ func (t *peerTable) set(g *globalPlane, key string, rec *peerRecord) {
 		t.byKey = map[string]peerRecord{}
 	}
 	old, had := t.byKey[key]
-	if had && rec != nil && old.Joined == rec.Joined && old.VTEP == rec.VTEP && old.MAC == rec.MAC &&
-		old.IPv4 == rec.IPv4 && old.IPv6 == rec.IPv6 && strings.Join(old.Names, ",") == strings.Join(rec.Names, ",") {
-		old.rev = rec.rev
-		t.byKey[key] = old
-		return
+	delete(t.byKey, key)
+	if rec != nil {
+		t.byKey[key] = *rec
 	}
+	samePeer := had && rec != nil && old.VTEP == rec.VTEP && old.MAC == rec.MAC && old.IPv4 == rec.IPv4 && old.IPv6 == rec.IPv6
+	sameNames := had && rec != nil && old.Joined == rec.Joined && slices.Equal(old.Names, rec.Names)
 	n := g.network(nid)
-	if had && old.Joined {
+	if had && !samePeer {
 		for _, a := range old.addrs() {
 			if err := g.ov.RemovePeer(g.ctx, overlay.Peer{NetworkID: nid, IP: a, MAC: parseMAC(old.MAC), VTEP: old.VTEP}); err != nil {
 				g.c.log.Warn("cnm: remove overlay peer", "network", nid, "ip", a, "err", err)
 			}
 		}
-		if n != nil {
-			n.names.remove(eid)
-		}
 	}
-	delete(t.byKey, key)
+	if had && old.Joined && !sameNames && n != nil {
+		n.names.remove(eid)
+	}
 	if rec == nil {
 		return
 	}
-	t.byKey[key] = *rec
-	if !rec.Joined {
-		return
-	}
-	mac := parseMAC(rec.MAC)
-	for _, a := range rec.addrs() {
-		if err := g.ov.AddPeer(g.ctx, overlay.Peer{NetworkID: nid, IP: a, MAC: mac, VTEP: rec.VTEP}); err != nil {
-			g.c.log.Warn("cnm: add overlay peer", "network", nid, "ip", a, "vtep", rec.VTEP, "err", err)
+	if !samePeer {
+		mac := parseMAC(rec.MAC)
+		for _, a := range rec.addrs() {
+			if err := g.ov.AddPeer(g.ctx, overlay.Peer{NetworkID: nid, IP: a, MAC: mac, VTEP: rec.VTEP}); err != nil {
+				g.c.log.Warn("cnm: add overlay peer", "network", nid, "ip", a, "vtep", rec.VTEP, "err", err)
+			}
 		}
 	}
-	if n != nil {
+	if rec.Joined && !sameNames && n != nil {
 		n.names.add(eid, rec.Names, rec.addrs())
 	}
 }
@@ -397,7 +399,7 @@ func (t *peerTable) syncKernel(g *globalPlane, nid string) {
 	prefix := gEndpoints + nid + "/"
 	newest := map[netip.Addr]peerRecord{}
 	for key, r := range t.byKey {
-		if !r.Joined || !strings.HasPrefix(key, prefix) {
+		if !strings.HasPrefix(key, prefix) {
 			continue
 		}
 		for _, a := range r.addrs() {

@@ -63,6 +63,10 @@ func (d *Driver) makeSandbox(ctx context.Context, n *network) (retErr error) {
 	if err != nil {
 		return fmt.Errorf("overlay network %s: make namespace: %w", n.id, err)
 	}
+	if err := noBridgeNetfilter(ns); err != nil {
+		_ = ns.Delete()
+		return fmt.Errorf("overlay network %s: %w", n.id, err)
+	}
 	sb := &sandbox{ns: ns}
 	defer func() {
 		if retErr != nil {
@@ -163,4 +167,18 @@ func (sb *sandbox) destroy(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("drop namespace %s: %w", sb.ns, err))
 	}
 	return errors.Join(errs...)
+}
+
+// noBridgeNetfilter turns off, in a network's namespace, the passing of
+// bridged frames through the IP firewall hooks (br_netfilter, when loaded,
+// turns it on in every new namespace). Nothing filters there: the
+// namespace holds only br0, vxlan0 and the endpoints' ports, and the hooks
+// and the connection tracking they bring cost every packet.
+func noBridgeNetfilter(ns *osl.Namespace) error {
+	for _, name := range []string{"net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables", "net/bridge/bridge-nf-call-arptables"} {
+		if err := ns.SetSysctl(name, "0"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
