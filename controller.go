@@ -224,6 +224,9 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 		if err := c.global.addrs.cur().ReturnEmptyBlocks(ctx); err != nil {
 			c.log.Warn("cnm: global store: give back empty address blocks", "err", err)
 		}
+		if err := c.global.sweepOwn(ctx); err != nil {
+			c.log.Warn("cnm: global store: remove records of deleted endpoints", "err", err)
+		}
 		c.global.republish()
 		c.global.start()
 	}

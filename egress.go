@@ -110,6 +110,9 @@ func (c *Controller) egressNetwork(ctx context.Context) (*Network, error) {
 	c.egressMu.Lock()
 	defer c.egressMu.Unlock()
 	if n, err := c.NetworkByName(GatewayBridgeNetwork); err == nil {
+		if n.labels[labelEgress] == "" {
+			return nil, fmt.Errorf("%w: network name %q is taken by a network cnm did not make for egress", ErrExists, GatewayBridgeNetwork)
+		}
 		return n, nil
 	}
 	drv, err := c.drivers.Driver(bridge.NetworkType)

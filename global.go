@@ -139,6 +139,7 @@ type globalPlane struct {
 	lease   *etcdstore.Lease
 
 	peers   peerTable // other hosts' endpoints, as watched (peers.go)
+	making  sync.Map  // IDs of global networks this host is making
 	outbox  outbox    // this host's endpoint records still to write (peers.go)
 	netsRev uint64    // revision of the networks/ listing restore used
 }

@@ -101,6 +101,9 @@ func (g *globalPlane) commitNetwork(ctx context.Context, n *Network) error {
 	if err != nil {
 		return err
 	}
+	// This host's own watch sees the record before NewNetwork publishes
+	// the network: it skips what is being made here.
+	g.making.Store(n.id, true)
 	rev, err := g.kv.TxnIf(ctx, []etcdstore.Cond{{Key: gNameKey(n.name)}, {Key: gNetworkKey(n.id)}},
 		etcdstore.Op{Key: gNameKey(n.name), Value: []byte(n.id)},
 		etcdstore.Op{Key: gNetworkKey(n.id), Value: val})
@@ -116,6 +119,7 @@ func (g *globalPlane) commitNetwork(ctx context.Context, n *Network) error {
 
 // uncommitNetwork undoes commitNetwork.
 func (g *globalPlane) uncommitNetwork(ctx context.Context, n *Network) error {
+	defer g.making.Delete(n.id)
 	_, err := g.kv.TxnIf(ctx, nil, etcdstore.Op{Key: gNameKey(n.name), Delete: true}, etcdstore.Op{Key: gNetworkKey(n.id), Delete: true})
 	return err
 }
@@ -234,6 +238,9 @@ func (g *globalPlane) addNetwork(ctx context.Context, kv store.KV, restore bool)
 	}
 	if r.Schema > recordSchema {
 		return fmt.Errorf("global network %q: %w: schema %d", r.Name, store.ErrSchema, r.Schema)
+	}
+	if _, mine := g.making.Load(r.ID); mine {
+		return nil
 	}
 	c.mu.Lock()
 	_, known := c.networks[r.ID]
@@ -367,6 +374,34 @@ func (c *Controller) requestGlobalPools(ctx context.Context, n *Network, cfg net
 		c.releaseNetworkIPAM(ctx, n.ipv6)
 		n.ipv4, n.ipv6 = nil, nil
 		return err
+	}
+	return nil
+}
+
+// sweepOwn deletes, in the background, the records of this host's
+// endpoints that no endpoint explains any more: deletions a crash or a
+// Close kept from reaching etcd (the lease, taken back, would keep them
+// forever).
+func (g *globalPlane) sweepOwn(ctx context.Context) error {
+	kvs, _, err := g.kv.Snapshot(ctx, gEndpoints)
+	if err != nil {
+		return fmt.Errorf("global store: list this host's endpoints: %w", err)
+	}
+	for _, kv := range kvs {
+		var r peerRecord
+		if json.Unmarshal(kv.Value, &r) != nil || r.Host != string(g.c.owner) {
+			continue
+		}
+		nid, eid, ok := splitEndpointKey(kv.Key)
+		if !ok {
+			continue
+		}
+		if n := g.network(nid); n != nil {
+			if _, err := n.EndpointByID(eid); err == nil {
+				continue
+			}
+		}
+		g.outbox.post(kv.Key, nil)
 	}
 	return nil
 }

@@ -233,8 +233,11 @@ func (c *Controller) newNetwork(ctx context.Context, drv driverapi.Driver, name 
 		return nil, fmt.Errorf("network %q: %w", name, err)
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.networks[n.id] = n
+	c.mu.Unlock()
+	if isGlobal {
+		c.global.making.Delete(n.id)
+	}
 	c.emit(Event{Type: EventNetworkCreated, NetworkID: n.id, Detail: n.name})
 	return n, nil
 }

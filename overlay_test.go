@@ -734,3 +734,30 @@ func cnmtestLinks(ctx context.Context, path string) ([]string, error) {
 	}
 	return out, nil
 }
+
+// TestOverlayStaleRecordSwept: a sandbox deleted while etcd is out of
+// reach, then the controller closed before its record's deletion landed:
+// the next New deletes the record, so the network is not held in use
+// forever by an endpoint that is gone.
+func TestOverlayStaleRecordSwept(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{LeaseTTL: 30 * time.Second, Proxied: true})
+	h1, h2 := cl.Hosts[0], cl.Hosts[1]
+	_, err := h2.Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.150.0.0/24")}))
+	require.NoError(t, err)
+	x := ovRun(t, h1, "ov", "x")
+
+	h1.Proxy.Pause()
+	require.NoError(t, x.sb.Delete(ctx), "a sandbox's deletion does not wait for etcd")
+	h1.Kill(t)
+	h1.Proxy.Resume()
+	n := waitNetwork(t, h2.Ctrl, "ov")
+	require.ErrorIs(t, n.Delete(ctx), cnm.ErrInUse, "the record of x outlived its controller")
+
+	h1.Start(t)
+	require.Eventually(t, func() bool { return n.Delete(ctx) == nil }, 5*time.Second, 20*time.Millisecond,
+		"the restarted controller never removed the record of its deleted endpoint")
+	_, err = h1.Ctrl.NetworkByName("ov")
+	require.Eventually(t, func() bool { _, err := h1.Ctrl.NetworkByName("ov"); return err != nil }, 5*time.Second, 10*time.Millisecond)
+	_ = err
+}
