@@ -7,10 +7,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -120,13 +116,6 @@ func requireReach(t *testing.T, from, to ovContainer) {
 		return last == nil
 	}, 5*time.Second, 10*time.Millisecond)
 	if !ok {
-		if os.Getenv("OVDEBUG") != "" {
-			paths, _ := filepath.Glob("/tmp/" + strings.Split(t.Name(), "/")[0] + "*/*/run/cnm-*/overlay/ov-*")
-			for _, p := range paths {
-				out, _ := exec.Command("sh", "-c", "nsenter --net="+p+" sh -c 'ip -d link; ip neigh; bridge fdb show; ip addr'").CombinedOutput()
-				t.Logf("%s:\n%s", p, out)
-			}
-		}
 		t.Fatalf("%s cannot reach %s at %s: %v", from.ep.Name(), to.ep.Name(), to.addr, last)
 	}
 }
