@@ -280,6 +280,11 @@ func (c *Controller) RunDir() string { return c.cfg.runDir }
 // twice.
 func (c *Controller) Close() error {
 	c.healer.stop() // a heal in progress ends first
+	if c.global != nil {
+		// Its watches begin operations: they end before Close waits for
+		// the operations in flight.
+		c.global.stop()
+	}
 	c.opMu.Lock()
 	defer c.opMu.Unlock()
 	c.mu.Lock()
@@ -291,14 +296,14 @@ func (c *Controller) Close() error {
 	sandboxes := c.sandboxListLocked()
 	c.mu.Unlock()
 	c.closePlugins()
-	var gerr error
-	if c.global != nil {
-		gerr = c.global.close()
-	}
 	c.events.close()
 	// Background removals stop; the records they would have finished stay,
 	// and the next New finishes them.
 	c.reaper.stop()
+	var gerr error
+	if c.global != nil {
+		gerr = c.global.closeStore() // after the reaper: it releases addresses
+	}
 	for _, sb := range sandboxes {
 		// Name service stops with the controller; the next New starts it
 		// again. The data plane keeps running.
@@ -313,7 +318,8 @@ func (c *Controller) Close() error {
 // and host namespace (which New's own rollback closes).
 func (c *Controller) closeHandles() {
 	if c.global != nil {
-		_ = c.global.close()
+		c.global.stop()
+		_ = c.global.closeStore()
 	}
 	for _, sb := range c.sandboxes {
 		sb.stopResolver()

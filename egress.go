@@ -61,47 +61,78 @@ func (sb *Sandbox) egressEndpoint() *Endpoint {
 // ep joined it, if ep's network is an overlay network with a way out and no
 // endpoint of the sandbox offers a default route. The caller holds
 // sb.joinMu.
-func (sb *Sandbox) attachEgress(ctx context.Context, ep *Endpoint) (retErr error) {
-	if !ep.nw.global || ep.nw.internal || sb.egressEndpoint() != nil {
+func (sb *Sandbox) attachEgress(ctx context.Context, ep *Endpoint) error {
+	if !ep.nw.global || ep.nw.internal {
 		return nil
 	}
+	return sb.updateEgress(ctx)
+}
+
+// offersGateway reports whether an endpoint of the sandbox, other than
+// its gateway bridge one, offers a default route.
+func (sb *Sandbox) offersGateway() bool {
 	for _, o := range sb.Endpoints() {
+		if o.nw.labels[labelEgress] != "" {
+			continue
+		}
 		o.mu.Lock()
 		offers := o.gw4.IsValid() || o.gw6.IsValid()
 		o.mu.Unlock()
 		if offers {
-			return nil
+			return true
 		}
 	}
-	c := sb.ctrl
-	n, err := c.egressNetwork(ctx)
-	if err != nil {
-		return fmt.Errorf("gateway bridge network: %w", err)
-	}
-	gep, err := n.createEndpoint(ctx, sb.egressName(), endpointConfig{})
-	if err != nil {
-		return fmt.Errorf("gateway bridge endpoint: %w", err)
-	}
-	if err := gep.join(ctx, sb, joinConfig{}); err != nil {
-		return errors.Join(fmt.Errorf("gateway bridge endpoint: %w", err), gep.delete(context.WithoutCancel(ctx)))
+	return false
+}
+
+// updateEgress gives the sandbox its gateway bridge interface when an
+// overlay endpoint needs a way out that no other endpoint offers, and
+// takes it away when none does. The caller holds sb.joinMu.
+func (sb *Sandbox) updateEgress(ctx context.Context) error {
+	want := sb.needsEgress() && !sb.offersGateway()
+	gep := sb.egressEndpoint()
+	switch {
+	case want && gep == nil:
+		c := sb.ctrl
+		n, err := c.egressNetwork(ctx)
+		if err != nil {
+			return fmt.Errorf("gateway bridge network: %w", err)
+		}
+		// One left by a removal that failed half way is used again.
+		gep, err := n.EndpointByName(sb.egressName())
+		made := false
+		if err != nil {
+			if gep, err = n.createEndpoint(ctx, sb.egressName(), endpointConfig{}); err != nil {
+				return fmt.Errorf("gateway bridge endpoint: %w", err)
+			}
+			made = true
+		}
+		if err := gep.join(ctx, sb, joinConfig{}); err != nil {
+			err = fmt.Errorf("gateway bridge endpoint: %w", err)
+			if made {
+				err = errors.Join(err, gep.delete(context.WithoutCancel(ctx)))
+			}
+			return err
+		}
+	case !want && gep != nil:
+		ctx = context.WithoutCancel(ctx) // the leave that called it is done
+		err := gep.leave(ctx, sb)
+		if err == nil {
+			err = gep.delete(ctx)
+		}
+		if err != nil {
+			return fmt.Errorf("remove the gateway bridge endpoint: %w", err)
+		}
 	}
 	return nil
 }
 
-// detachEgress removes the sandbox's interface on the gateway bridge when
-// no overlay endpoint needs it any more. Failures are logged: the leave
-// that called it is done.
+// detachEgress updates the sandbox's gateway bridge interface after a
+// leave: gone when no overlay endpoint needs it, made when the leave took
+// the only other way out. Failures are logged: the leave is done.
 func (sb *Sandbox) detachEgress(ctx context.Context) {
-	gep := sb.egressEndpoint()
-	if gep == nil || sb.needsEgress() {
-		return
-	}
-	err := gep.leave(ctx, sb)
-	if err == nil {
-		err = gep.delete(ctx)
-	}
-	if err != nil {
-		sb.ctrl.log.Warn("cnm: remove the gateway bridge endpoint", "sandbox", sb.containerID, "err", err)
+	if err := sb.updateEgress(ctx); err != nil {
+		sb.ctrl.log.Warn("cnm: update the gateway bridge endpoint after a leave", "sandbox", sb.containerID, "err", err)
 	}
 }
 

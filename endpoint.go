@@ -388,9 +388,17 @@ func (ep *Endpoint) delete(ctx context.Context) error {
 	pending := ep.reaping > 0 || ep.stuck
 	ep.mu.Unlock()
 
+	// The endpoint stays if what follows fails: so does its record in
+	// the peer table, which other hosts' network deletions check.
+	republish := func() {
+		if ep.nw.global {
+			ep.nw.ctrl.global.outbox.post(gEndpointKey(ep.nw.id, ep.id), ep.nw.ctrl.global.peerRecordOf(ep, nil))
+		}
+	}
 	if !pending {
 		// The common case: no interface exists, nothing waits.
 		if err := ep.finishDelete(ctx); err != nil {
+			republish()
 			return err
 		}
 		ep.forget()
@@ -401,6 +409,7 @@ func (ep *Endpoint) delete(ctx context.Context) error {
 	rec := ep.record(nil)
 	rec.Deleting = true
 	if err := ep.nw.ctrl.saveRecord(ctx, endpointKey(ep.nw.id, ep.id), rec); err != nil {
+		republish()
 		return fmt.Errorf("delete endpoint %q: %w", ep.name, err)
 	}
 	ep.mu.Lock()
@@ -446,6 +455,7 @@ func (ep *Endpoint) forget() {
 	if n.global {
 		n.ctrl.global.outbox.post(gEndpointKey(n.id, ep.id), nil)
 		n.ctrl.global.followIfUsed(n)
+		n.ctrl.global.dropIfOrphan(n)
 	}
 	ep.mu.Lock()
 	ep.deleted = true

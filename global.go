@@ -64,8 +64,12 @@ type GlobalStore struct {
 
 // Defaults of [GlobalStore].
 const (
+	// DefaultGlobalPrefix is the global store's key prefix when
+	// GlobalStore.Prefix is empty.
 	DefaultGlobalPrefix = "cnm"
-	DefaultLeaseTTL     = 10 * time.Second
+	// DefaultLeaseTTL is the host's lease TTL when GlobalStore.LeaseTTL is
+	// zero: how long its peers and address blocks outlive it.
+	DefaultLeaseTTL = 10 * time.Second
 )
 
 // WithGlobalStore makes the controller a member of a multi-host cluster
@@ -135,7 +139,7 @@ type globalPlane struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	leaseMu sync.RWMutex
+	leaseMu sync.RWMutex // guards lease and vnis
 	lease   *etcdstore.Lease
 
 	peers   peerTable // other hosts' endpoints, as watched (peers.go)
@@ -236,8 +240,17 @@ func (g *globalPlane) newAllocators() error {
 		return err
 	}
 	g.addrs.swap(a)
+	g.leaseMu.Lock()
 	g.vnis = v
+	g.leaseMu.Unlock()
 	return nil
+}
+
+// vxlan returns the VXLAN ID allocator on the current lease.
+func (g *globalPlane) vxlan() *global.VXLANAllocator {
+	g.leaseMu.RLock()
+	defer g.leaseMu.RUnlock()
+	return g.vnis
 }
 
 // start begins the watches of networks and peers and the outbox's writer.
@@ -279,8 +292,9 @@ func (g *globalPlane) keepLease() {
 	}
 }
 
-// renewLease grants a new lease, makes the allocators anew on it, claims
-// this host's endpoints' addresses again and republishes their records.
+// renewLease takes the lease back, or grants a new one, makes the
+// allocators anew on it, claims this host's endpoints' addresses again and
+// republishes their records.
 func (g *globalPlane) renewLease() error {
 	end, err := g.c.begin()
 	if err != nil {
@@ -288,12 +302,19 @@ func (g *globalPlane) renewLease() error {
 	}
 	defer end()
 	ctx := g.ctx
-	l, err := g.kv.GrantLease(ctx, g.ttl)
-	if err != nil {
-		return err
-	}
-	if err := g.c.store.Txn(ctx, store.Put(keyLease, []byte(strconv.FormatInt(l.ID(), 16)))); err != nil {
-		_ = l.Revoke(ctx)
+	// The client's view: etcd may have kept the lease (it extends leases
+	// when it restarts). Then its blocks and records are still this
+	// host's: take it back.
+	l, err := g.kv.AdoptLease(ctx, g.currentLease().ID())
+	if errors.Is(err, etcdstore.ErrLeaseLost) {
+		if l, err = g.kv.GrantLease(ctx, g.ttl); err != nil {
+			return err
+		}
+		if err := g.c.store.Txn(ctx, store.Put(keyLease, []byte(strconv.FormatInt(l.ID(), 16)))); err != nil {
+			_ = l.Revoke(ctx)
+			return err
+		}
+	} else if err != nil {
 		return err
 	}
 	g.leaseMu.Lock()
@@ -329,12 +350,23 @@ func (g *globalPlane) renewLease() error {
 	return nil
 }
 
-// close stops the watches and closes the etcd client. The lease is not
-// revoked: the host's peers stay until its TTL ends, so a controller that
-// restarts takes them back without other hosts seeing a gap.
-func (g *globalPlane) close() error {
+// stop ends the watches, the outbox's writer and the lease keeper, and
+// waits for them. Operations may still use the store until closeStore.
+// Safe to call twice.
+func (g *globalPlane) stop() {
 	g.cancel()
+	// A follow that began before the cancel has added its goroutine by the
+	// time this lock is taken; any later one sees the cancel.
+	g.peers.watchMu.Lock()
+	g.peers.watchMu.Unlock()
 	g.wg.Wait()
+}
+
+// closeStore closes the allocators and the etcd client, after stop. The
+// lease is not revoked: the host's peers stay until its TTL ends, so a
+// controller that restarts takes them back without other hosts seeing a
+// gap.
+func (g *globalPlane) closeStore() error {
 	g.addrs.close()
 	return g.kv.Close()
 }

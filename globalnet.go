@@ -19,6 +19,14 @@ import (
 // Global networks: made on one host, recorded in etcd, taken by every
 // host's controller from its watch of networks/.
 
+// isGlobalDriver reports whether drv's networks are cnm's global ones
+// (records in etcd, peers, egress): those of the overlay driver. A remote
+// plugin of global scope keeps its networks' state itself, as Docker's do.
+func isGlobalDriver(drv driverapi.Driver) bool {
+	_, ok := drv.(*overlay.Driver)
+	return ok
+}
+
 // checkGlobalConfig refuses what a global network cannot have: an IPAM
 // driver other than the global one, or a family without a subnet (the
 // global address space has no default pools).
@@ -54,12 +62,12 @@ func (g *globalPlane) requestVNI(ctx context.Context, n *Network) error {
 		if err != nil || id < 1 || id > overlay.MaxVNI {
 			return fmt.Errorf("%w: option %s=%q: VNI must be 1-%d", ErrInvalid, overlay.OptionVNI, v, overlay.MaxVNI)
 		}
-		if err := g.vnis.RequestID(ctx, uint32(id)); err != nil {
+		if err := g.vxlan().RequestID(ctx, uint32(id)); err != nil {
 			return fmt.Errorf("option %s=%q: %w", overlay.OptionVNI, v, err)
 		}
 		opts[overlay.OptionVNI] = strconv.FormatUint(id, 10)
 	} else {
-		id, err := g.vnis.Request(ctx)
+		id, err := g.vxlan().Request(ctx)
 		if err != nil {
 			return fmt.Errorf("vxlan id: %w", err)
 		}
@@ -74,7 +82,7 @@ func (g *globalPlane) releaseVNI(ctx context.Context, n *Network) {
 	if err != nil {
 		return
 	}
-	if err := g.vnis.Release(context.WithoutCancel(ctx), uint32(id)); err != nil {
+	if err := g.vxlan().Release(context.WithoutCancel(ctx), uint32(id)); err != nil {
 		g.c.log.Warn("cnm: release vxlan id", "network", n.name, "vni", id, "err", err)
 	}
 }
@@ -131,16 +139,35 @@ func (g *globalPlane) uncommitNetwork(ctx context.Context, n *Network) error {
 func (n *Network) deleteGlobal(ctx context.Context) error {
 	c := n.ctrl
 	g := c.global
-	_, err := g.kv.TxnIf(ctx,
-		[]etcdstore.Cond{{Key: gNetworkKey(n.id), Revision: n.globalRev}, {Key: gEndpoints + n.id + "/", Prefix: true}},
-		etcdstore.Op{Key: gNetworkKey(n.id), Delete: true},
-		etcdstore.Op{Key: gNameKey(n.name), Delete: true})
-	if errors.Is(err, store.ErrConflict) {
-		kvs, lerr := g.kv.List(ctx, gEndpoints+n.id+"/")
-		switch {
-		case lerr != nil:
-			err = lerr
-		case len(kvs) > 0:
+	prefix := gEndpoints + n.id + "/"
+	fail := func(err error) error {
+		n.mu.Lock()
+		n.deleting = false
+		n.mu.Unlock()
+		return fmt.Errorf("delete network %q: %w", n.name, err)
+	}
+	// This host's deletions still on their way first: a container removed
+	// a moment ago does not hold the network.
+	if err := g.outbox.flushAll(ctx, g, prefix); err != nil {
+		return fail(fmt.Errorf("global store: %w", err))
+	}
+	for attempt := 1; ; attempt++ {
+		_, err := g.kv.TxnIf(ctx,
+			[]etcdstore.Cond{{Key: gNetworkKey(n.id), Revision: n.globalRev}, {Key: prefix, Prefix: true}},
+			etcdstore.Op{Key: gNetworkKey(n.id), Delete: true},
+			etcdstore.Op{Key: gNameKey(n.name), Delete: true})
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, store.ErrConflict) {
+			return fail(err)
+		}
+		// Which condition failed: endpoints on it, or the network gone?
+		kvs, err := g.kv.List(ctx, prefix)
+		if err != nil {
+			return fail(err)
+		}
+		if len(kvs) > 0 {
 			hosts := map[string]bool{}
 			for _, kv := range kvs {
 				var r peerRecord
@@ -148,16 +175,19 @@ func (n *Network) deleteGlobal(ctx context.Context) error {
 					hosts[r.Host] = true
 				}
 			}
-			err = fmt.Errorf("%w: network %q has %d endpoints on %d hosts", ErrInUse, n.name, len(kvs), len(hosts))
-		default:
-			err = nil // deleted meanwhile by another host: finish here
+			return fail(fmt.Errorf("%w: network %q has %d endpoints on %d hosts", ErrInUse, n.name, len(kvs), len(hosts)))
 		}
-	}
-	if err != nil {
-		n.mu.Lock()
-		n.deleting = false
-		n.mu.Unlock()
-		return fmt.Errorf("delete network %q: %w", n.name, err)
+		if _, err := g.kv.Get(ctx, gNetworkKey(n.id)); errors.Is(err, store.ErrNotFound) {
+			// Another host deleted it, and released what it held: it
+			// only goes from this host.
+			c.dropGlobalNetwork(context.WithoutCancel(ctx), n)
+			return nil
+		} else if err != nil {
+			return fail(err)
+		}
+		if attempt == 3 { // endpoints keep coming and going
+			return fail(fmt.Errorf("%w: network %q: its endpoints changed while it was being deleted", ErrInUse, n.name))
+		}
 	}
 	// The network is gone for every host: what follows only tidies up.
 	ctx = context.WithoutCancel(ctx)
@@ -237,7 +267,8 @@ func (g *globalPlane) addNetwork(ctx context.Context, kv store.KV, restore bool)
 		return nil
 	}
 	if r.Schema > recordSchema {
-		return fmt.Errorf("global network %q: %w: schema %d", r.Name, store.ErrSchema, r.Schema)
+		c.log.Warn("cnm: global network written by a newer cnm: not taken", "network", r.Name, "schema", r.Schema)
+		return nil
 	}
 	if _, mine := g.making.Load(r.ID); mine {
 		return nil
@@ -265,9 +296,8 @@ func (g *globalPlane) addNetwork(ctx context.Context, kv store.KV, restore bool)
 	}
 	c.mu.Unlock()
 	if err != nil {
-		if restore {
-			return fmt.Errorf("global network %q: %w", r.Name, err)
-		}
+		// Another host's network this one cannot serve (an encrypted
+		// network where the kernel has no ESP, say): not a reason to fail.
 		c.log.Warn("cnm: take global network", "network", r.Name, "err", err)
 		return nil
 	}
@@ -290,18 +320,35 @@ func (g *globalPlane) removeNetwork(ctx context.Context, id string) {
 		return
 	}
 	n.mu.Lock()
-	busy := len(n.epNames) > 0 || n.deleting
+	busy := len(n.epNames) > 0 || n.deleting || n.reaping > 0
 	if !busy {
 		n.deleting = true
 	}
 	n.mu.Unlock()
 	if busy {
+		n.mu.Lock()
+		n.orphan = true
+		n.mu.Unlock()
 		if len(n.Endpoints()) > 0 {
 			c.log.Warn("cnm: global network deleted by another host while this host has endpoints on it: kept until they are deleted", "network", n.name)
 		}
 		return
 	}
 	c.dropGlobalNetwork(ctx, n)
+}
+
+// dropIfOrphan drops a global network another host deleted while this
+// host still had endpoints on it, once they are gone.
+func (g *globalPlane) dropIfOrphan(n *Network) {
+	n.mu.Lock()
+	drop := n.orphan && !n.deleting && len(n.epNames) == 0 && n.reaping == 0
+	if drop {
+		n.deleting = true
+	}
+	n.mu.Unlock()
+	if drop {
+		g.c.dropGlobalNetwork(context.Background(), n)
+	}
 }
 
 // watchNetworks follows networks/ from the revision restore listed.

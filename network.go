@@ -34,6 +34,7 @@ type Network struct {
 	// revision globalRev (records never change once written).
 	global    bool
 	globalRev uint64
+	orphan    bool // deleted by another host while this one had endpoints on it; guarded by mu
 
 	// mu guards the fields below.
 	mu        sync.Mutex
@@ -130,8 +131,7 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 	if drv.Capability().NoInterface && (cfg.ipv4 != nil || cfg.ipv6 != nil) {
 		return nil, fmt.Errorf("%w: network %q: %s networks take no addressing", ErrInvalid, name, driverName)
 	}
-	isGlobal := drv.Capability().Scope == driverapi.GlobalScope
-	if isGlobal {
+	if isGlobalDriver(drv) {
 		if err := c.checkGlobalConfig(driverName, name, &cfg); err != nil {
 			return nil, err
 		}
@@ -148,7 +148,7 @@ func (c *Controller) NewNetwork(ctx context.Context, driverName, name string, op
 // newNetwork does NewNetwork's work, once its input is checked; the caller
 // has begun an operation.
 func (c *Controller) newNetwork(ctx context.Context, drv driverapi.Driver, name string, cfg networkConfig) (_ *Network, retErr error) {
-	isGlobal := drv.Capability().Scope == driverapi.GlobalScope
+	isGlobal := isGlobalDriver(drv)
 	c.mu.Lock()
 	if c.networkNames[name] {
 		c.mu.Unlock()
@@ -220,7 +220,16 @@ func (c *Controller) newNetwork(ctx context.Context, drv driverapi.Driver, name 
 				if !isGlobal {
 					return nil
 				}
-				return c.global.uncommitNetwork(ctx, n)
+				if err := c.global.uncommitNetwork(ctx, n); err != nil {
+					// Other hosts may take the network meanwhile: its
+					// subnets and VXLAN ID stay reserved, and its keys go
+					// once etcd answers.
+					keepPools = true
+					c.global.outbox.post(gNetworkKey(n.id), nil)
+					c.global.outbox.post(gNameKey(n.name), nil)
+					return fmt.Errorf("remove the network's record from etcd; its subnets and VXLAN ID stay reserved: %w", err)
+				}
+				return nil
 			}},
 		step{name: stepNetworkCommit, do: func(ctx context.Context) error {
 			if isGlobal {

@@ -561,6 +561,55 @@ func TestOverlayEgress(t *testing.T) {
 	n, err := h1.Ctrl.NetworkByName(cnm.GatewayBridgeNetwork)
 	require.NoError(t, err)
 	assert.Empty(t, n.Endpoints())
+
+	// A sandbox on a bridge network already has a way out: its overlay
+	// join adds no gateway endpoint; when it leaves the bridge network, the
+	// overlay endpoint gets one.
+	br, err := h1.Ctrl.NewNetwork(ctx, "bridge", "br", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.122.0.0/24")}))
+	require.NoError(t, err)
+	sb, err := h1.Ctrl.NewSandbox(ctx, "both")
+	require.NoError(t, err)
+	bep, err := br.CreateEndpoint(ctx, "both-br")
+	require.NoError(t, err)
+	require.NoError(t, bep.Join(ctx, sb))
+	ov, err := h1.Ctrl.NetworkByName("ov")
+	require.NoError(t, err)
+	oep, err := ov.CreateEndpoint(ctx, "both-ov")
+	require.NoError(t, err)
+	require.NoError(t, oep.Join(ctx, sb))
+	require.Len(t, sb.Endpoints(), 2, "the bridge network gives the way out")
+	require.NoError(t, bep.Leave(ctx, sb))
+	eps = sb.Endpoints()
+	require.Len(t, eps, 2, "the overlay endpoint gets a gateway endpoint when the bridge goes")
+	conn, err = cnmtest.Dial(ctx, sb.Key(), outside, 2*time.Second)
+	require.NoError(t, err, "out through the gateway bridge")
+	conn.Close()
+	<-peers
+}
+
+// TestOverlayDeleteRightAfterContainers: a runtime removes a network's
+// containers and then the network at once. The containers' records leave
+// etcd in the background; the network's deletion sends them first.
+func TestOverlayDeleteRightAfterContainers(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{})
+	h1, h2 := cl.Hosts[0], cl.Hosts[1]
+	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.123.0.0/24")}))
+	require.NoError(t, err)
+	var cs []ovContainer
+	for i := range 5 {
+		cs = append(cs, ovRun(t, h1, "ov", fmt.Sprintf("c%d", i)))
+	}
+	for _, c := range cs {
+		require.NoError(t, c.sb.Delete(ctx))
+	}
+	require.NoError(t, nw.Delete(ctx))
+	require.Eventually(t, func() bool { _, err := h2.Ctrl.NetworkByName("ov"); return err != nil }, 5*time.Second, 10*time.Millisecond,
+		"the other host still has the deleted network")
+	// Its VXLAN ID and subnet are free: the same network can be made again.
+	_, err = h2.Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.123.0.0/24")}),
+		cnm.WithDriverOptions(map[string]string{"com.docker.network.driver.overlay.vxlanid_list": nw.DriverOptions()["com.docker.network.driver.overlay.vxlanid_list"]}))
+	require.NoError(t, err)
 }
 
 func TestOverlayResyncAfterCompaction(t *testing.T) {
@@ -746,7 +795,5 @@ func TestOverlayStaleRecordSwept(t *testing.T) {
 	h1.Start(t)
 	require.Eventually(t, func() bool { return n.Delete(ctx) == nil }, 5*time.Second, 20*time.Millisecond,
 		"the restarted controller never removed the record of its deleted endpoint")
-	_, err = h1.Ctrl.NetworkByName("ov")
 	require.Eventually(t, func() bool { _, err := h1.Ctrl.NetworkByName("ov"); return err != nil }, 5*time.Second, 10*time.Millisecond)
-	_ = err
 }

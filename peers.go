@@ -59,11 +59,15 @@ func (g *globalPlane) peerRecordOf(ep *Endpoint, sb *Sandbox) []byte {
 // ErrNotFound if the network was deleted meanwhile.
 func (g *globalPlane) publishEndpoint(ctx context.Context, ep *Endpoint) error {
 	conds := []etcdstore.Cond{{Key: gNetworkKey(ep.nw.id), Revision: ep.nw.globalRev}}
-	err := g.outbox.write(ctx, g, gEndpointKey(ep.nw.id, ep.id), g.peerRecordOf(ep, nil), conds)
+	key := gEndpointKey(ep.nw.id, ep.id)
+	err := g.outbox.write(ctx, g, key, g.peerRecordOf(ep, nil), conds)
 	if errors.Is(err, store.ErrConflict) {
 		return fmt.Errorf("%w: network %q was deleted by another host", ErrNotFound, ep.nw.name)
 	}
 	if err != nil {
+		// It may have landed all the same (a timeout on the answer):
+		// its deletion follows, once etcd answers.
+		g.outbox.post(key, nil)
 		return fmt.Errorf("global store: publish endpoint: %w", err)
 	}
 	return nil
@@ -85,47 +89,67 @@ func (g *globalPlane) republish() {
 			continue
 		}
 		for _, ep := range n.Endpoints() {
+			// A deleted endpoint's record goes; one in a join, leave or
+			// delete gets its record from that operation.
 			ep.mu.Lock()
-			sb := ep.sandbox
+			if !ep.deleted && !ep.busy {
+				g.outbox.post(gEndpointKey(n.id, ep.id), g.peerRecordOf(ep, ep.sandbox))
+			}
 			ep.mu.Unlock()
-			g.outbox.post(gEndpointKey(n.id, ep.id), g.peerRecordOf(ep, sb))
 		}
 	}
 }
 
 // outbox serialises this host's writes of each endpoint's record. A write
-// that must fail when etcd is down (create, join) is made at once; one
-// that must not (a leave, a sandbox's deletion) is posted and retried in
-// the background until it lands. A later write of a key replaces a
-// posted one that has not landed.
+// that must fail when etcd is down (CreateEndpoint) is made at once; one
+// that must not (a join, a leave, a sandbox's deletion) is posted and
+// retried in the background until it lands. A later write of a key
+// replaces a posted one that has not landed.
 type outbox struct {
 	mu      sync.Mutex
-	pending map[string][]byte // nil value: delete
-	locks   map[string]*sync.Mutex
+	pending map[string][]byte   // nil value: delete
+	locks   map[string]*keyLock // held while a key is written
 	kick    chan struct{}
 }
 
-func (o *outbox) init() {
-	o.pending, o.locks, o.kick = map[string][]byte{}, map[string]*sync.Mutex{}, make(chan struct{}, 1)
+// keyLock is one key's write lock, dropped from outbox.locks when nobody
+// holds or waits for it.
+type keyLock struct {
+	sync.Mutex
+	refs int // guarded by outbox.mu
 }
 
-// lock returns key's lock, held while the key is written.
-func (o *outbox) lock(key string) *sync.Mutex {
+func (o *outbox) init() {
+	o.pending, o.locks, o.kick = map[string][]byte{}, map[string]*keyLock{}, make(chan struct{}, 1)
+}
+
+// acquire locks key for writing; release unlocks it.
+func (o *outbox) acquire(key string) *keyLock {
 	o.mu.Lock()
-	defer o.mu.Unlock()
 	l := o.locks[key]
 	if l == nil {
-		l = &sync.Mutex{}
+		l = &keyLock{}
 		o.locks[key] = l
 	}
+	l.refs++
+	o.mu.Unlock()
+	l.Lock()
 	return l
+}
+
+func (o *outbox) release(key string, l *keyLock) {
+	l.Unlock()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if l.refs--; l.refs == 0 {
+		delete(o.locks, key)
+	}
 }
 
 // write writes val at key (nil: deletes key) now, if conds hold.
 func (o *outbox) write(ctx context.Context, g *globalPlane, key string, val []byte, conds []etcdstore.Cond) error {
-	l := o.lock(key)
-	l.Lock()
-	defer l.Unlock()
+	l := o.acquire(key)
+	defer o.release(key, l)
 	o.mu.Lock()
 	delete(o.pending, key)
 	o.mu.Unlock()
@@ -143,7 +167,7 @@ func (o *outbox) post(key string, val []byte) {
 	}
 }
 
-// run writes what is posted until g closes, retrying with backoff.
+// run writes what is posted until g stops, retrying with backoff.
 func (o *outbox) run(g *globalPlane) {
 	backoff := time.Duration(0)
 	for {
@@ -157,18 +181,7 @@ func (o *outbox) run(g *globalPlane) {
 		case <-o.kick:
 		case <-retry:
 		}
-		o.mu.Lock()
-		keys := make([]string, 0, len(o.pending))
-		for k := range o.pending {
-			keys = append(keys, k)
-		}
-		o.mu.Unlock()
-		failed := false
-		for _, k := range keys {
-			if !o.flush(g, k) {
-				failed = true
-			}
-		}
+		failed := o.flushAll(g.ctx, g, "") != nil
 		switch {
 		case !failed:
 			backoff = 0
@@ -180,27 +193,41 @@ func (o *outbox) run(g *globalPlane) {
 	}
 }
 
-// flush writes key's posted value, if it is still posted; false if the
-// write failed (it stays posted).
-func (o *outbox) flush(g *globalPlane, key string) bool {
-	l := o.lock(key)
-	l.Lock()
-	defer l.Unlock()
+// flushAll writes every posted value whose key has the prefix now; the
+// error is the first failure (what failed stays posted).
+func (o *outbox) flushAll(ctx context.Context, g *globalPlane, prefix string) error {
+	o.mu.Lock()
+	var keys []string
+	for k := range o.pending {
+		if strings.HasPrefix(k, prefix) {
+			keys = append(keys, k)
+		}
+	}
+	o.mu.Unlock()
+	var first error
+	for _, k := range keys {
+		if err := o.flush(ctx, g, k); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// flush writes key's posted value, if it is still posted; on failure it
+// stays posted, unless a newer one replaced it meanwhile.
+func (o *outbox) flush(ctx context.Context, g *globalPlane, key string) error {
+	l := o.acquire(key)
+	defer o.release(key, l)
 	o.mu.Lock()
 	val, ok := o.pending[key]
 	delete(o.pending, key)
 	o.mu.Unlock()
 	if !ok {
-		return true
+		return nil
 	}
-	err := g.put(g.ctx, key, val, nil)
+	err := g.put(ctx, key, val, nil)
 	if err == nil {
-		if val == nil {
-			o.mu.Lock()
-			delete(o.locks, key)
-			o.mu.Unlock()
-		}
-		return true
+		return nil
 	}
 	if g.ctx.Err() == nil {
 		g.c.log.Warn("cnm: global store: write endpoint record: retrying", "key", key, "err", err)
@@ -210,7 +237,7 @@ func (o *outbox) flush(g *globalPlane, key string) bool {
 		o.pending[key] = val
 	}
 	o.mu.Unlock()
-	return false
+	return fmt.Errorf("write %s: %w", key, err)
 }
 
 // put writes one endpoint record under the host's lease, or deletes it.
@@ -227,60 +254,57 @@ func (g *globalPlane) put(ctx context.Context, key string, val []byte, conds []e
 // the global networks this host has endpoints on, each followed by a
 // watch of its own (a host on one network of a hundred hears of that one
 // only; see docs/overlay-scale.md).
+//
+// Lock order: watchMu, then Network.mu; mu is taken alone (and held
+// while the overlay driver programs a peer, so that the kernel follows the
+// table in the table's order).
 type peerTable struct {
 	mu    sync.Mutex
 	byKey map[string]peerRecord // endpoints/<network>/<endpoint> of other hosts
 
 	watchMu sync.Mutex
-	watches map[string]context.CancelFunc // by network ID
+	watches map[string]*peerWatch // by network ID
 }
 
-// follow starts the watch of network n's peers, unless it runs.
-func (t *peerTable) follow(g *globalPlane, n *Network) {
-	t.watchMu.Lock()
-	defer t.watchMu.Unlock()
-	if t.watches == nil {
-		t.watches = map[string]context.CancelFunc{}
-	}
-	if _, ok := t.watches[n.id]; ok || g.ctx.Err() != nil {
-		return
-	}
-	ctx, cancel := context.WithCancel(g.ctx)
-	t.watches[n.id] = cancel
-	g.wg.Add(1)
-	go func() {
-		defer g.wg.Done()
-		g.watchPeers(ctx, gEndpoints+n.id+"/")
-	}()
-}
-
-// unfollow stops the watch of network id's peers and forgets them: this
-// host has no endpoint on it any more.
-func (t *peerTable) unfollow(g *globalPlane, id string) {
-	t.watchMu.Lock()
-	cancel := t.watches[id]
-	delete(t.watches, id)
-	t.watchMu.Unlock()
-	if cancel == nil {
-		return
-	}
-	cancel()
-	t.resync(g, gEndpoints+id+"/", nil)
+// peerWatch is the watch of one network's peers.
+type peerWatch struct {
+	cancel context.CancelFunc
+	done   chan struct{} // closed when its goroutine has returned
 }
 
 // followIfUsed starts or stops the watch of n's peers as this host has
-// endpoints on it or not.
+// endpoints on it or not. A stopped watch's goroutine has returned and its
+// peers are gone when it returns.
 func (g *globalPlane) followIfUsed(n *Network) {
 	if !n.global {
 		return
 	}
+	t := &g.peers
+	t.watchMu.Lock()
+	defer t.watchMu.Unlock()
 	n.mu.Lock()
 	used := len(n.endpoints) > 0
 	n.mu.Unlock()
-	if used {
-		g.peers.follow(g, n)
-	} else {
-		g.peers.unfollow(g, n.id)
+	w := t.watches[n.id]
+	switch {
+	case used && w == nil && g.ctx.Err() == nil:
+		if t.watches == nil {
+			t.watches = map[string]*peerWatch{}
+		}
+		ctx, cancel := context.WithCancel(g.ctx)
+		w = &peerWatch{cancel: cancel, done: make(chan struct{})}
+		t.watches[n.id] = w
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			defer close(w.done)
+			g.watchPeers(ctx, gEndpoints+n.id+"/")
+		}()
+	case !used && w != nil:
+		delete(t.watches, n.id)
+		w.cancel()
+		<-w.done // no batch of it is applied after the peers go
+		t.resync(g, gEndpoints+n.id+"/", nil)
 	}
 }
 

@@ -180,6 +180,9 @@ func (ep *Endpoint) reap(req driverapi.LeaveRequest, hold *Sandbox) {
 		n.mu.Lock()
 		n.reaping--
 		n.mu.Unlock()
+		if n.global {
+			c.global.dropIfOrphan(n)
+		}
 		if err != nil {
 			return fmt.Errorf("remove interface %s of endpoint %q: %w", req.InterfaceName, ep.name, err)
 		}

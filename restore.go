@@ -372,6 +372,14 @@ func (c *Controller) restoreEndpoint(ctx context.Context, r endpointRecord, aliv
 			continue // a plugin holds its addresses itself
 		}
 		if _, err := n.requestAddress(ctx, a.fam, a.addr.Addr()); err != nil {
+			if n.global && errors.Is(err, ErrExists) {
+				// This host was away for longer than its lease: another
+				// host took the block. Its interface keeps the address;
+				// refusing to start would not give it back.
+				c.log.Error("cnm: restore: an address of this host was taken by another host while its lease was lost",
+					"network", n.name, "endpoint", r.Name, "address", a.addr, "err", err)
+				continue
+			}
 			return nil, false, fmt.Errorf("reserve %s: %w", a.addr, err)
 		}
 	}

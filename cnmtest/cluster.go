@@ -22,10 +22,14 @@ import (
 // namespace (run the tests in a fresh one, as the README's test script
 // does); their VXLAN tunnels run over the underlay.
 type Cluster struct {
-	Etcd   *etcdtest.Server
-	Switch *osl.Namespace // holds the underlay's bridge "sw0"
-	Hosts  []*ClusterHost
-	opts   ClusterOptions
+	// Etcd is the cluster's global store (Stop and Restart it to test an
+	// outage).
+	Etcd *etcdtest.Server
+	// Switch holds the underlay's bridge "sw0".
+	Switch *osl.Namespace
+	// Hosts are the hosts, host i with VTEP 192.0.2.<i+1>.
+	Hosts []*ClusterHost
+	opts  ClusterOptions
 }
 
 // ClusterOptions tune [NewCluster].
@@ -45,6 +49,7 @@ type ClusterOptions struct {
 // ClusterHost is one host of a [Cluster].
 type ClusterHost struct {
 	*HostNS
+	// VTEP is the host's underlay address (its link ul0's).
 	VTEP netip.Addr
 	// Ctrl is the host's controller; nil after Kill until Start.
 	Ctrl *cnm.Controller
@@ -150,9 +155,11 @@ func (h *ClusterHost) Start(t testing.TB) {
 	h.Ctrl = c
 }
 
-// Kill stops the host's controller as a crash would, for the cluster: it
-// stops renewing its lease (nothing is revoked, the data plane stays), so
-// the other hosts lose its peers when the lease's TTL ends.
+// Kill stops the host's controller as a crash looks to the other hosts:
+// it stops renewing its lease (nothing is revoked, the data plane stays),
+// so they lose its peers when the lease's TTL ends. On the host itself it
+// is a Close: operations in flight finish, and writes not yet made to etcd
+// are made by the next Start.
 func (h *ClusterHost) Kill(t testing.TB) {
 	t.Helper()
 	if h.Ctrl == nil {
