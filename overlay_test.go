@@ -797,3 +797,31 @@ func TestOverlayStaleRecordSwept(t *testing.T) {
 		"the restarted controller never removed the record of its deleted endpoint")
 	require.Eventually(t, func() bool { _, err := h1.Ctrl.NetworkByName("ov"); return err != nil }, 5*time.Second, 10*time.Millisecond)
 }
+
+// TestOverlayLeaseLost: a host cut off etcd for longer than its lease's
+// TTL loses its peers on the others; once it is back, it takes a new lease,
+// claims its addresses again and publishes its endpoints again, without a
+// restart.
+func TestOverlayLeaseLost(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{LeaseTTL: 2 * time.Second, Proxied: true})
+	h1, h2 := cl.Hosts[0], cl.Hosts[1]
+	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.160.0.0/24")}))
+	require.NoError(t, err)
+	a, b := ovRun(t, h1, "ov", "a"), ovRun(t, h2, "ov", "b")
+	echoServer(t, b)
+	requireReach(t, a, b)
+	r := sandboxResolver(a.sb.Key())
+
+	h2.Proxy.Pause()
+	require.Eventually(t, func() bool { _, err := lookup(t, r, "b"); return err != nil }, 10*time.Second, 20*time.Millisecond,
+		"h2's lease never ended")
+	h2.Proxy.Resume()
+	require.Eventually(t, func() bool { _, err := lookup(t, r, "b"); return err == nil }, 15*time.Second, 50*time.Millisecond,
+		"h2 never published its endpoint again")
+	requireReach(t, a, b)
+	// Its address is its own again: h1 cannot take it.
+	n := waitNetwork(t, h1.Ctrl, "ov")
+	_, err = n.CreateEndpoint(ctx, "taker", cnm.WithIPv4Address(b.addr))
+	require.ErrorIs(t, err, cnm.ErrExists)
+}
