@@ -326,7 +326,11 @@ func (n *Network) releaseAddress(ctx context.Context, fam *networkIPAM, a netip.
 	if fam == nil || fam.null || !a.IsValid() {
 		return
 	}
-	if err := fam.alloc.ReleaseAddress(context.WithoutCancel(ctx), fam.poolID, a.Addr()); err != nil {
+	err := fam.alloc.ReleaseAddress(context.WithoutCancel(ctx), fam.poolID, a.Addr())
+	if err != nil && n.global && errors.Is(err, ErrNotFound) {
+		return // another host deleted the network, and its pool with it
+	}
+	if err != nil {
 		n.ctrl.log.Warn("cnm: release address", "address", a, "err", err)
 	}
 }

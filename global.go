@@ -106,6 +106,10 @@ func WithAdvertiseAddress(a netip.Addr) Option {
 	}
 }
 
+// overlayIdle is how long an overlay network's namespace stays on a host
+// after its last container there left: a container that restarts finds it.
+const overlayIdle = 5 * time.Second
+
 // errNoGlobal is the error for a global-scope network on a controller
 // that is not part of a cluster.
 func errNoGlobal(driver, name string) error {
@@ -142,10 +146,13 @@ type globalPlane struct {
 	leaseMu sync.RWMutex // guards lease and vnis
 	lease   *etcdstore.Lease
 
-	peers   peerTable // other hosts' endpoints, as watched (peers.go)
-	making  sync.Map  // IDs of global networks this host is making
-	outbox  outbox    // this host's endpoint records still to write (peers.go)
-	netsRev uint64    // revision of the networks/ listing restore used
+	peers  peerTable // other hosts' endpoints, as watched (peers.go)
+	making sync.Map  // IDs of global networks this host is making
+
+	pendingMu sync.Mutex
+	pending   map[string]store.KV // global networks not taken yet, by ID
+	outbox    outbox              // this host's endpoint records still to write (peers.go)
+	netsRev   uint64              // revision of the networks/ listing restore used
 }
 
 // openGlobal connects to etcd, takes back the host's lease or grants a new
@@ -184,7 +191,7 @@ func (c *Controller) openGlobal(ctx context.Context) (_ *globalPlane, retErr err
 	if err := g.newAllocators(); err != nil {
 		return nil, err
 	}
-	ov, err := overlay.New(overlay.Config{HostNS: c.hostNS, AdvertiseAddress: g.vtep, RunDir: filepath.Join(c.files, "overlay")})
+	ov, err := overlay.New(overlay.Config{HostNS: c.hostNS, AdvertiseAddress: g.vtep, RunDir: filepath.Join(c.files, "overlay"), IdleTimeout: overlayIdle})
 	if err != nil {
 		return nil, err
 	}
@@ -360,6 +367,7 @@ func (g *globalPlane) stop() {
 	g.peers.watchMu.Lock()
 	g.peers.watchMu.Unlock()
 	g.wg.Wait()
+	g.ov.Close()
 }
 
 // closeStore closes the allocators and the etcd client, after stop. The

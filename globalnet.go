@@ -208,6 +208,7 @@ func (c *Controller) dropGlobalNetwork(ctx context.Context, n *Network) {
 	delete(c.networkNames, n.name)
 	c.mu.Unlock()
 	c.emit(Event{Type: EventNetworkDeleted, NetworkID: n.id, Detail: n.name})
+	c.global.retryPending()
 }
 
 // adoptGlobalNetwork makes this host's Network of a global network from
@@ -284,7 +285,8 @@ func (g *globalPlane) addNetwork(ctx context.Context, kv store.KV, restore bool)
 		return nil
 	}
 	if taken {
-		c.log.Warn("cnm: global network not taken: a network of this host has its name", "network", r.Name, "id", r.ID)
+		c.log.Warn("cnm: global network not taken yet: a network of this host has its name", "network", r.Name, "id", r.ID)
+		g.setPending(kv)
 		return nil
 	}
 	n, err := c.adoptGlobalNetwork(ctx, r, kv.Revision, restore)
@@ -297,10 +299,15 @@ func (g *globalPlane) addNetwork(ctx context.Context, kv store.KV, restore bool)
 	c.mu.Unlock()
 	if err != nil {
 		// Another host's network this one cannot serve (an encrypted
-		// network where the kernel has no ESP, say): not a reason to fail.
+		// network where the kernel has no ESP, say), or not yet (its
+		// VXLAN ID is still a network's another host deleted, which this
+		// host is still removing): not a reason to fail; it is tried
+		// again whenever a network goes from this host.
 		c.log.Warn("cnm: take global network", "network", r.Name, "err", err)
+		g.setPending(kv)
 		return nil
 	}
+	g.clearPending(r.ID)
 	g.peers.networkAdded(g, n)
 	if !restore {
 		c.emit(Event{Type: EventNetworkCreated, NetworkID: n.id, Detail: n.name})
@@ -308,11 +315,43 @@ func (g *globalPlane) addNetwork(ctx context.Context, kv store.KV, restore bool)
 	return nil
 }
 
+// setPending keeps a global network's record this host could not take
+// yet; clearPending forgets it (taken, or deleted).
+func (g *globalPlane) setPending(kv store.KV) {
+	g.pendingMu.Lock()
+	defer g.pendingMu.Unlock()
+	if g.pending == nil {
+		g.pending = map[string]store.KV{}
+	}
+	g.pending[strings.TrimPrefix(kv.Key, gNetworks)] = kv
+}
+
+func (g *globalPlane) clearPending(id string) {
+	g.pendingMu.Lock()
+	defer g.pendingMu.Unlock()
+	delete(g.pending, id)
+}
+
+// retryPending tries again to take the networks this host could not take
+// yet: a network that went from this host may have been in their way.
+func (g *globalPlane) retryPending() {
+	g.pendingMu.Lock()
+	kvs := make([]store.KV, 0, len(g.pending))
+	for _, kv := range g.pending {
+		kvs = append(kvs, kv)
+	}
+	g.pendingMu.Unlock()
+	for _, kv := range kvs {
+		_ = g.addNetwork(g.ctx, kv, false)
+	}
+}
+
 // removeNetwork drops a global network another host deleted, unless this
 // host still has endpoints on it (which etcd's transaction rules out
 // unless this host's lease had ended): those keep it until they go.
 func (g *globalPlane) removeNetwork(ctx context.Context, id string) {
 	c := g.c
+	g.clearPending(id)
 	c.mu.Lock()
 	n := c.networks[id]
 	c.mu.Unlock()
@@ -389,6 +428,13 @@ func (g *globalPlane) applyNetworks(b etcdstore.WatchBatch) {
 				g.removeNetwork(ctx, n.id)
 			}
 		}
+		g.pendingMu.Lock()
+		for id := range g.pending {
+			if !seen[id] {
+				delete(g.pending, id)
+			}
+		}
+		g.pendingMu.Unlock()
 		return
 	}
 	for _, ev := range b.Events {

@@ -501,6 +501,9 @@ func (n *Network) Delete(ctx context.Context) (retErr error) {
 	delete(c.networkNames, n.name)
 	c.mu.Unlock()
 	c.emit(Event{Type: EventNetworkDeleted, NetworkID: n.id, Detail: n.name})
+	if c.global != nil {
+		c.global.retryPending() // a global network may have waited for the name
+	}
 	return nil
 }
 

@@ -2,6 +2,7 @@ package cnm_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -56,12 +57,11 @@ func fastNeighbours(b *testing.B, sb *cnm.Sandbox) {
 // Join returning until a TCP connect from a container on each other host
 // succeeds (conv-p50/p99, one sample per other host and join; the peer
 // record is written at CreateEndpoint, so create-to-conn-p50/p99 also
-// reports the time from CreateEndpoint's call), and beside
-// it the floor: an etcd put until a watch on another client sees it
-// (floor-p50/p99), in the same run. "warm": host 1 has another container
-// on the network, as a host usually has; "cold": each join is the host's
-// only one, so its Join makes the network's namespace and the previous
-// one's leave dropped it.
+// reports the time from CreateEndpoint's call), and beside it the floor:
+// an etcd put until a watch on another client sees it (floor-p50/p99), in
+// the same run. "warm": host 1 has another container on the network, as a
+// host usually has; "cold": each join is host 1's first on a network made
+// for it, so its Join makes the network's namespace there.
 func BenchmarkOverlayConvergence(b *testing.B) {
 	for _, hosts := range []int{3, 8} {
 		for _, warm := range []bool{true, false} {
@@ -77,20 +77,44 @@ func BenchmarkOverlayConvergence(b *testing.B) {
 func benchConvergence(b *testing.B, hosts int, warm bool) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(b, hosts, cnmtest.ClusterOptions{LeaseTTL: 10 * time.Second})
-	nw, err := cl.Hosts[0].Ctrl.NewNetwork(ctx, "overlay", "conv", cnm.WithInternal(), cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.200.0.0/16")}))
-	if err != nil {
-		b.Fatal(err)
+	h1 := cl.Hosts[0]
+	// network makes a network on host 1 and a client container on it on
+	// every other host; done deletes them.
+	network := func(i int) (nw *cnm.Network, clients []*cnm.Sandbox, done func()) {
+		nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", fmt.Sprintf("conv%d", i), cnm.WithInternal(),
+			cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix(fmt.Sprintf("10.%d.%d.0/24", 200+i/256, i%256))}))
+		if err != nil {
+			b.Fatal(err)
+		}
+		for j, h := range cl.Hosts[1:] {
+			n := waitNetworkB(b, h.Ctrl, nw.Name())
+			sb := setupContainer(b, h.Ctrl, n, fmt.Sprintf("client%d-%d", i, j))
+			fastNeighbours(b, sb)
+			clients = append(clients, sb)
+		}
+		return nw, clients, func() {
+			for _, sb := range clients {
+				if err := sb.Delete(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			// The clients' records leave etcd in the background.
+			for start := time.Now(); ; time.Sleep(5 * time.Millisecond) {
+				err := nw.Delete(ctx)
+				if err == nil {
+					break
+				}
+				if !errors.Is(err, cnm.ErrInUse) || time.Since(start) > 5*time.Second {
+					b.Fatal(err)
+				}
+			}
+		}
 	}
-	// A client container on every other host.
-	var clients []*cnm.Sandbox
-	for i, h := range cl.Hosts[1:] {
-		n := waitNetworkB(b, h.Ctrl, "conv")
-		sb := setupContainer(b, h.Ctrl, n, fmt.Sprintf("client%d", i))
-		fastNeighbours(b, sb)
-		clients = append(clients, sb)
-	}
+	var shared *cnm.Network
+	var sharedClients []*cnm.Sandbox
 	if warm {
-		setupContainer(b, cl.Hosts[0].Ctrl, nw, "neighbour")
+		shared, sharedClients, _ = network(0)
+		setupContainer(b, h1.Ctrl, shared, "neighbour")
 	}
 	floor := etcdFloor(b, cl.Etcd.Endpoints(), b.N)
 
@@ -98,8 +122,12 @@ func benchConvergence(b *testing.B, hosts int, warm bool) {
 	b.ResetTimer()
 	for i := range b.N {
 		b.StopTimer()
+		nw, clients, done := shared, sharedClients, func() {}
+		if !warm {
+			nw, clients, done = network(i)
+		}
 		name := fmt.Sprintf("s%d", i)
-		sb, err := cl.Hosts[0].Ctrl.NewSandbox(ctx, name)
+		sb, err := h1.Ctrl.NewSandbox(ctx, name)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -127,12 +155,12 @@ func benchConvergence(b *testing.B, hosts int, warm bool) {
 		}
 		joined := time.Now()
 		to := netip.AddrPortFrom(ep.Info().IPv4.Addr(), 7)
-		done := make(chan time.Duration, len(clients))
+		results := make(chan time.Duration, len(clients))
 		for _, c := range clients {
-			go func() { done <- connectUntil(ctx, c.Key(), to, joined) }()
+			go func() { results <- connectUntil(ctx, c.Key(), to, joined) }()
 		}
 		for range clients {
-			d := <-done
+			d := <-results
 			if d < 0 {
 				b.Fatalf("join %d: no connect from another host within 5s", i)
 			}
@@ -144,6 +172,7 @@ func benchConvergence(b *testing.B, hosts int, warm bool) {
 		if err := sb.Delete(ctx); err != nil {
 			b.Fatal(err)
 		}
+		done()
 		b.StartTimer()
 	}
 	b.StopTimer()

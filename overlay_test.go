@@ -825,3 +825,23 @@ func TestOverlayLeaseLost(t *testing.T) {
 	_, err = n.CreateEndpoint(ctx, "taker", cnm.WithIPv4Address(b.addr))
 	require.ErrorIs(t, err, cnm.ErrExists)
 }
+
+// TestOverlayVNIReusedAtOnce: a network deleted and another made at once
+// get the same VXLAN ID. A host still removing the first (its container's
+// interface is still going) takes the second as soon as the first is gone.
+func TestOverlayVNIReusedAtOnce(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{LeaseTTL: 10 * time.Second})
+	h1, h2 := cl.Hosts[0], cl.Hosts[1]
+	vnis := map[string]bool{}
+	for i := range 3 {
+		nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", fmt.Sprintf("n%d", i), cnm.WithInternal(),
+			cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix(fmt.Sprintf("10.170.%d.0/24", i))}))
+		require.NoError(t, err)
+		vnis[nw.DriverOptions()["com.docker.network.driver.overlay.vxlanid_list"]] = true
+		c := ovRun(t, h2, nw.Name(), fmt.Sprintf("c%d", i))
+		require.NoError(t, c.sb.Delete(ctx))
+		require.Eventually(t, func() bool { return nw.Delete(ctx) == nil }, 5*time.Second, 5*time.Millisecond)
+	}
+	assert.Len(t, vnis, 1, "the test needs the VXLAN ID reused")
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
+	"time"
 
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/internal/linkrules"
@@ -89,6 +90,10 @@ func (d *Driver) Join(ctx context.Context, req driverapi.JoinRequest) (resp driv
 	if ep.hostIf != "" {
 		return resp, fmt.Errorf("%w: endpoint %s is already joined (veth %s)", driverapi.ErrExists, req.EndpointID, ep.hostIf)
 	}
+	if n.idle != nil { // the namespace is taken again before it is dropped
+		n.idle.Stop()
+		n.idle = nil
+	}
 	if n.sb == nil {
 		if err := d.makeSandbox(ctx, n); err != nil {
 			return resp, err
@@ -159,7 +164,27 @@ func (d *Driver) Leave(ctx context.Context, req driverapi.LeaveRequest) error {
 	ep.hostIf = ""
 	n.joined--
 	if n.joined == 0 {
+		if d.cfg.IdleTimeout > 0 {
+			var t *time.Timer
+			t = time.AfterFunc(d.cfg.IdleTimeout, func() { d.dropIdle(n, t) })
+			n.idle = t
+			return nil
+		}
 		return d.dropSandbox(ctx, n)
 	}
 	return nil
+}
+
+// dropIdle drops network n's namespace when its idle timer t fires, unless
+// a join took the namespace meanwhile.
+func (d *Driver) dropIdle(n *network, t *time.Timer) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.idle != t || n.joined > 0 {
+		return
+	}
+	n.idle = nil
+	// A failure leaves the namespace: DeleteNetwork, or the next
+	// FinishRestore, drops it.
+	_ = d.dropSandbox(context.Background(), n)
 }

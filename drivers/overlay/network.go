@@ -159,6 +159,10 @@ func (d *Driver) DeleteNetwork(ctx context.Context, id string) error {
 	if len(n.endpoints) > 0 {
 		return fmt.Errorf("%w: overlay network %s has %d endpoints", driverapi.ErrInUse, id, len(n.endpoints))
 	}
+	if n.idle != nil {
+		n.idle.Stop()
+		n.idle = nil
+	}
 	if n.sb != nil {
 		if err := d.dropSandbox(ctx, n); err != nil {
 			return err
@@ -168,4 +172,24 @@ func (d *Driver) DeleteNetwork(ctx context.Context, id string) error {
 	delete(d.networks, id)
 	d.mu.Unlock()
 	return nil
+}
+
+// Close stops the driver's timers: idle namespaces are no longer dropped
+// (a later driver's FinishRestore drops them). Nothing else is touched:
+// the data plane keeps running.
+func (d *Driver) Close() {
+	d.mu.Lock()
+	nets := make([]*network, 0, len(d.networks))
+	for _, n := range d.networks {
+		nets = append(nets, n)
+	}
+	d.mu.Unlock()
+	for _, n := range nets {
+		n.mu.Lock()
+		if n.idle != nil {
+			n.idle.Stop()
+			n.idle = nil
+		}
+		n.mu.Unlock()
+	}
 }

@@ -1,0 +1,66 @@
+package overlay
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestIdleTimeout: with Config.IdleTimeout, a network's namespace outlives
+// the leave of its last endpoint for that long, a join meanwhile takes the
+// same namespace (and its peers) back, and DeleteNetwork drops it at once.
+func TestIdleTimeout(t *testing.T) {
+	ctx := context.Background()
+	h1, h2 := newHosts(t, 1500)
+	h1.d.cfg.IdleTimeout = 300 * time.Millisecond
+	req := testNet("1d1e1d1e1d1e1d1e", 4400, "10.72.0.0/24")
+	require.NoError(t, h1.d.CreateNetwork(ctx, req))
+	require.NoError(t, h2.d.CreateNetwork(ctx, req))
+	path := h1.d.sandboxPath(req.ID)
+	inode := func() uint64 {
+		var st unix.Stat_t
+		require.NoError(t, unix.Stat(path, &st))
+		return st.Ino
+	}
+
+	a := join(t, h1, req.ID, "a", "10.72.0.2/24", "02:42:0a:48:00:02")
+	b := join(t, h2, req.ID, "b", "10.72.0.3/24", "02:42:0a:48:00:03")
+	require.NoError(t, h1.d.AddPeer(ctx, b.peer()))
+	require.NoError(t, h2.d.AddPeer(ctx, a.peer()))
+	serve(t, b.sb, 7000, "b")
+	first := inode()
+	a.leave(t)
+	_, err := os.Stat(path)
+	require.NoError(t, err, "the namespace outlives its last leave")
+
+	// A join within the timeout takes it back, peers and all.
+	a2 := join(t, h1, req.ID, "a2", "10.72.0.4/24", "02:42:0a:48:00:04")
+	require.NoError(t, h2.d.AddPeer(ctx, a2.peer()))
+	assert.Equal(t, first, inode(), "the same namespace")
+	got, err := ask(a2.sb, netip.MustParseAddrPort("10.72.0.3:7000"), time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, "b", got)
+	time.Sleep(500 * time.Millisecond)
+	_, err = os.Stat(path)
+	require.NoError(t, err, "a joined network's namespace stays")
+
+	// Idle past the timeout: dropped.
+	a2.leave(t)
+	require.Eventually(t, func() bool { _, err := os.Stat(path); return os.IsNotExist(err) }, 3*time.Second, 10*time.Millisecond)
+
+	// Idle, then deleted: dropped at once.
+	a3 := join(t, h1, req.ID, "a3", "10.72.0.5/24", "02:42:0a:48:00:05")
+	a3.leave(t)
+	require.NoError(t, h1.d.DeleteNetwork(ctx, req.ID))
+	_, err = os.Stat(path)
+	require.True(t, os.IsNotExist(err), "DeleteNetwork drops an idle namespace at once")
+	b.leave(t)
+	require.NoError(t, h2.d.DeleteNetwork(ctx, req.ID))
+}
