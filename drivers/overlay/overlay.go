@@ -6,8 +6,8 @@
 // Kernel objects, per overlay network, on a host with joined endpoints:
 //   - a network namespace bind-mounted at Config.RunDir/"ov-" and the first
 //     12 characters of the network ID, made at the first Join and dropped
-//     (with everything in it) when the last endpoint leaves or the network
-//     is deleted;
+//     (with everything in it) when the last endpoint leaves (or
+//     Config.IdleTimeout later) or the network is deleted;
 //   - inside it, the bridge "br0" carrying the network's gateway addresses;
 //   - the VXLAN device "vxlan0", a port of that bridge: made by a request
 //     sent from the host namespace, so that its UDP socket is bound in the
