@@ -106,6 +106,11 @@ func WithAdvertiseAddress(a netip.Addr) Option {
 	}
 }
 
+// minBlocks is the fewest address blocks an overlay subnet is cut into:
+// the most hosts with containers on one network that a small subnet
+// serves (a /24 is cut into /29s of 8 addresses; a /16 keeps /26 blocks).
+const minBlocks = 32
+
 // overlayIdle is how long an overlay network's namespace stays on a host
 // after its last container there left: a container that restarts finds it.
 const overlayIdle = 5 * time.Second
@@ -237,7 +242,7 @@ func (g *globalPlane) takeLease(ctx context.Context) error {
 // lease.
 func (g *globalPlane) newAllocators() error {
 	host := string(g.c.owner)
-	a, err := global.New(global.Config{Store: g.kv, Lease: g.lease, Host: host})
+	a, err := global.New(global.Config{Store: g.kv, Lease: g.lease, Host: host, MinBlocks: minBlocks})
 	if err != nil {
 		return err
 	}

@@ -247,7 +247,7 @@ func TestOverlayHostKilled(t *testing.T) {
 	t.Logf("peer gone %s after the kill (lease TTL 2s)", took)
 	assert.Less(t, took, 6*time.Second)
 
-	// Its block (a /26) is free again: h1 can take the killed host's
+	// Its address block is free again: h1 can take the killed host's
 	// address.
 	n := waitNetwork(t, h1.Ctrl, "ov")
 	ep, err := n.CreateEndpoint(ctx, "taker", cnm.WithIPv4Address(b.addr))

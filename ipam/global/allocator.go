@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -157,6 +158,12 @@ func (a *Allocator) RequestPool(ctx context.Context, req ipam.PoolRequest) (ipam
 		bs = a.cfg.BlockSizeV6
 	}
 	bs = max(bs, subnet.Bits())
+	if a.cfg.MinBlocks > 1 {
+		// At least MinBlocks blocks, so that a small subnet (Docker's
+		// overlay /24) still serves that many hosts.
+		need := bits.Len(uint(a.cfg.MinBlocks - 1))
+		bs = max(bs, min(subnet.Bits()+need, subnet.Addr().BitLen()))
+	}
 	for attempt := 1; ; attempt++ {
 		id, key := newPoolID(subnet)
 		val, _ := json.Marshal(poolRecord{ID: id, Subnet: subnet.String(), BlockSize: bs})

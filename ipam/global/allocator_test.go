@@ -2,6 +2,7 @@ package global
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"strings"
@@ -489,4 +490,39 @@ func TestPoolReleasedAndRequestedAgain(t *testing.T) {
 			t.Fatalf("%s: %d lookups and %d deletes remembered with no call in flight, want none", h.name, n, m)
 		}
 	}
+}
+
+// TestMinBlocks: with MinBlocks, a small subnet is cut into small enough
+// blocks for that many hosts; a big one keeps the block size.
+func TestMinBlocks(t *testing.T) {
+	_, hs := newHosts(t, 1)
+	h := hs[0]
+	ctx := t.Context()
+	a, err := New(Config{Store: h.st, Lease: h.lease, Host: "a", MinBlocks: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	for _, tc := range []struct {
+		subnet string
+		bits   int
+	}{{"10.9.0.0/24", 28}, {"10.10.0.0/16", 26}, {"10.11.0.0/30", 32}} {
+		pool, err := a.RequestPool(ctx, ipam.PoolRequest{Subnet: netip.MustParsePrefix(tc.subnet)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		kv, err := h.st.Get(ctx, poolPrefix+poolKey(t, pool.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rec poolRecord
+		if err := json.Unmarshal(kv.Value, &rec); err != nil {
+			t.Fatal(err)
+		}
+		if rec.BlockSize != tc.bits {
+			t.Errorf("%s: block size /%d, want /%d", tc.subnet, rec.BlockSize, tc.bits)
+		}
+	}
+	_, err = New(Config{Store: h.st, Lease: h.lease, Host: "x", MinBlocks: -1})
+	wantErr(t, err, errdefs.ErrInvalid, "min blocks")
 }

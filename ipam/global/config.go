@@ -30,6 +30,11 @@ type Config struct {
 	// BlockSizeV6 is the prefix length of an IPv6 block, 112..128; zero
 	// means [DefaultBlockSizeV6].
 	BlockSizeV6 int
+	// MinBlocks, when above 1, makes the pools this host requests cut
+	// into at least that many blocks (smaller blocks than the block size
+	// for small subnets), so that a pool serves at least that many hosts:
+	// with 16, a /24 is cut into /28s. Zero: the block size alone.
+	MinBlocks int
 }
 
 // check validates the fields every allocator of this package needs.
@@ -60,6 +65,9 @@ func (cfg Config) validate() (Config, error) {
 	}
 	if cfg.BlockSizeV4 < 16 || cfg.BlockSizeV4 > 32 {
 		return cfg, fmt.Errorf("%w: block size v4 /%d is outside /16../32", errdefs.ErrInvalid, cfg.BlockSizeV4)
+	}
+	if cfg.MinBlocks < 0 || cfg.MinBlocks > 1<<16 {
+		return cfg, fmt.Errorf("%w: min blocks %d is outside 0..65536", errdefs.ErrInvalid, cfg.MinBlocks)
 	}
 	if cfg.BlockSizeV6 < 112 || cfg.BlockSizeV6 > 128 {
 		return cfg, fmt.Errorf("%w: block size v6 /%d is outside /112../128", errdefs.ErrInvalid, cfg.BlockSizeV6)
