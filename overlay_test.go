@@ -845,3 +845,25 @@ func TestOverlayVNIReusedAtOnce(t *testing.T) {
 	}
 	assert.Len(t, vnis, 1, "the test needs the VXLAN ID reused")
 }
+
+// TestOverlaySmallSubnetManyHosts: Docker's usual overlay /24 serves more
+// hosts than a /24 has /26 blocks.
+func TestOverlaySmallSubnetManyHosts(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 6, cnmtest.ClusterOptions{LeaseTTL: 10 * time.Second})
+	_, err := cl.Hosts[0].Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.180.0.0/24")}))
+	require.NoError(t, err)
+	var cs []ovContainer
+	for i, h := range cl.Hosts {
+		n := waitNetwork(t, h.Ctrl, "ov")
+		ep, err := n.CreateEndpoint(ctx, fmt.Sprintf("c%d", i))
+		require.NoError(t, err, "host %d", i+1)
+		sb, err := h.Ctrl.NewSandbox(ctx, fmt.Sprintf("c%d", i))
+		require.NoError(t, err)
+		require.NoError(t, ep.Join(ctx, sb))
+		c := ovContainer{sb: sb, ep: ep, addr: ep.Info().IPv4.Addr()}
+		echoServer(t, c)
+		cs = append(cs, c)
+	}
+	requireReach(t, cs[0], cs[len(cs)-1])
+}
