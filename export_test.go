@@ -1,7 +1,10 @@
 package cnm
 
 import (
+	"context"
 	"net/netip"
+
+	"github.com/seed53641549/cnm/ipam"
 
 	"github.com/seed53641549/cnm/store"
 )
@@ -12,8 +15,8 @@ func SetFaultHook(c *Controller, fn func(step string) error) { c.faultHook = fn 
 
 // Steps lists the names of the steps a fault hook can fail, by operation.
 var Steps = map[string][]string{
-	"network":  {stepNetworkIPAM, stepNetworkDriver, stepNetworkCommit},
-	"endpoint": {stepEndpointIPv4, stepEndpointIPv6, stepEndpointService, stepEndpointDriver, stepEndpointCommit},
+	"network":  {stepNetworkIPAM, stepNetworkDriver, stepNetworkGlobal, stepNetworkCommit},
+	"endpoint": {stepEndpointIPv4, stepEndpointIPv6, stepEndpointService, stepEndpointDriver, stepEndpointGlobal, stepEndpointCommit},
 	"join":     {stepJoinDriver, stepJoinInterface, stepJoinRoutes, stepJoinGateway, stepGatewayIPv6, stepJoinHosts, stepJoinExternal, stepJoinServices, stepJoinCommit},
 	"sandbox":  {stepSandboxNamespace, stepSandboxFiles, stepSandboxCommit},
 	"leave":    {stepLeave},
@@ -44,4 +47,16 @@ func WithWatchBuffer(n int) Option {
 		c.watchBuffer = n
 		return nil
 	}
+}
+
+// LeakGlobalReservations reserves a pool of subnet and a VXLAN ID in the
+// global store as a NewNetwork that crashed before recording its network
+// would have.
+func LeakGlobalReservations(c *Controller, subnet netip.Prefix) error {
+	ctx := context.Background()
+	if _, err := c.global.addrs.RequestPool(ctx, ipam.PoolRequest{Subnet: subnet}); err != nil {
+		return err
+	}
+	_, err := c.global.vxlan().Request(ctx)
+	return err
 }

@@ -498,3 +498,52 @@ func (g *globalPlane) sweepOwn(ctx context.Context) error {
 	}
 	return nil
 }
+
+// sweepReservations releases the pools and VXLAN IDs this host reserved
+// that no global network's record names: a crash between reserving them
+// and recording the network, or between deleting a network's record and
+// releasing them, left them behind, with no lease to end them. It runs in
+// New, when nothing of this host's is in flight.
+func (g *globalPlane) sweepReservations(ctx context.Context) error {
+	kvs, _, err := g.kv.Snapshot(ctx, gNetworks)
+	if err != nil {
+		return fmt.Errorf("global store: list networks: %w", err)
+	}
+	pools, vnis := map[string]bool{}, map[uint64]bool{}
+	for _, kv := range kvs {
+		var r networkRecord
+		if json.Unmarshal(kv.Value, &r) != nil {
+			return fmt.Errorf("global network record %s: %w", kv.Key, store.ErrCorrupt)
+		}
+		for _, fam := range []*ipamRecord{r.IPv4, r.IPv6} {
+			if fam != nil {
+				pools[fam.PoolID] = true
+			}
+		}
+		if id, err := strconv.ParseUint(r.Options[overlay.OptionVNI], 10, 32); err == nil {
+			vnis[id] = true
+		}
+	}
+	own, err := g.addrs.cur().OwnPools(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, id := range own {
+		if !pools[id] {
+			g.c.log.Info("cnm: release an address pool no global network names (left by a crash)", "pool", id)
+			errs = append(errs, g.addrs.ReleasePool(ctx, id))
+		}
+	}
+	ids, err := g.vxlan().OwnIDs(ctx)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, id := range ids {
+		if !vnis[uint64(id)] {
+			g.c.log.Info("cnm: release a VXLAN ID no global network names (left by a crash)", "vni", id)
+			errs = append(errs, g.vxlan().Release(ctx, id))
+		}
+	}
+	return errors.Join(errs...)
+}

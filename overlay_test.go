@@ -867,3 +867,34 @@ func TestOverlaySmallSubnetManyHosts(t *testing.T) {
 	}
 	requireReach(t, cs[0], cs[len(cs)-1])
 }
+
+// TestOverlayCrashLeftReservations: a pool and a VXLAN ID reserved by a
+// NewNetwork that crashed before recording its network are released when
+// the controller starts again; those of networks are kept.
+func TestOverlayCrashLeftReservations(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 1, cnmtest.ClusterOptions{})
+	h := cl.Hosts[0]
+	kv, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: cl.Etcd.Endpoints(), Prefix: "cnmtest-" + t.Name() + "/"})
+	require.NoError(t, err)
+	defer kv.Close()
+	count := func(prefix string) int {
+		kvs, _, err := kv.Snapshot(ctx, prefix)
+		require.NoError(t, err)
+		return len(kvs)
+	}
+	_, err = h.Ctrl.NewNetwork(ctx, "overlay", "kept", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.190.0.0/24")}))
+	require.NoError(t, err)
+	require.NoError(t, cnm.LeakGlobalReservations(h.Ctrl, netip.MustParsePrefix("10.191.0.0/24")))
+	require.Equal(t, 2, count("ipam/global/pools/"))
+	require.Equal(t, 2, count("vxlan/ids/"))
+
+	h.Kill(t)
+	h.Start(t)
+	assert.Equal(t, 1, count("ipam/global/pools/"), "the crash's pool is released, the network's kept")
+	assert.Equal(t, 1, count("vxlan/ids/"), "the crash's VXLAN ID is released, the network's kept")
+	n, err := h.Ctrl.NetworkByName("kept")
+	require.NoError(t, err)
+	c := ovRun(t, h, n.Name(), "c")
+	assert.True(t, c.addr.IsValid())
+}

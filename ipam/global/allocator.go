@@ -36,7 +36,8 @@ const (
 type poolRecord struct {
 	ID        string `json:"id"`
 	Subnet    string `json:"subnet"`
-	BlockSize int    `json:"blockSize"` // prefix length of a block
+	BlockSize int    `json:"blockSize"`      // prefix length of a block
+	Host      string `json:"host,omitempty"` // the host that requested it
 }
 
 // Allocator serves [ipam.GlobalSpace] from the global store, for one host.
@@ -166,7 +167,7 @@ func (a *Allocator) RequestPool(ctx context.Context, req ipam.PoolRequest) (ipam
 	}
 	for attempt := 1; ; attempt++ {
 		id, key := newPoolID(subnet)
-		val, _ := json.Marshal(poolRecord{ID: id, Subnet: subnet.String(), BlockSize: bs})
+		val, _ := json.Marshal(poolRecord{ID: id, Subnet: subnet.String(), BlockSize: bs, Host: a.cfg.Host})
 		// The key must not exist: a nonce drawn twice (never, in
 		// practice) is drawn again rather than taking another pool's key.
 		_, err := a.cfg.Store.TxnIf(ctx, []etcdstore.Cond{{Key: poolPrefix + key}},
@@ -525,4 +526,22 @@ func (a *Allocator) ReserveAddress(ctx context.Context, poolID string, addr neti
 		return fmt.Errorf("reserve %s in pool %q: %w", addr, poolID, err)
 	}
 	return nil
+}
+
+// OwnPools returns the IDs of the pools this host requested that still
+// exist, for a host that restarts to release those its records no longer
+// explain (it crashed between requesting a pool and recording it).
+func (a *Allocator) OwnPools(ctx context.Context) ([]string, error) {
+	kvs, _, err := a.cfg.Store.Snapshot(ctx, poolPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("list pools: %w", err)
+	}
+	var out []string
+	for _, kv := range kvs {
+		var rec poolRecord
+		if json.Unmarshal(kv.Value, &rec) == nil && rec.Host == a.cfg.Host && rec.ID != "" {
+			out = append(out, rec.ID)
+		}
+	}
+	return out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/seed53641549/cnm/errdefs"
 	etcdstore "github.com/seed53641549/cnm/store/etcd"
@@ -115,4 +116,22 @@ func (v *VXLANAllocator) RequestID(ctx context.Context, id uint32) error {
 // at once, and handed out again once that block is next claimed.
 func (v *VXLANAllocator) Release(ctx context.Context, id uint32) error {
 	return v.sp.release(ctx, uint64(id))
+}
+
+// OwnIDs returns the IDs this host allocated that are still recorded, for
+// a host that restarts to release those its records no longer explain.
+func (v *VXLANAllocator) OwnIDs(ctx context.Context) ([]uint32, error) {
+	sp := v.sp
+	kvs, _, err := sp.kv.Snapshot(ctx, sp.recordPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("list vxlan ids: %w", err)
+	}
+	var out []uint32
+	for _, kv := range kvs {
+		id, err := strconv.ParseUint(strings.TrimPrefix(kv.Key, sp.recordPrefix), 10, 32)
+		if err == nil && string(kv.Value) == sp.host {
+			out = append(out, uint32(id))
+		}
+	}
+	return out, nil
 }
