@@ -291,6 +291,15 @@ func (g *globalPlane) followIfUsed(n *Network) {
 		if t.watches == nil {
 			t.watches = map[string]*peerWatch{}
 		}
+		prefix := gEndpoints + n.id + "/"
+		// The peers are listed now, so that the first Join on this host
+		// finds them (a container's first packets go to them); if etcd
+		// does not answer, the watch lists them when it can.
+		var rev uint64
+		if kvs, r, err := g.kv.Snapshot(g.ctx, prefix); err == nil {
+			t.resync(g, prefix, kvs)
+			rev = r
+		}
 		ctx, cancel := context.WithCancel(g.ctx)
 		w = &peerWatch{cancel: cancel, done: make(chan struct{})}
 		t.watches[n.id] = w
@@ -298,7 +307,7 @@ func (g *globalPlane) followIfUsed(n *Network) {
 		go func() {
 			defer g.wg.Done()
 			defer close(w.done)
-			g.watchPeers(ctx, gEndpoints+n.id+"/")
+			g.watchPeers(ctx, prefix, rev)
 		}()
 	case !used && w != nil:
 		delete(t.watches, n.id)
@@ -452,10 +461,9 @@ func (t *peerTable) apply(g *globalPlane, kv store.KV) {
 	t.set(g, kv.Key, &r)
 }
 
-// watchPeers lists the peers under prefix (one network's), then follows
-// them until ctx ends.
-func (g *globalPlane) watchPeers(ctx context.Context, prefix string) {
-	var rev uint64
+// watchPeers follows the peers under prefix (one network's) from revision
+// rev (0: it lists them first) until ctx ends.
+func (g *globalPlane) watchPeers(ctx context.Context, prefix string, rev uint64) {
 	for ctx.Err() == nil {
 		if rev == 0 {
 			kvs, r, err := g.kv.Snapshot(ctx, prefix)
