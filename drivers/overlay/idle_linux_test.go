@@ -44,7 +44,7 @@ func TestIdleTimeout(t *testing.T) {
 	a2 := join(t, h1, req.ID, "a2", "10.72.0.4/24", "02:42:0a:48:00:04")
 	require.NoError(t, h2.d.AddPeer(ctx, a2.peer()))
 	assert.Equal(t, first, inode(), "the same namespace")
-	got, err := ask(a2.sb, netip.MustParseAddrPort("10.72.0.3:7000"), time.Second)
+	got, err := ask(a2.sb, netip.MustParseAddrPort("10.72.0.3:7000"), 3*time.Second) // SYN retried after 1 s: a fresh veth may drop the first
 	require.NoError(t, err)
 	assert.Equal(t, "b", got)
 	time.Sleep(500 * time.Millisecond)
