@@ -143,6 +143,9 @@ func TestFlood(t *testing.T) {
 	heap0 := heapInuse()
 	base := serverGoroutines()
 	require.Equal(t, 2, base, "an idle server: a UDP reader and a TCP acceptor")
+	// A handler that has given its slot back is still on the stack for a
+	// few instructions: a sample may see that many more than MaxInFlight.
+	const exiting = 2
 
 	t.Run("mixed", func(t *testing.T) {
 		stop := make(chan struct{})
@@ -162,7 +165,7 @@ func TestFlood(t *testing.T) {
 		t.Logf("answers by rcode: %v; peak: %d server goroutines, heap in use %d KiB (before: %d KiB)", rcodes, g, h>>10, heap0>>10)
 		assert.Zero(t, lost, "well-formed queries without an answer")
 		assert.Equal(t, map[int]int{dns.RcodeSuccess: 9000}, rcodes)
-		assert.LessOrEqual(t, g, base+maxInFlight)
+		assert.LessOrEqual(t, g, base+maxInFlight+exiting)
 		assert.Less(t, h, heap0+16<<20, "heap grew by more than 16 MiB")
 	})
 
@@ -201,7 +204,7 @@ func TestFlood(t *testing.T) {
 		assert.Zero(t, lost, "queries without an answer")
 		assert.Equal(t, map[int]int{dns.RcodeSuccess: 9000, dns.RcodeServerFailure: 1000}, rcodes)
 		assert.Zero(t, slowLocal.Load(), "local queries slow or unanswered during the flood")
-		assert.LessOrEqual(t, g, base+maxInFlight)
+		assert.LessOrEqual(t, g, base+maxInFlight+exiting)
 		assert.Less(t, h, heap0+16<<20, "heap grew by more than 16 MiB")
 	})
 
