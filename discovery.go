@@ -29,16 +29,21 @@ func (ep *Endpoint) publishNames(sb *Sandbox) {
 	if !ep.nw.hasDiscovery() {
 		return
 	}
-	var addrs []netip.Addr
-	for _, a := range []netip.Prefix{ep.ipv4, ep.ipv6} {
-		if a.IsValid() {
-			addrs = append(addrs, a.Addr())
-		}
-	}
-	ep.nw.names.add(ep.id, ep.dnsNames(sb), addrs)
+	ep.nw.names.add(ep.id, ep.dnsNames(sb), addrsOf(ep.ipv4, ep.ipv6))
 }
 
 func (ep *Endpoint) withdrawNames() { ep.nw.names.remove(ep.id) }
+
+// addrsOf returns the addresses of the valid prefixes among ps.
+func addrsOf(ps ...netip.Prefix) []netip.Addr {
+	var out []netip.Addr
+	for _, p := range ps {
+		if p.IsValid() {
+			out = append(out, p.Addr())
+		}
+	}
+	return out
+}
 
 // hasDiscovery reports whether the network's endpoints take part in
 // service discovery: those of drivers that give them an interface, except

@@ -273,7 +273,7 @@ func (n *Network) createEndpoint(ctx context.Context, name string, cfg endpointC
 					return nil
 				}
 				if err := c.global.withdrawEndpoint(ctx, ep); err != nil {
-					c.global.outbox.post(gEndpointKey(n.id, ep.id), nil)
+					c.global.postWithdraw(ep)
 				}
 				return nil
 			}},
@@ -396,7 +396,7 @@ func (ep *Endpoint) delete(ctx context.Context) error {
 	// the peer table, which other hosts' network deletions check.
 	republish := func() {
 		if ep.nw.global {
-			ep.nw.ctrl.global.outbox.post(gEndpointKey(ep.nw.id, ep.id), ep.nw.ctrl.global.peerRecordOf(ep, nil))
+			ep.nw.ctrl.global.postEndpoint(ep, nil)
 		}
 	}
 	if !pending {
@@ -457,7 +457,7 @@ func (ep *Endpoint) forget() {
 	n.mu.Unlock()
 	n.removeMember(context.Background(), ep)
 	if n.global {
-		n.ctrl.global.outbox.post(gEndpointKey(n.id, ep.id), nil)
+		n.ctrl.global.postWithdraw(ep)
 		n.ctrl.global.followIfUsed(n)
 		n.ctrl.global.dropIfOrphan(n)
 	}

@@ -162,7 +162,7 @@ type globalPlane struct {
 
 // openGlobal connects to etcd, takes back the host's lease or grants a new
 // one, and registers the overlay driver. Networks are taken back by
-// restore (restoreGlobalNetworks); the watches start after it (start).
+// restore (restoreNetworks); the watches start after it (start).
 func (c *Controller) openGlobal(ctx context.Context) (_ *globalPlane, retErr error) {
 	gs := *c.cfg.global
 	if !c.cfg.advertise.IsValid() {
@@ -210,32 +210,40 @@ func (c *Controller) openGlobal(ctx context.Context) (_ *globalPlane, retErr err
 // takeLease takes back the lease the data dir names, if it is still alive,
 // or grants a new one and records it.
 func (g *globalPlane) takeLease(ctx context.Context) error {
-	c := g.c
-	if kv, err := c.store.Get(ctx, keyLease); err == nil {
-		if id, perr := strconv.ParseInt(string(kv.Value), 16, 64); perr == nil {
-			l, err := g.kv.AdoptLease(ctx, id)
-			if err == nil {
-				g.lease = l
-				return nil
-			}
-			if !errors.Is(err, etcdstore.ErrLeaseLost) {
-				return fmt.Errorf("global store: take back lease %x: %w", id, err)
-			}
-			c.log.Info("cnm: the host's lease expired while the controller was down: its peers and address blocks are claimed again", "lease", fmt.Sprintf("%x", id))
-		}
-	} else if !errors.Is(err, store.ErrNotFound) {
+	var id int64
+	kv, err := g.c.store.Get(ctx, keyLease)
+	switch {
+	case err == nil:
+		id, _ = strconv.ParseInt(string(kv.Value), 16, 64) // unreadable: 0, a new lease
+	case !errors.Is(err, store.ErrNotFound):
 		return err
+	}
+	g.lease, err = g.leaseFor(ctx, id)
+	return err
+}
+
+// leaseFor takes back lease id (0: none) if etcd still has it, or grants a
+// new one and records its ID in the data dir.
+func (g *globalPlane) leaseFor(ctx context.Context, id int64) (*etcdstore.Lease, error) {
+	if id != 0 {
+		l, err := g.kv.AdoptLease(ctx, id)
+		if err == nil {
+			return l, nil
+		}
+		if !errors.Is(err, etcdstore.ErrLeaseLost) {
+			return nil, fmt.Errorf("global store: take back lease %x: %w", id, err)
+		}
+		g.c.log.Info("cnm: the host's lease ended: its peers and address blocks are claimed again", "lease", fmt.Sprintf("%x", id))
 	}
 	l, err := g.kv.GrantLease(ctx, g.ttl)
 	if err != nil {
-		return fmt.Errorf("global store: grant lease: %w", err)
+		return nil, fmt.Errorf("global store: grant lease: %w", err)
 	}
-	if err := c.store.Txn(ctx, store.Put(keyLease, []byte(strconv.FormatInt(l.ID(), 16)))); err != nil {
+	if err := g.c.store.Txn(ctx, store.Put(keyLease, []byte(strconv.FormatInt(l.ID(), 16)))); err != nil {
 		_ = l.Revoke(context.WithoutCancel(ctx))
-		return fmt.Errorf("record the global store lease: %w", err)
+		return nil, fmt.Errorf("record the global store lease: %w", err)
 	}
-	g.lease = l
-	return nil
+	return l, nil
 }
 
 // newAllocators makes the address and VXLAN ID allocators on the current
@@ -314,19 +322,11 @@ func (g *globalPlane) renewLease() error {
 	}
 	defer end()
 	ctx := g.ctx
-	// The client's view: etcd may have kept the lease (it extends leases
-	// when it restarts). Then its blocks and records are still this
-	// host's: take it back.
-	l, err := g.kv.AdoptLease(ctx, g.currentLease().ID())
-	if errors.Is(err, etcdstore.ErrLeaseLost) {
-		if l, err = g.kv.GrantLease(ctx, g.ttl); err != nil {
-			return err
-		}
-		if err := g.c.store.Txn(ctx, store.Put(keyLease, []byte(strconv.FormatInt(l.ID(), 16)))); err != nil {
-			_ = l.Revoke(ctx)
-			return err
-		}
-	} else if err != nil {
+	// Lost is the client's view: etcd may have kept the lease (it extends
+	// leases when it restarts). Then its blocks and records are still this
+	// host's: it is taken back.
+	l, err := g.leaseFor(ctx, g.currentLease().ID())
+	if err != nil {
 		return err
 	}
 	g.leaseMu.Lock()
@@ -341,17 +341,10 @@ func (g *globalPlane) renewLease() error {
 			continue
 		}
 		for _, ep := range n.Endpoints() {
-			for _, a := range []struct {
-				fam  *networkIPAM
-				addr netip.Prefix
-			}{{n.ipv4, ep.ipv4}, {n.ipv6, ep.ipv6}} {
-				if a.addr.IsValid() && a.fam != nil {
-					if _, err := n.requestAddress(ctx, a.fam, a.addr.Addr()); err != nil {
-						// Another host took the block meanwhile: two
-						// interfaces may now have one address.
-						errs = append(errs, fmt.Errorf("endpoint %q: claim %s again: %w", ep.name, a.addr, err))
-					}
-				}
+			// An error: another host took the block meanwhile, and two
+			// interfaces may now have one address.
+			for _, err := range ep.reserveAddresses(ctx) {
+				errs = append(errs, fmt.Errorf("endpoint %q: %w", ep.name, err))
 			}
 		}
 	}

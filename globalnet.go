@@ -58,14 +58,14 @@ func (g *globalPlane) requestVNI(ctx context.Context, n *Network) error {
 		opts = map[string]string{}
 	}
 	if v, ok := opts[overlay.OptionVNI]; ok {
-		id, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
-		if err != nil || id < 1 || id > overlay.MaxVNI {
-			return fmt.Errorf("%w: option %s=%q: VNI must be 1-%d", ErrInvalid, overlay.OptionVNI, v, overlay.MaxVNI)
+		id, err := overlay.ParseVNI(v)
+		if err != nil {
+			return err
 		}
-		if err := g.vxlan().RequestID(ctx, uint32(id)); err != nil {
+		if err := g.vxlan().RequestID(ctx, id); err != nil {
 			return fmt.Errorf("option %s=%q: %w", overlay.OptionVNI, v, err)
 		}
-		opts[overlay.OptionVNI] = strconv.FormatUint(id, 10)
+		opts[overlay.OptionVNI] = strconv.FormatUint(uint64(id), 10)
 	} else {
 		id, err := g.vxlan().Request(ctx)
 		if err != nil {
@@ -87,25 +87,10 @@ func (g *globalPlane) releaseVNI(ctx context.Context, n *Network) {
 	}
 }
 
-// globalRecord is a global network's record in etcd: the data dir's
-// record, with the pool IDs every host needs.
-func (n *Network) globalRecord() networkRecord {
-	r := n.record()
-	for _, p := range []struct {
-		r *ipamRecord
-		i *networkIPAM
-	}{{r.IPv4, n.ipv4}, {r.IPv6, n.ipv6}} {
-		if p.r != nil {
-			p.r.PoolID, p.r.Driver = p.i.poolID, globalIPAMDriver
-		}
-	}
-	return r
-}
-
 // commitNetwork records a new global network and takes its name in the
 // cluster, in one transaction.
 func (g *globalPlane) commitNetwork(ctx context.Context, n *Network) error {
-	val, err := json.Marshal(n.globalRecord())
+	val, err := json.Marshal(n.record())
 	if err != nil {
 		return err
 	}
@@ -218,31 +203,26 @@ func (c *Controller) adoptGlobalNetwork(ctx context.Context, r networkRecord, re
 	if err != nil {
 		return nil, err
 	}
-	n := &Network{
-		ctrl: c, id: r.ID, name: r.Name, driver: drv, internal: r.Internal, labels: r.Labels, options: r.Options,
-		endpoints: map[string]*Endpoint{}, epNames: map[string]bool{}, global: true, globalRev: rev,
+	n := c.networkOf(r, drv)
+	n.global, n.globalRev = true, rev
+	if r.IPv4 != nil {
+		n.ipv4 = recordedIPAM(r.IPv4, c.global.addrs, globalIPAMDriver)
 	}
-	for _, fam := range []struct {
-		rec *ipamRecord
-		dst **networkIPAM
-	}{{r.IPv4, &n.ipv4}, {r.IPv6, &n.ipv6}} {
-		if fam.rec == nil {
-			continue
-		}
-		*fam.dst = &networkIPAM{alloc: c.global.addrs, driver: globalIPAMDriver, poolID: fam.rec.PoolID, subnet: fam.rec.Subnet,
-			gateway: fam.rec.Gateway, aux: fam.rec.Aux}
+	if r.IPv6 != nil {
+		n.ipv6 = recordedIPAM(r.IPv6, c.global.addrs, globalIPAMDriver)
 	}
-	create := drv.CreateNetwork
-	if rd, ok := drv.(driverapi.Restorer); ok && restore {
-		create = rd.RestoreNetwork
+	if restore {
+		err = restoreInDriver(ctx, drv, n.driverRequest())
+	} else {
+		err = drv.CreateNetwork(ctx, n.driverRequest())
 	}
-	if err := create(ctx, n.driverRequest()); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	return n, nil
 }
 
-// restoreGlobalNetworks takes every global network back at New, before
+// restoreNetworks takes every global network back at New, before
 // the endpoints (restore.go).
 func (g *globalPlane) restoreNetworks(ctx context.Context) error {
 	kvs, rev, err := g.kv.Snapshot(ctx, gNetworks)
@@ -308,7 +288,6 @@ func (g *globalPlane) addNetwork(ctx context.Context, kv store.KV, restore bool)
 		return nil
 	}
 	g.clearPending(r.ID)
-	g.peers.networkAdded(g, n)
 	if !restore {
 		c.emit(Event{Type: EventNetworkCreated, NetworkID: n.id, Detail: n.name})
 	}
@@ -450,17 +429,8 @@ func (g *globalPlane) applyNetworks(b etcdstore.WatchBatch) {
 // requestGlobalPools reserves a global network's subnets in the global
 // address space and its VXLAN ID. On error nothing stays reserved.
 func (c *Controller) requestGlobalPools(ctx context.Context, n *Network, cfg networkConfig) error {
-	req := poolRequest{alloc: c.global.addrs, driver: globalIPAMDriver}
-	var err error
-	if n.ipv4, err = c.requestNetworkIPAM(ctx, req, *cfg.ipv4, false); err != nil {
+	if err := c.requestFamilies(ctx, n, poolRequest{alloc: c.global.addrs, driver: globalIPAMDriver}, *cfg.ipv4, cfg.ipv6); err != nil {
 		return err
-	}
-	if cfg.ipv6 != nil {
-		if n.ipv6, err = c.requestNetworkIPAM(ctx, req, *cfg.ipv6, true); err != nil {
-			c.releaseNetworkIPAM(ctx, n.ipv4)
-			n.ipv4 = nil
-			return err
-		}
 	}
 	if err := c.global.requestVNI(ctx, n); err != nil {
 		c.releaseNetworkIPAM(ctx, n.ipv4)

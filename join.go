@@ -184,7 +184,7 @@ func (ep *Endpoint) join(ctx context.Context, sb *Sandbox, cfg joinConfig) error
 		// not on the join's path: it lands in the background, at once or,
 		// while etcd is down, once it is back (the join works on this
 		// host meanwhile).
-		c.global.outbox.post(gEndpointKey(n.id, ep.id), c.global.peerRecordOf(ep, sb))
+		c.global.postEndpoint(ep, sb)
 	}
 	joined = true
 	c.emit(Event{Type: EventJoined, NetworkID: n.id, EndpointID: ep.id, SandboxID: sb.id, Detail: ifName})
@@ -406,7 +406,7 @@ func (ep *Endpoint) leave(ctx context.Context, sb *Sandbox) error {
 	sb.drop(ep)
 	left = true
 	if n.global {
-		c.global.outbox.post(gEndpointKey(n.id, ep.id), c.global.peerRecordOf(ep, nil))
+		c.global.postEndpoint(ep, nil)
 	}
 	c.emit(Event{Type: EventLeft, NetworkID: n.id, EndpointID: ep.id, SandboxID: sb.id})
 	if ifName == "" {

@@ -270,12 +270,17 @@ func (c *Controller) requestNetworkPools(ctx context.Context, n *Network, cfg ne
 			return err
 		}
 	}
-	req := poolRequest{alloc: alloc, driver: ipamDriver, avoid: avoid}
-	if n.ipv4, err = c.requestNetworkIPAM(ctx, req, *v4, false); err != nil {
+	return c.requestFamilies(ctx, n, poolRequest{alloc: alloc, driver: ipamDriver, avoid: avoid}, *v4, cfg.ipv6)
+}
+
+// requestFamilies reserves the network's IPv4 pool and, if v6 is set, its
+// IPv6 pool. On error neither stays reserved.
+func (c *Controller) requestFamilies(ctx context.Context, n *Network, req poolRequest, v4 IPAMConfig, v6 *IPAMConfig) (err error) {
+	if n.ipv4, err = c.requestNetworkIPAM(ctx, req, v4, false); err != nil {
 		return err
 	}
-	if cfg.ipv6 != nil {
-		if n.ipv6, err = c.requestNetworkIPAM(ctx, req, *cfg.ipv6, true); err != nil {
+	if v6 != nil {
+		if n.ipv6, err = c.requestNetworkIPAM(ctx, req, *v6, true); err != nil {
 			c.releaseNetworkIPAM(ctx, n.ipv4)
 			n.ipv4 = nil
 			return err

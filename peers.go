@@ -17,9 +17,10 @@ import (
 )
 
 // The peer table: one etcd key per endpoint of a global network, written
-// by its host under the host's lease. Every host watches endpoints/ and
-// turns other hosts' joined endpoints into overlay peers (static FDB and
-// neighbour entries) and into names for service discovery.
+// by its host under the host's lease. Every host watches the part of it of
+// each global network it has endpoints on, and turns other hosts'
+// endpoints into overlay peers (static FDB and neighbour entries) and
+// their joined ones into names for service discovery.
 
 // peerRecord is the value of an endpoint's key in the peer table.
 type peerRecord struct {
@@ -34,15 +35,7 @@ type peerRecord struct {
 	rev uint64 // etcd revision of the record, in the table only
 }
 
-func (r peerRecord) addrs() []netip.Addr {
-	var out []netip.Addr
-	for _, p := range []netip.Prefix{r.IPv4, r.IPv6} {
-		if p.IsValid() {
-			out = append(out, p.Addr())
-		}
-	}
-	return out
-}
+func (r peerRecord) addrs() []netip.Addr { return addrsOf(r.IPv4, r.IPv6) }
 
 // peerRecordOf returns ep's record, joined to sb when sb is set.
 func (g *globalPlane) peerRecordOf(ep *Endpoint, sb *Sandbox) []byte {
@@ -81,6 +74,14 @@ func (g *globalPlane) withdrawEndpoint(ctx context.Context, ep *Endpoint) error 
 	return nil
 }
 
+// postEndpoint writes ep's record (joined to sb; not joined when sb is
+// nil) in the background; postWithdraw deletes it in the background.
+func (g *globalPlane) postEndpoint(ep *Endpoint, sb *Sandbox) {
+	g.outbox.post(gEndpointKey(ep.nw.id, ep.id), g.peerRecordOf(ep, sb))
+}
+
+func (g *globalPlane) postWithdraw(ep *Endpoint) { g.outbox.post(gEndpointKey(ep.nw.id, ep.id), nil) }
+
 // republish writes again, in the background, the record of every endpoint
 // of this host on a global network (after restore, or under a new lease).
 func (g *globalPlane) republish() {
@@ -93,7 +94,7 @@ func (g *globalPlane) republish() {
 			// delete gets its record from that operation.
 			ep.mu.Lock()
 			if !ep.deleted && !ep.busy {
-				g.outbox.post(gEndpointKey(n.id, ep.id), g.peerRecordOf(ep, ep.sandbox))
+				g.postEndpoint(ep, ep.sandbox)
 			}
 			ep.mu.Unlock()
 		}
@@ -291,13 +292,12 @@ func (g *globalPlane) followIfUsed(n *Network) {
 		if t.watches == nil {
 			t.watches = map[string]*peerWatch{}
 		}
-		prefix := gEndpoints + n.id + "/"
 		// The peers are listed now, so that the first Join on this host
 		// finds them (a container's first packets go to them); if etcd
 		// does not answer, the watch lists them when it can.
 		var rev uint64
-		if kvs, r, err := g.kv.Snapshot(g.ctx, prefix); err == nil {
-			t.resync(g, prefix, kvs)
+		if kvs, r, err := g.kv.Snapshot(g.ctx, gEndpoints+n.id+"/"); err == nil {
+			t.resync(g, n.id, kvs)
 			rev = r
 		}
 		ctx, cancel := context.WithCancel(g.ctx)
@@ -307,13 +307,13 @@ func (g *globalPlane) followIfUsed(n *Network) {
 		go func() {
 			defer g.wg.Done()
 			defer close(w.done)
-			g.watchPeers(ctx, prefix, rev)
+			g.watchPeers(ctx, n.id, rev)
 		}()
 	case !used && w != nil:
 		delete(t.watches, n.id)
 		w.cancel()
 		<-w.done // no batch of it is applied after the peers go
-		t.resync(g, gEndpoints+n.id+"/", nil)
+		t.resync(g, n.id, nil)
 	}
 }
 
@@ -328,8 +328,9 @@ func splitEndpointKey(key string) (nid, eid string, ok bool) {
 // when its Join returns on its host, the other hosts reach it already: the
 // record written at CreateEndpoint carries it, and Join's own write, in
 // the background, only adds its names for service discovery. The old
-// record's peers and names go, the new one's come.
-func (t *peerTable) set(g *globalPlane, key string, rec *peerRecord) {
+// record's peers and names go, the new one's come; without program, only
+// in the table and the names (a resync programs the driver once after).
+func (t *peerTable) set(g *globalPlane, key string, rec *peerRecord, program bool) {
 	nid, eid, ok := splitEndpointKey(key)
 	if !ok {
 		return
@@ -350,7 +351,7 @@ func (t *peerTable) set(g *globalPlane, key string, rec *peerRecord) {
 	samePeer := had && rec != nil && old.VTEP == rec.VTEP && old.MAC == rec.MAC && old.IPv4 == rec.IPv4 && old.IPv6 == rec.IPv6
 	sameNames := had && rec != nil && old.Joined == rec.Joined && slices.Equal(old.Names, rec.Names)
 	n := g.network(nid)
-	if had && !samePeer {
+	if had && !samePeer && program {
 		for _, a := range old.addrs() {
 			if err := g.ov.RemovePeer(g.ctx, overlay.Peer{NetworkID: nid, IP: a, MAC: parseMAC(old.MAC), VTEP: old.VTEP}); err != nil {
 				g.c.log.Warn("cnm: remove overlay peer", "network", nid, "ip", a, "err", err)
@@ -363,7 +364,7 @@ func (t *peerTable) set(g *globalPlane, key string, rec *peerRecord) {
 	if rec == nil {
 		return
 	}
-	if !samePeer {
+	if !samePeer && program {
 		mac := parseMAC(rec.MAC)
 		for _, a := range rec.addrs() {
 			if err := g.ov.AddPeer(g.ctx, overlay.Peer{NetworkID: nid, IP: a, MAC: mac, VTEP: rec.VTEP}); err != nil {
@@ -373,19 +374,6 @@ func (t *peerTable) set(g *globalPlane, key string, rec *peerRecord) {
 	}
 	if rec.Joined && !sameNames && n != nil {
 		n.names.add(eid, rec.Names, rec.addrs())
-	}
-}
-
-// networkAdded indexes the names of the peers of a network this host just
-// took (their FDB entries the driver remembered already).
-func (t *peerTable) networkAdded(g *globalPlane, n *Network) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	prefix := gEndpoints + n.id + "/"
-	for key, rec := range t.byKey {
-		if rec.Joined && strings.HasPrefix(key, prefix) {
-			n.names.add(strings.TrimPrefix(key, prefix), rec.Names, rec.addrs())
-		}
 	}
 }
 
@@ -399,12 +387,14 @@ func (g *globalPlane) network(id string) *Network {
 	return nil
 }
 
-// resync replaces the part of the table under prefix by a listing.
-func (t *peerTable) resync(g *globalPlane, prefix string, kvs []store.KV) {
+// resync replaces network nid's part of the table by a listing, then
+// makes the overlay driver's peers of nid exactly the table's, in one go.
+func (t *peerTable) resync(g *globalPlane, nid string, kvs []store.KV) {
+	prefix := gEndpoints + nid + "/"
 	seen := map[string]bool{}
 	for _, kv := range kvs {
 		seen[kv.Key] = true
-		t.apply(g, kv)
+		t.apply(g, kv, false)
 	}
 	t.mu.Lock()
 	var gone []string
@@ -415,11 +405,9 @@ func (t *peerTable) resync(g *globalPlane, prefix string, kvs []store.KV) {
 	}
 	t.mu.Unlock()
 	for _, k := range gone {
-		t.set(g, k, nil)
+		t.set(g, k, nil, false)
 	}
-	if nid, _, ok := splitEndpointKey(prefix + "x"); ok {
-		t.syncKernel(g, nid)
-	}
+	t.syncKernel(g, nid)
 }
 
 // syncKernel makes the overlay driver's peers of network nid, in its table
@@ -450,20 +438,21 @@ func (t *peerTable) syncKernel(g *globalPlane, nid string) {
 	}
 }
 
-// apply applies one written key.
-func (t *peerTable) apply(g *globalPlane, kv store.KV) {
+// apply applies one written key (see set for program).
+func (t *peerTable) apply(g *globalPlane, kv store.KV, program bool) {
 	var r peerRecord
 	if err := json.Unmarshal(kv.Value, &r); err != nil || parseMAC(r.MAC) == nil {
 		g.c.log.Warn("cnm: peer record unreadable: skipped", "key", kv.Key, "err", err)
 		return
 	}
 	r.rev = kv.Revision
-	t.set(g, kv.Key, &r)
+	t.set(g, kv.Key, &r, program)
 }
 
-// watchPeers follows the peers under prefix (one network's) from revision
-// rev (0: it lists them first) until ctx ends.
-func (g *globalPlane) watchPeers(ctx context.Context, prefix string, rev uint64) {
+// watchPeers follows network nid's peers from revision rev (0: it lists
+// them first) until ctx ends.
+func (g *globalPlane) watchPeers(ctx context.Context, nid string, rev uint64) {
+	prefix := gEndpoints + nid + "/"
 	for ctx.Err() == nil {
 		if rev == 0 {
 			kvs, r, err := g.kv.Snapshot(ctx, prefix)
@@ -477,7 +466,7 @@ func (g *globalPlane) watchPeers(ctx context.Context, prefix string, rev uint64)
 				}
 				continue
 			}
-			g.peers.resync(g, prefix, kvs)
+			g.peers.resync(g, nid, kvs)
 			rev = r
 		}
 		for b := range g.kv.Watch(ctx, prefix, rev) {
@@ -486,13 +475,13 @@ func (g *globalPlane) watchPeers(ctx context.Context, prefix string, rev uint64)
 				break
 			}
 			if b.Resync {
-				g.peers.resync(g, prefix, b.Snapshot)
+				g.peers.resync(g, nid, b.Snapshot)
 			}
 			for _, ev := range b.Events {
 				if ev.Type == etcdstore.EventPut {
-					g.peers.apply(g, ev.KV)
+					g.peers.apply(g, ev.KV, true)
 				} else {
-					g.peers.set(g, ev.KV.Key, nil)
+					g.peers.set(g, ev.KV.Key, nil, true)
 				}
 			}
 			rev = b.Revision

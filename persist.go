@@ -112,7 +112,9 @@ func ipamRec(i *networkIPAM) *ipamRecord {
 		return nil
 	}
 	r := &ipamRecord{Subnet: i.subnet, IPRange: i.ipRange, Gateway: i.gateway, Aux: i.aux}
-	if ipam.KeepsState(i.alloc) {
+	if ipam.KeepsState(i.alloc) || i.driver == globalIPAMDriver {
+		// A plugin's pool, or a global one: every host and every restart
+		// names it by its ID.
 		r.PoolID = i.poolID
 	}
 	if i.driver != ipam.DefaultDriver {

@@ -295,16 +295,39 @@ func ipamConfig(r *ipamRecord) *IPAMConfig {
 	return &IPAMConfig{Subnet: r.Subnet, IPRange: r.IPRange, Gateway: r.Gateway, AuxAddresses: r.Aux}
 }
 
+// networkOf returns the Network a record describes, without its
+// addressing.
+func (c *Controller) networkOf(r networkRecord, drv driverapi.Driver) *Network {
+	return &Network{
+		ctrl: c, id: r.ID, name: r.Name, driver: drv, internal: r.Internal, labels: r.Labels, options: r.Options,
+		endpoints: map[string]*Endpoint{}, epNames: map[string]bool{},
+	}
+}
+
+// recordedIPAM returns one family's addressing as its record names it,
+// asking alloc nothing: for pools the allocator keeps by their ID.
+func recordedIPAM(rec *ipamRecord, alloc ipam.Allocator, name string) *networkIPAM {
+	return &networkIPAM{alloc: alloc, driver: name, poolID: rec.PoolID, subnet: rec.Subnet,
+		ipRange: rec.IPRange, gateway: rec.Gateway, aux: rec.Aux}
+}
+
+// restoreInDriver tells drv about a network it had before the restart. A
+// driver without Restorer is told as if the network were new; it must
+// accept one whose kernel objects exist.
+func restoreInDriver(ctx context.Context, drv driverapi.Driver, req driverapi.NetworkRequest) error {
+	if rd, ok := drv.(driverapi.Restorer); ok {
+		return rd.RestoreNetwork(ctx, req)
+	}
+	return drv.CreateNetwork(ctx, req)
+}
+
 // restoreNetwork takes one network back, or finishes its deletion.
 func (c *Controller) restoreNetwork(ctx context.Context, r networkRecord) error {
 	drv, err := c.drivers.Driver(r.Driver)
 	if err != nil {
 		return err
 	}
-	n := &Network{
-		ctrl: c, id: r.ID, name: r.Name, driver: drv, internal: r.Internal, labels: r.Labels, options: r.Options,
-		endpoints: map[string]*Endpoint{}, epNames: map[string]bool{},
-	}
+	n := c.networkOf(r, drv)
 	for _, fam := range []struct {
 		rec *ipamRecord
 		v6  bool
@@ -320,21 +343,14 @@ func (c *Controller) restoreNetwork(ctx context.Context, r networkRecord) error 
 		if ipam.KeepsState(alloc) && fam.rec.PoolID != "" {
 			// A plugin holds the pool itself: nothing to ask it (it may be
 			// down now; calls fail, naming it, until it is back).
-			*fam.dst = &networkIPAM{alloc: alloc, driver: name, poolID: fam.rec.PoolID, subnet: fam.rec.Subnet,
-				ipRange: fam.rec.IPRange, gateway: fam.rec.Gateway, aux: fam.rec.Aux}
+			*fam.dst = recordedIPAM(fam.rec, alloc, name)
 			continue
 		}
 		if *fam.dst, err = c.requestNetworkIPAM(ctx, poolRequest{alloc: alloc, driver: name}, *ipamConfig(fam.rec), fam.v6); err != nil {
 			return err
 		}
 	}
-	// A driver without Restorer is told about the network as if it were
-	// new; it must accept one whose kernel objects exist.
-	restoreNet := drv.CreateNetwork
-	if rd, ok := drv.(driverapi.Restorer); ok {
-		restoreNet = rd.RestoreNetwork
-	}
-	if err := restoreNet(ctx, n.driverRequest()); err != nil {
+	if err := restoreInDriver(ctx, drv, n.driverRequest()); err != nil {
 		return err
 	}
 	if r.Deleting { // a crash interrupted Delete: finish it
@@ -364,24 +380,16 @@ func (c *Controller) restoreEndpoint(ctx context.Context, r endpointRecord, aliv
 		nw: n, id: r.ID, name: r.Name, mac: parseMAC(r.MAC), ipv4: r.IPv4, ipv6: r.IPv6,
 		aliases: r.Aliases, ports: r.Ports, service: r.Service, vip4: r.ServiceIPv4, vip6: r.ServiceIPv6,
 	}
-	for _, a := range []struct {
-		fam  *networkIPAM
-		addr netip.Prefix
-	}{{n.ipv4, r.IPv4}, {n.ipv6, r.IPv6}} {
-		if !a.addr.IsValid() || (a.fam != nil && ipam.KeepsState(a.fam.alloc)) {
-			continue // a plugin holds its addresses itself
+	for _, err := range ep.reserveAddresses(ctx) {
+		if n.global && errors.Is(err, ErrExists) {
+			// This host was away for longer than its lease: another host
+			// took the block. Its interface keeps the address; refusing to
+			// start would not give it back.
+			c.log.Error("cnm: restore: an address of this host was taken by another host while its lease was lost",
+				"network", n.name, "endpoint", r.Name, "err", err)
+			continue
 		}
-		if _, err := n.requestAddress(ctx, a.fam, a.addr.Addr()); err != nil {
-			if n.global && errors.Is(err, ErrExists) {
-				// This host was away for longer than its lease: another
-				// host took the block. Its interface keeps the address;
-				// refusing to start would not give it back.
-				c.log.Error("cnm: restore: an address of this host was taken by another host while its lease was lost",
-					"network", n.name, "endpoint", r.Name, "address", a.addr, "err", err)
-				continue
-			}
-			return nil, false, fmt.Errorf("reserve %s: %w", a.addr, err)
-		}
+		return nil, false, err
 	}
 	f, sbAlive := alive[r.SandboxID]
 	if r.Deleting || (r.SandboxID != "" && !sbAlive) {
@@ -452,6 +460,27 @@ func (c *Controller) restoreEndpoint(ctx context.Context, r endpointRecord, aliv
 	n.endpoints[ep.id] = ep
 	n.epNames[ep.name] = true
 	return ep, false, nil
+}
+
+// reserveAddresses asks IPAM again for the endpoint's addresses (at
+// restore, and under a new lease for a global network), one error per
+// family that failed. Addresses of a plugin that keeps its own state are
+// not asked for: it holds them itself.
+func (ep *Endpoint) reserveAddresses(ctx context.Context) []error {
+	n := ep.nw
+	var errs []error
+	for _, a := range []struct {
+		fam  *networkIPAM
+		addr netip.Prefix
+	}{{n.ipv4, ep.ipv4}, {n.ipv6, ep.ipv6}} {
+		if !a.addr.IsValid() || a.fam == nil || ipam.KeepsState(a.fam.alloc) {
+			continue
+		}
+		if _, err := n.requestAddress(ctx, a.fam, a.addr.Addr()); err != nil {
+			errs = append(errs, fmt.Errorf("reserve %s: %w", a.addr, err))
+		}
+	}
+	return errs
 }
 
 // findInterface finds the endpoint's interface among a sandbox's links: the

@@ -52,7 +52,7 @@ func parseOptions(m map[string]string, ipv6 bool) (options, error) {
 		v := m[k]
 		switch k {
 		case OptionVNI:
-			vni, err := parseVNI(v)
+			vni, err := ParseVNI(v)
 			if err != nil {
 				return o, err
 			}
@@ -78,9 +78,11 @@ func parseOptions(m map[string]string, ipv6 bool) (options, error) {
 	return o, nil
 }
 
-// parseVNI parses one VXLAN ID. Docker's key holds a comma-separated list,
-// one per subnet: a network of cnm has one VXLAN device, so one ID.
-func parseVNI(v string) (uint32, error) {
+// ParseVNI parses the value of [OptionVNI]: one VXLAN ID, 1 to [MaxVNI].
+// Docker's key holds a comma-separated list, one per subnet: a network of
+// cnm has one VXLAN device, so one ID. Bad input is an error wrapping
+// driverapi.ErrInvalid naming the option and value.
+func ParseVNI(v string) (uint32, error) {
 	s := strings.TrimSpace(v)
 	if strings.Contains(s, ",") {
 		return 0, fmt.Errorf("%w: overlay option %s=%q: one VXLAN ID per network", driverapi.ErrInvalid, OptionVNI, v)
