@@ -120,6 +120,27 @@ func requireReach(t *testing.T, from, to ovContainer) {
 	}
 }
 
+// overlayPair makes a cluster of two hosts with an overlay network "ov" of
+// subnet, a container a on host 1 and b on host 2, b serving echo and
+// reached from a.
+func overlayPair(t *testing.T, opts cnmtest.ClusterOptions, subnet string) (cl *cnmtest.Cluster, a, b ovContainer) {
+	t.Helper()
+	cl = cnmtest.NewCluster(t, 2, opts)
+	_, err := cl.Hosts[0].Ctrl.NewNetwork(context.Background(), "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix(subnet)}))
+	require.NoError(t, err)
+	a, b = ovRun(t, cl.Hosts[0], "ov", "a"), ovRun(t, cl.Hosts[1], "ov", "b")
+	echoServer(t, b)
+	requireReach(t, a, b)
+	return cl, a, b
+}
+
+// waitName waits up to within until name resolves through r (known) or
+// stops resolving (!known).
+func waitName(t *testing.T, r *net.Resolver, name string, known bool, within time.Duration, msg string) {
+	t.Helper()
+	require.Eventually(t, func() bool { _, err := lookup(t, r, name); return (err == nil) == known }, within, 10*time.Millisecond, msg)
+}
+
 func TestOverlayAcrossHosts(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 3, cnmtest.ClusterOptions{})
@@ -229,20 +250,14 @@ func TestOverlayAcrossHosts(t *testing.T) {
 
 func TestOverlayHostKilled(t *testing.T) {
 	ctx := context.Background()
-	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{LeaseTTL: 2 * time.Second})
+	cl, a, b := overlayPair(t, cnmtest.ClusterOptions{LeaseTTL: 2 * time.Second}, "10.70.0.0/25")
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
-	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.70.0.0/25")}))
-	require.NoError(t, err)
-	a, b := ovRun(t, h1, "ov", "a"), ovRun(t, h2, "ov", "b")
-	echoServer(t, b)
-	requireReach(t, a, b)
 	r := sandboxResolver(a.sb.Key())
-	require.Eventually(t, func() bool { _, err := lookup(t, r, "b"); return err == nil }, 5*time.Second, 10*time.Millisecond)
+	waitName(t, r, "b", true, 5*time.Second, "b's name")
 
 	killed := time.Now()
 	h2.Kill(t)
-	require.Eventually(t, func() bool { _, err := lookup(t, r, "b"); return err != nil }, 10*time.Second, 20*time.Millisecond,
-		"the killed host's endpoint is still a peer")
+	waitName(t, r, "b", false, 10*time.Second, "the killed host's endpoint is still a peer")
 	took := time.Since(killed)
 	t.Logf("peer gone %s after the kill (lease TTL 2s)", took)
 	assert.Less(t, took, 6*time.Second)
@@ -257,14 +272,9 @@ func TestOverlayHostKilled(t *testing.T) {
 
 func TestOverlayRestart(t *testing.T) {
 	ctx := context.Background()
-	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{LeaseTTL: 3 * time.Second})
+	cl, a, b := overlayPair(t, cnmtest.ClusterOptions{LeaseTTL: 3 * time.Second}, "10.80.0.0/24")
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
-	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.80.0.0/24")}))
-	require.NoError(t, err)
-	a, b := ovRun(t, h1, "ov", "a"), ovRun(t, h2, "ov", "b")
 	echoServer(t, a)
-	echoServer(t, b)
-	requireReach(t, a, b)
 	conn, err := cnmtest.Dial(ctx, a.sb.Key(), netip.AddrPortFrom(b.addr, 7), time.Second)
 	require.NoError(t, err)
 	defer conn.Close()
@@ -294,7 +304,7 @@ func TestOverlayRestart(t *testing.T) {
 	// with a new lease when it starts again; its addresses are claimed
 	// again, not handed out twice.
 	h2.Kill(t)
-	require.Eventually(t, func() bool { _, err := lookup(t, sandboxResolver(a.sb.Key()), "b"); return err != nil }, 10*time.Second, 20*time.Millisecond)
+	waitName(t, sandboxResolver(a.sb.Key()), "b", false, 10*time.Second, "the restarted host's peer outlived its lease")
 	h2.Start(t)
 	requireReach(t, a, b)
 	requireReach(t, a, b2)
@@ -307,13 +317,8 @@ func TestOverlayRestart(t *testing.T) {
 
 func TestOverlayEtcdDown(t *testing.T) {
 	ctx := context.Background()
-	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{LeaseTTL: 5 * time.Second})
+	cl, a, b := overlayPair(t, cnmtest.ClusterOptions{LeaseTTL: 5 * time.Second}, "10.90.0.0/24")
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
-	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.90.0.0/24")}))
-	require.NoError(t, err)
-	a, b := ovRun(t, h1, "ov", "a"), ovRun(t, h2, "ov", "b")
-	echoServer(t, b)
-	requireReach(t, a, b)
 	conn, err := cnmtest.Dial(ctx, a.sb.Key(), netip.AddrPortFrom(b.addr, 7), time.Second)
 	require.NoError(t, err)
 	defer conn.Close()
@@ -623,7 +628,7 @@ func TestOverlayResyncAfterCompaction(t *testing.T) {
 	echoServer(t, a)
 	requireReach(t, b, a)
 	r := sandboxResolver(b.sb.Key())
-	require.Eventually(t, func() bool { _, err := lookup(t, r, "x"); return err == nil }, 5*time.Second, 10*time.Millisecond)
+	waitName(t, r, "x", true, 5*time.Second, "x's name")
 
 	// h2 loses etcd; meanwhile x goes, c comes, and etcd compacts the
 	// revisions h2's watch would resume from.
@@ -644,8 +649,7 @@ func TestOverlayResyncAfterCompaction(t *testing.T) {
 	h2.Proxy.Resume()
 
 	requireReach(t, b, c)
-	require.Eventually(t, func() bool { _, err := lookup(t, r, "x"); return err != nil }, 10*time.Second, 20*time.Millisecond,
-		"a peer deleted during the outage is still known after the resync")
+	waitName(t, r, "x", false, 10*time.Second, "a peer deleted during the outage is still known after the resync")
 	_, err = lookup(t, r, "c")
 	require.NoError(t, err)
 }
@@ -804,25 +808,18 @@ func TestOverlayStaleRecordSwept(t *testing.T) {
 // restart.
 func TestOverlayLeaseLost(t *testing.T) {
 	ctx := context.Background()
-	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{LeaseTTL: 2 * time.Second, Proxied: true})
+	cl, a, b := overlayPair(t, cnmtest.ClusterOptions{LeaseTTL: 2 * time.Second, Proxied: true}, "10.160.0.0/24")
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
-	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.160.0.0/24")}))
-	require.NoError(t, err)
-	a, b := ovRun(t, h1, "ov", "a"), ovRun(t, h2, "ov", "b")
-	echoServer(t, b)
-	requireReach(t, a, b)
 	r := sandboxResolver(a.sb.Key())
 
 	h2.Proxy.Pause()
-	require.Eventually(t, func() bool { _, err := lookup(t, r, "b"); return err != nil }, 10*time.Second, 20*time.Millisecond,
-		"h2's lease never ended")
+	waitName(t, r, "b", false, 10*time.Second, "h2's lease never ended")
 	h2.Proxy.Resume()
-	require.Eventually(t, func() bool { _, err := lookup(t, r, "b"); return err == nil }, 15*time.Second, 50*time.Millisecond,
-		"h2 never published its endpoint again")
+	waitName(t, r, "b", true, 15*time.Second, "h2 never published its endpoint again")
 	requireReach(t, a, b)
 	// Its address is its own again: h1 cannot take it.
 	n := waitNetwork(t, h1.Ctrl, "ov")
-	_, err = n.CreateEndpoint(ctx, "taker", cnm.WithIPv4Address(b.addr))
+	_, err := n.CreateEndpoint(ctx, "taker", cnm.WithIPv4Address(b.addr))
 	require.ErrorIs(t, err, cnm.ErrExists)
 }
 
