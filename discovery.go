@@ -17,7 +17,7 @@ import (
 // sandbox's host name. Everything else goes to the sandbox's upstream
 // servers, unless all of its networks are internal.
 //
-// Each network keeps its names in an index (names.go's nameIndex), fed by
+// Each network keeps its names in an index (nameindex.go), fed by
 // joins and leaves. The sandbox's view (sandboxNames) asks the index of
 // each of its networks, so a name on two shared networks answers both
 // addresses. A network whose peers live on other hosts feeds the same

@@ -17,19 +17,6 @@ import (
 	"github.com/seed53641549/cnm/osl"
 )
 
-// sandboxResolver returns Go's resolver asking the embedded DNS server of
-// the sandbox at path, from inside it.
-func sandboxResolver(path string) *net.Resolver {
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var c net.Conn
-		err := cnmtest.Do(ctx, path, func() (err error) {
-			c, err = (&net.Dialer{}).DialContext(ctx, network, "127.0.0.11:53")
-			return err
-		})
-		return c, err
-	}}
-}
-
 func lookup(t *testing.T, r *net.Resolver, name string) ([]netip.Addr, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
@@ -82,7 +69,7 @@ func TestDiscoveryNames(t *testing.T) {
 	assert.Contains(t, string(resolv), "nameserver 127.0.0.11")
 	assert.Contains(t, string(resolv), "options ndots:0")
 
-	r := sandboxResolver(client.Key())
+	r := cnmtest.Resolver(client.Key())
 	v4, v6 := epWeb.Info().IPv4.Addr(), epWeb.Info().IPv6.Addr()
 	for _, name := range []string{"web", "WEB", "www", "webhost", "web."} {
 		got, err := lookup(t, r, name)
@@ -94,14 +81,14 @@ func TestDiscoveryNames(t *testing.T) {
 	assert.Contains(t, names, "web.")
 
 	// A name on two shared networks answers both addresses.
-	got, err := lookup(t, sandboxResolver(client2.Key()), "web")
+	got, err := lookup(t, cnmtest.Resolver(client2.Key()), "web")
 	require.NoError(t, err)
 	assert.ElementsMatch(t, []netip.Addr{v4, v6, epWebBack.Info().IPv4.Addr()}, got)
 
 	// No answer leaks across networks: client shares nothing with other.
 	_, err = lookup(t, r, "other")
 	assert.Error(t, err, "a container on another network does not resolve")
-	_, err = lookup(t, sandboxResolver(other.Key()), "client")
+	_, err = lookup(t, cnmtest.Resolver(other.Key()), "client")
 	assert.Error(t, err)
 
 	// Names go with a leave.
@@ -143,7 +130,7 @@ func TestDiscoveryForwardsOtherNames(t *testing.T) {
 	ep, err := l.nw.CreateEndpoint(ctx, "c")
 	require.NoError(t, err)
 	require.NoError(t, ep.Join(ctx, sb))
-	got, err := lookup(t, sandboxResolver(sb.Key()), "example.test")
+	got, err := lookup(t, cnmtest.Resolver(sb.Key()), "example.test")
 	require.NoError(t, err, "forwarded to the upstream in the outside namespace")
 	assert.Equal(t, []netip.Addr{netip.MustParseAddr("203.0.113.9")}, got)
 
@@ -156,9 +143,9 @@ func TestDiscoveryForwardsOtherNames(t *testing.T) {
 	iep, err := internal.CreateEndpoint(ctx, "i")
 	require.NoError(t, err)
 	require.NoError(t, iep.Join(ctx, isb))
-	_, err = lookup(t, sandboxResolver(isb.Key()), "example.test")
+	_, err = lookup(t, cnmtest.Resolver(isb.Key()), "example.test")
 	assert.Error(t, err, "internal networks do not forward")
-	got, err = lookup(t, sandboxResolver(isb.Key()), "i")
+	got, err = lookup(t, cnmtest.Resolver(isb.Key()), "i")
 	require.NoError(t, err, "but answer their own names")
 	assert.Equal(t, []netip.Addr{iep.Info().IPv4.Addr()}, got)
 	deleteAll(t, l.ctrl)
@@ -176,10 +163,10 @@ func TestDiscoveryAcrossRestart(t *testing.T) {
 	_, _ = container(t, nw, "b")
 	require.NoError(t, ctrl.Close())
 	ctrl2 := reopen(t, host)
-	got, err := lookup(t, sandboxResolver(a.Key()), "b")
+	got, err := lookup(t, cnmtest.Resolver(a.Key()), "b")
 	require.NoError(t, err)
 	require.Len(t, got, 1)
-	got, err = lookup(t, sandboxResolver(a.Key()), "a")
+	got, err = lookup(t, cnmtest.Resolver(a.Key()), "a")
 	require.NoError(t, err)
 	assert.Equal(t, []netip.Addr{epA.Info().IPv4.Addr()}, got)
 	deleteAll(t, ctrl2)

@@ -17,7 +17,7 @@ func SetFaultHook(c *Controller, fn func(step string) error) { c.faultHook = fn 
 var Steps = map[string][]string{
 	"network":  {stepNetworkIPAM, stepNetworkDriver, stepNetworkGlobal, stepNetworkCommit},
 	"endpoint": {stepEndpointIPv4, stepEndpointIPv6, stepEndpointService, stepEndpointDriver, stepEndpointGlobal, stepEndpointCommit},
-	"join":     {stepJoinDriver, stepJoinInterface, stepJoinRoutes, stepJoinGateway, stepGatewayIPv6, stepJoinHosts, stepJoinExternal, stepJoinServices, stepJoinCommit},
+	"join":     {stepJoinDriver, stepJoinInterface, stepJoinRoutes, stepJoinGateway, stepGatewayIPv6, stepJoinHosts, stepJoinExternal, stepJoinServices, stepJoinDNS, stepJoinCommit},
 	"sandbox":  {stepSandboxNamespace, stepSandboxFiles, stepSandboxCommit},
 	"leave":    {stepLeave},
 	"delete":   {stepNetworkDelete, stepSandboxDetach},

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
-	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -58,17 +57,7 @@ func hardSettle(ctx context.Context, ctrl *cnm.Controller) (bool, error) {
 func hardUnmountUnder(t testing.TB, dir string) {
 	t.Helper()
 	t.Cleanup(func() {
-		mi, err := os.ReadFile("/proc/self/mountinfo")
-		if err != nil {
-			return
-		}
-		var mounts []string
-		for _, line := range strings.Split(string(mi), "\n") {
-			f := strings.Fields(line)
-			if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
-				mounts = append(mounts, f[4])
-			}
-		}
+		mounts := cnmtest.MountsUnder(dir)
 		// Deepest first.
 		sort.Slice(mounts, func(i, j int) bool { return len(mounts[i]) > len(mounts[j]) })
 		for _, m := range mounts {

@@ -177,7 +177,7 @@ func TestOverlayAcrossHosts(t *testing.T) {
 	}
 
 	t.Run("names", func(t *testing.T) {
-		r := sandboxResolver(cs[0].sb.Key())
+		r := cnmtest.Resolver(cs[0].sb.Key())
 		for _, c := range cs[1:] {
 			require.Eventually(t, func() bool {
 				addrs, err := lookup(t, r, c.ep.Name())
@@ -242,7 +242,7 @@ func TestOverlayAcrossHosts(t *testing.T) {
 		requireReach(t, cs[0], gone)
 		require.NoError(t, gone.ep.Leave(ctx, gone.sb))
 		require.Eventually(t, func() bool {
-			_, err := lookup(t, sandboxResolver(cs[0].sb.Key()), "gone")
+			_, err := lookup(t, cnmtest.Resolver(cs[0].sb.Key()), "gone")
 			return err != nil
 		}, 5*time.Second, 10*time.Millisecond, "name of a left endpoint still answered")
 	})
@@ -252,7 +252,7 @@ func TestOverlayHostKilled(t *testing.T) {
 	ctx := context.Background()
 	cl, a, b := overlayPair(t, cnmtest.ClusterOptions{LeaseTTL: 2 * time.Second}, "10.70.0.0/25")
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
-	r := sandboxResolver(a.sb.Key())
+	r := cnmtest.Resolver(a.sb.Key())
 	waitName(t, r, "b", true, 5*time.Second, "b's name")
 
 	killed := time.Now()
@@ -297,14 +297,14 @@ func TestOverlayRestart(t *testing.T) {
 	assert.NotEqual(t, b.addr, b2.addr, "an address of before the restart handed out again")
 	echoServer(t, b2)
 	requireReach(t, a, b2)
-	_, err = lookup(t, sandboxResolver(a.sb.Key()), "b")
+	_, err = lookup(t, cnmtest.Resolver(a.sb.Key()), "b")
 	require.NoError(t, err, "the restarted host's names are still known")
 
 	// Down for longer than the TTL: its peers go from h1, and come back
 	// with a new lease when it starts again; its addresses are claimed
 	// again, not handed out twice.
 	h2.Kill(t)
-	waitName(t, sandboxResolver(a.sb.Key()), "b", false, 10*time.Second, "the restarted host's peer outlived its lease")
+	waitName(t, cnmtest.Resolver(a.sb.Key()), "b", false, 10*time.Second, "the restarted host's peer outlived its lease")
 	h2.Start(t)
 	requireReach(t, a, b)
 	requireReach(t, a, b2)
@@ -627,7 +627,7 @@ func TestOverlayResyncAfterCompaction(t *testing.T) {
 	b := ovRun(t, h2, "ov", "b")
 	echoServer(t, a)
 	requireReach(t, b, a)
-	r := sandboxResolver(b.sb.Key())
+	r := cnmtest.Resolver(b.sb.Key())
 	waitName(t, r, "x", true, 5*time.Second, "x's name")
 
 	// h2 loses etcd; meanwhile x goes, c comes, and etcd compacts the
@@ -810,7 +810,7 @@ func TestOverlayLeaseLost(t *testing.T) {
 	ctx := context.Background()
 	cl, a, b := overlayPair(t, cnmtest.ClusterOptions{LeaseTTL: 2 * time.Second, Proxied: true}, "10.160.0.0/24")
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
-	r := sandboxResolver(a.sb.Key())
+	r := cnmtest.Resolver(a.sb.Key())
 
 	h2.Proxy.Pause()
 	waitName(t, r, "b", false, 10*time.Second, "h2's lease never ended")

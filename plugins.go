@@ -204,18 +204,10 @@ func (st *pluginState) forget(client *plugin.Client) {
 // wrapping ErrNotFound; one that does not answer, or is no network driver,
 // is the activation's error, naming the plugin.
 func (c *Controller) resolveDriverPlugin(name string) (driverapi.Driver, error) {
-	st := c.cfg.plugins.state
-	if _, err := st.disc.Lookup(name); err != nil {
-		return nil, err
-	}
-	drv, _, client, err := c.newPlugin(name, st.disc.Locator(name))
+	drv, _, err := c.activatePlugin(name, func(ctx context.Context, drv *remote.Driver, _ *ipamremote.Allocator) error {
+		return drv.Activate(ctx)
+	})
 	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.pluginTimeout())
-	defer cancel()
-	if err := drv.Activate(ctx); err != nil {
-		st.forget(client)
 		return nil, err
 	}
 	return drv, nil
@@ -224,28 +216,34 @@ func (c *Controller) resolveDriverPlugin(name string) (driverapi.Driver, error) 
 // resolveIPAMPlugin finds the plugin called name and activates it as an
 // IPAM driver. (For ipam.Registry's resolver.)
 func (c *Controller) resolveIPAMPlugin(name string) (ipam.Allocator, error) {
-	st := c.cfg.plugins.state
-	if _, err := st.disc.Lookup(name); err != nil {
-		return nil, err
-	}
-	_, alloc, client, err := c.newPlugin(name, st.disc.Locator(name))
+	_, alloc, err := c.activatePlugin(name, func(ctx context.Context, _ *remote.Driver, alloc *ipamremote.Allocator) error {
+		return alloc.Activate(ctx)
+	})
 	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.pluginTimeout())
-	defer cancel()
-	if err := alloc.Activate(ctx); err != nil {
-		st.forget(client)
 		return nil, err
 	}
 	return alloc, nil
 }
 
-func (c *Controller) pluginTimeout() time.Duration {
-	if t := c.cfg.plugins.timeout; t > 0 {
-		return t
+// activatePlugin finds the plugin called name and activates it with
+// activate, within the plugin timeout; on failure its client is closed
+// and forgotten.
+func (c *Controller) activatePlugin(name string, activate func(context.Context, *remote.Driver, *ipamremote.Allocator) error) (*remote.Driver, *ipamremote.Allocator, error) {
+	st := c.cfg.plugins.state
+	if _, err := st.disc.Lookup(name); err != nil {
+		return nil, nil, err
 	}
-	return plugin.DefaultTimeout
+	drv, alloc, client, err := c.newPlugin(name, st.disc.Locator(name))
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), client.Timeout())
+	defer cancel()
+	if err := activate(ctx, drv, alloc); err != nil {
+		st.forget(client)
+		return nil, nil, err
+	}
+	return drv, alloc, nil
 }
 
 // closePlugins closes the plugin clients' idle connections.

@@ -343,9 +343,6 @@ func (c *Controller) restoreLB(ctx context.Context) error {
 		}
 	}
 	for _, sb := range c.sandboxes {
-		if len(sb.services()) == 0 {
-			continue
-		}
 		if err := sb.syncServices(ctx); err != nil {
 			return fmt.Errorf("sandbox %q: %w", sb.containerID, err)
 		}

@@ -167,7 +167,7 @@ func TestServices(t *testing.T) {
 
 	// DNS: the name gives the VIPs, tasks.web the backends, in the
 	// network's members only.
-	r := sandboxResolver(client.Key())
+	r := cnmtest.Resolver(client.Key())
 	addrs, err := lookup(t, r, "web")
 	require.NoError(t, err)
 	assert.ElementsMatch(t, []netip.Addr{vip4, vip6}, addrs)
@@ -183,7 +183,7 @@ func TestServices(t *testing.T) {
 	epOut, err := other.CreateEndpoint(ctx, "outsider")
 	require.NoError(t, err)
 	require.NoError(t, epOut.Join(ctx, outsider))
-	_, err = lookup(t, sandboxResolver(outsider.Key()), "web")
+	_, err = lookup(t, cnmtest.Resolver(outsider.Key()), "web")
 	require.Error(t, err, "no service name across networks")
 	require.Empty(t, nftTables(t, outsider.Key()), "a sandbox on no network with services gets no table")
 
@@ -299,7 +299,7 @@ func TestServicesRestart(t *testing.T) {
 	client, err = ctrl.SandboxByContainerID("client")
 	require.NoError(t, err)
 	assert.Len(t, spreadOver(t, client, vip, 4, epClient.Info().IPv4.Addr()), 2)
-	addrs, err := lookup(t, sandboxResolver(client.Key()), "web")
+	addrs, err := lookup(t, cnmtest.Resolver(client.Key()), "web")
 	require.NoError(t, err)
 	assert.Equal(t, []netip.Addr{vip}, addrs)
 	// A new endpoint of the service gets the same VIP; one of another

@@ -84,3 +84,16 @@ func TCPExchange(ctx context.Context, serverNS, clientNS string, to netip.AddrPo
 	}
 	return nil
 }
+
+// Resolver returns a Go resolver that asks the embedded DNS server
+// (127.0.0.11) of the sandbox whose namespace file is path, from inside it.
+func Resolver(path string) *net.Resolver {
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var c net.Conn
+		err := Do(ctx, path, func() (err error) {
+			c, err = (&net.Dialer{}).DialContext(ctx, network, "127.0.0.11:53")
+			return err
+		})
+		return c, err
+	}}
+}

@@ -63,13 +63,24 @@ func Leaks(h *HostNS, keep ...string) []string {
 			}
 		}
 	}
-	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
-		for _, line := range strings.Split(string(mi), "\n") {
-			f := strings.Fields(line)
-			if len(f) > 4 && strings.HasPrefix(f[4], h.RunDir+"/") {
-				leaks = append(leaks, "mount "+f[4])
-			}
-		}
+	for _, m := range MountsUnder(h.RunDir) {
+		leaks = append(leaks, "mount "+m)
 	}
 	return leaks
+}
+
+// MountsUnder returns the mount points below dir, as the process's
+// /proc/self/mountinfo lists them (none where there is no such file).
+func MountsUnder(dir string) []string {
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(mi), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			out = append(out, f[4])
+		}
+	}
+	return out
 }

@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 
@@ -112,7 +113,7 @@ func lookup(names Names, q dns.Question) (rrs []dns.RR, local bool) {
 		if !ipv6 {
 			a = a.Unmap()
 		}
-		if a.Is4() == ipv6 || !a.IsValid() || containsAddr(seen, a) {
+		if a.Is4() == ipv6 || !a.IsValid() || slices.Contains(seen, a) {
 			continue
 		}
 		seen = append(seen, a)
@@ -123,15 +124,6 @@ func lookup(names Names, q dns.Question) (rrs []dns.RR, local bool) {
 		}
 	}
 	return rrs, true
-}
-
-func containsAddr(s []netip.Addr, a netip.Addr) bool {
-	for _, b := range s {
-		if a == b {
-			return true
-		}
-	}
-	return false
 }
 
 // canonical returns a question name as [Names] takes it: lower case (DNS

@@ -17,8 +17,6 @@
 package bridge
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net"
@@ -145,11 +143,4 @@ func (d *driver) network(id string) (*network, error) {
 		return nil, fmt.Errorf("%w: bridge network %s", driverapi.ErrNotFound, id)
 	}
 	return n, nil
-}
-
-// hostIfName returns a fresh name for the host end of a veth pair.
-func hostIfName() string {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	return "veth" + hex.EncodeToString(b[:])[:7]
 }

@@ -78,7 +78,7 @@ func (d *driver) Join(ctx context.Context, req driverapi.JoinRequest) (driverapi
 		return driverapi.JoinResponse{}, err
 	}
 
-	hostIf := hostIfName()
+	hostIf := linkrules.VethName()
 	err = d.cfg.HostNS.AddVeth(ctx, osl.VethSpec{
 		HostName:    hostIf,
 		PeerName:    req.InterfaceName,

@@ -74,7 +74,7 @@ func TestNewNeedsHostAndFirewall(t *testing.T) {
 func TestHostIfNamesAreFreshAndValid(t *testing.T) {
 	seen := map[string]bool{}
 	for range 1000 {
-		n := hostIfName()
+		n := linkrules.VethName()
 		require.NoError(t, linkrules.CheckIfName(n))
 		require.Len(t, n, 11)
 		seen[n] = true

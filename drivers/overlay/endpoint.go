@@ -107,7 +107,7 @@ func (d *Driver) Join(ctx context.Context, req driverapi.JoinRequest) (resp driv
 	if err := d.step("veth"); err != nil {
 		return resp, err
 	}
-	port := portName()
+	port := linkrules.VethName()
 	err = n.sb.ns.AddVeth(ctx, osl.VethSpec{
 		HostName:    port,
 		PeerName:    req.InterfaceName,

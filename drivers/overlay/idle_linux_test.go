@@ -63,4 +63,6 @@ func TestIdleTimeout(t *testing.T) {
 	require.True(t, os.IsNotExist(err), "DeleteNetwork drops an idle namespace at once")
 	b.leave(t)
 	require.NoError(t, h2.d.DeleteNetwork(ctx, req.ID))
+	assertClean(t, h1)
+	assertClean(t, h2)
 }

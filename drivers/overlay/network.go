@@ -178,13 +178,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, id string) error {
 // (a later driver's FinishRestore drops them). Nothing else is touched:
 // the data plane keeps running.
 func (d *Driver) Close() {
-	d.mu.Lock()
-	nets := make([]*network, 0, len(d.networks))
-	for _, n := range d.networks {
-		nets = append(nets, n)
-	}
-	d.mu.Unlock()
-	for _, n := range nets {
+	for _, n := range d.snapshot() {
 		n.mu.Lock()
 		if n.idle != nil {
 			n.idle.Stop()
@@ -192,4 +186,15 @@ func (d *Driver) Close() {
 		}
 		n.mu.Unlock()
 	}
+}
+
+// snapshot returns the networks recorded now.
+func (d *Driver) snapshot() []*network {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	nets := make([]*network, 0, len(d.networks))
+	for _, n := range d.networks {
+		nets = append(nets, n)
+	}
+	return nets
 }

@@ -38,8 +38,6 @@
 package overlay
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -212,11 +210,4 @@ func (d *Driver) step(name string) error {
 		return fmt.Errorf("overlay: %s: %w", name, err)
 	}
 	return nil
-}
-
-// portName returns a fresh name for the bridge end of a veth pair.
-func portName() string {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	return "veth" + hex.EncodeToString(b[:])[:7]
 }

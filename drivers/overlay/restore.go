@@ -36,11 +36,7 @@ import (
 // if it still exists, is taken back by the RestoreEndpoint of its first
 // joined endpoint, or dropped by FinishRestore if none comes.
 func (d *Driver) RestoreNetwork(ctx context.Context, req driverapi.NetworkRequest) error {
-	n, err := d.newNetwork(ctx, req)
-	if err != nil {
-		return err
-	}
-	return d.addNetwork(n)
+	return d.CreateNetwork(ctx, req)
 }
 
 // RestoreEndpoint takes an endpoint back after the controller restarted.
@@ -228,14 +224,7 @@ func (d *Driver) adoptSandbox(ctx context.Context, n *network) (retErr error) {
 // keeping the device there if it is as the network needs it, making it
 // otherwise.
 func (d *Driver) adoptVXLAN(ctx context.Context, n *network, sb *sandbox) (int, error) {
-	spec := vxlanSpec{
-		name:   vxlanName,
-		vni:    n.vni,
-		local:  d.cfg.AdvertiseAddress,
-		port:   d.cfg.Port,
-		mtu:    n.mtu,
-		master: sb.bridge,
-	}
+	spec := d.vxlanSpec(n, sb.bridge)
 	l, err := sb.ns.LinkByName(ctx, vxlanName)
 	switch {
 	case errors.Is(err, osl.ErrLinkNotFound):
@@ -269,11 +258,7 @@ func (d *Driver) adoptVXLAN(ctx context.Context, n *network, sb *sandbox) (int, 
 // releaseSandbox unpublishes network n's namespace and closes the
 // driver's handles on it, leaving it as it is. The caller holds n.mu.
 func (d *Driver) releaseSandbox(n *network) {
-	d.peerMu.Lock()
-	sb := n.sb
-	n.sb = nil
-	d.peerMu.Unlock()
-	if sb != nil {
+	if sb := d.unpublish(n); sb != nil {
 		sb.close()
 	}
 }
@@ -287,25 +272,20 @@ func (d *Driver) releaseSandbox(n *network) {
 //     not joined, or a file a crash left halfway; its vxlan0 is deleted
 //     first, so its VNI and port are free at once;
 //   - deletes, in each namespace kept, the veth ends on br0 that no
-//     restored endpoint owns (their peers in sandboxes go with them);
-//   - programs every peer known by now in each namespace kept again.
-//     FDB and neighbour entries of peers it does not know are kept: the
-//     control plane may feed peers after FinishRestore, and AddPeer
-//     replaces an entry of the same IP or MAC. Those of peers removed
-//     while the controller was down go with the control plane's
-//     [Driver.SyncPeers] of the network.
+//     restored endpoint owns (their peers in sandboxes go with them).
+//
+// The peers known are programmed in a namespace when RestoreEndpoint
+// takes it back, and AddPeer programs later ones. FDB and neighbour
+// entries of peers it does not know are kept: those of peers removed while
+// the controller was down go with the control plane's [Driver.SyncPeers]
+// of the network.
 //
 // It is meant to run once, after RestoreNetwork and RestoreEndpoint of
 // everything recorded and before the controller joins anything else;
 // AddPeer and RemovePeer may run at any time. It goes on past an error and
 // returns them all.
 func (d *Driver) FinishRestore(ctx context.Context) error {
-	d.mu.Lock()
-	nets := make([]*network, 0, len(d.networks))
-	for _, n := range d.networks {
-		nets = append(nets, n)
-	}
-	d.mu.Unlock()
+	nets := d.snapshot()
 	slices.SortFunc(nets, func(a, b *network) int { return strings.Compare(a.id, b.id) })
 	for _, n := range nets {
 		n.mu.Lock()
@@ -335,19 +315,6 @@ func (d *Driver) FinishRestore(ctx context.Context) error {
 	}
 	d.mu.Unlock()
 	errs = append(errs, d.dropStaleNamespaces(ctx, keep))
-
-	d.peerMu.Lock()
-	defer d.peerMu.Unlock()
-	for _, n := range nets {
-		if n.sb == nil {
-			continue
-		}
-		for ip, p := range d.peers[n.id] {
-			if err := n.sb.program(ctx, ip, p); err != nil {
-				errs = append(errs, fmt.Errorf("overlay network %s: peer %s: %w", n.id, ip, err))
-			}
-		}
-	}
 	return errors.Join(errs...)
 }
 

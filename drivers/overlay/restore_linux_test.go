@@ -26,13 +26,7 @@ import (
 func restart(t *testing.T, h *testHost) {
 	t.Helper()
 	old := h.d
-	old.mu.Lock()
-	nets := make([]*network, 0, len(old.networks))
-	for _, n := range old.networks {
-		nets = append(nets, n)
-	}
-	old.mu.Unlock()
-	for _, n := range nets {
+	for _, n := range old.snapshot() {
 		n.mu.Lock()
 		if n.sb != nil {
 			n.sb.close()

@@ -92,14 +92,7 @@ func (d *Driver) makeSandbox(ctx context.Context, n *network) (retErr error) {
 	if err := d.step("vxlan"); err != nil {
 		return err
 	}
-	sb.vxlan, err = addVXLAN(ctx, d.cfg.HostNS, ns, vxlanSpec{
-		name:   vxlanName,
-		vni:    n.vni,
-		local:  d.cfg.AdvertiseAddress,
-		port:   d.cfg.Port,
-		mtu:    n.mtu,
-		master: sb.bridge,
-	})
+	sb.vxlan, err = addVXLAN(ctx, d.cfg.HostNS, ns, d.vxlanSpec(n, sb.bridge))
 	if err != nil {
 		return fmt.Errorf("overlay network %s: %w", n.id, err)
 	}
@@ -131,14 +124,20 @@ func (d *Driver) publish(ctx context.Context, n *network, sb *sandbox) error {
 // dropSandbox unpublishes and destroys network n's namespace. The caller
 // holds n.mu.
 func (d *Driver) dropSandbox(ctx context.Context, n *network) error {
+	if sb := d.unpublish(n); sb != nil {
+		return sb.destroy(ctx)
+	}
+	return nil
+}
+
+// unpublish takes network n's namespace away from it, under peerMu, and
+// returns it (nil if it had none). The caller holds n.mu.
+func (d *Driver) unpublish(n *network) *sandbox {
 	d.peerMu.Lock()
+	defer d.peerMu.Unlock()
 	sb := n.sb
 	n.sb = nil
-	d.peerMu.Unlock()
-	if sb == nil {
-		return nil
-	}
-	return sb.destroy(ctx)
+	return sb
 }
 
 // close closes the driver's handles on the namespace and keeps it: the

@@ -17,3 +17,9 @@ type fdbRecord struct {
 	MAC  string // as net.HardwareAddr.String formats it
 	VTEP netip.Addr
 }
+
+// vxlanSpec returns network n's VXLAN device, a port of the bridge of
+// index bridge.
+func (d *Driver) vxlanSpec(n *network, bridge int) vxlanSpec {
+	return vxlanSpec{name: vxlanName, vni: n.vni, local: d.cfg.AdvertiseAddress, port: d.cfg.Port, mtu: n.mtu, master: bridge}
+}

@@ -26,7 +26,6 @@ import (
 	"flag"
 	"fmt"
 	"log"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -192,7 +191,7 @@ func run(subnet netip.Prefix) (retErr error) {
 	// 6. A name from another host, through the first container's embedded
 	// DNS server.
 	from, to := cs[0], cs[len(cs)-1]
-	r := sandboxResolver(from.sb.Key())
+	r := cnmtest.Resolver(from.sb.Key())
 	var took time.Duration
 	_, err = eventually(func() error {
 		qctx, cancel := context.WithTimeout(ctx, time.Second)
@@ -255,19 +254,6 @@ func eventually(fn func() error) (int, error) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-}
-
-// sandboxResolver returns a resolver that asks the embedded DNS server of
-// the sandbox at path, from inside it.
-func sandboxResolver(path string) *net.Resolver {
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var c net.Conn
-		err := cnmtest.Do(ctx, path, func() (err error) {
-			c, err = (&net.Dialer{}).DialContext(ctx, network, "127.0.0.11:53")
-			return err
-		})
-		return c, err
-	}}
 }
 
 // settle waits on every host until the interfaces of removed endpoints are

@@ -16,6 +16,8 @@
 package linkrules
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net"
 
@@ -104,4 +106,12 @@ func CheckMTU(mtu int, ipv6 bool) error {
 		return reason(fmt.Sprintf("below %d, the minimum for a network with IPv6", MinMTUIPv6))
 	}
 	return nil
+}
+
+// VethName returns a fresh name for the host or bridge end of a veth pair:
+// "veth" and 7 random hexadecimal digits, a valid interface name.
+func VethName() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return "veth" + hex.EncodeToString(b[:])[:7]
 }

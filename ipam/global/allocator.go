@@ -67,7 +67,6 @@ type Allocator struct {
 }
 
 type gpool struct {
-	id     string
 	key    string // its key (see [parsePoolID])
 	subnet netip.Prefix
 	rev    uint64 // revision of the pool's record
@@ -292,7 +291,7 @@ func (a *Allocator) pool(ctx context.Context, poolID string) (*gpool, error) {
 		first = 1 // no Subnet-Router anycast address
 	}
 	base := subnet.Addr()
-	p = &gpool{id: poolID, key: key, subnet: subnet, rev: kv.Revision}
+	p = &gpool{key: key, subnet: subnet, rev: kv.Revision}
 	p.sp = &space{
 		kv:     a.cfg.Store,
 		lease:  a.cfg.Lease,
@@ -396,8 +395,6 @@ func (a *Allocator) RequestAddress(ctx context.Context, poolID string, req ipam.
 			return netip.Addr{}, err
 		}
 		return pa, nil
-	} else if pa != (netip.Addr{}) {
-		return netip.Addr{}, fmt.Errorf("%w: preferred address %s is not valid", errdefs.ErrInvalid, pa)
 	}
 	ord, err := p.sp.alloc(ctx)
 	if err != nil {

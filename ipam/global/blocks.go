@@ -19,12 +19,7 @@ import (
 
 // KV is what the allocators need of the global store; [etcdstore.Store]
 // has it.
-type KV interface {
-	Get(ctx context.Context, key string) (store.KV, error)
-	Snapshot(ctx context.Context, prefix string) ([]store.KV, uint64, error)
-	TxnIf(ctx context.Context, conds []etcdstore.Cond, ops ...etcdstore.Op) (uint64, error)
-	Watch(ctx context.Context, prefix string, after uint64) <-chan etcdstore.WatchBatch
-}
+type KV = etcdstore.KV
 
 // blockRecord is the value of a claimed block's key.
 type blockRecord struct {

@@ -100,8 +100,8 @@ func (a *Allocator) Activate(ctx context.Context) error {
 	return nil
 }
 
-// AddressSpaces returns the plugin's default local and global address
-// spaces; before activation, Docker's names.
+// KeepsState reports true: the plugin keeps its own pools and addresses
+// across a restart of the controller (see [ipam.StateKeeper]).
 func (a *Allocator) KeepsState() bool { return true }
 
 // AddressSpaces returns the plugin's address spaces (see Activate).

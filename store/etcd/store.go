@@ -204,3 +204,15 @@ func (s *Store) Txn(ctx context.Context, ops ...store.Op) error {
 func (s *Store) CompareAndSwap(ctx context.Context, key string, rev uint64, value []byte) (uint64, error) {
 	return s.TxnIf(ctx, []Cond{{Key: key, Revision: rev}}, Op{Key: key, Value: value})
 }
+
+// KV is the part of [Store] that users of the global store build on (the
+// global address allocators, the overlay key ring): reads, conditional
+// transactions and watches. Tests may serve it otherwise.
+type KV interface {
+	Get(ctx context.Context, key string) (store.KV, error)
+	Snapshot(ctx context.Context, prefix string) ([]store.KV, uint64, error)
+	TxnIf(ctx context.Context, conds []Cond, ops ...Op) (uint64, error)
+	Watch(ctx context.Context, prefix string, after uint64) <-chan WatchBatch
+}
+
+var _ KV = (*Store)(nil)
