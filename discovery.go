@@ -108,13 +108,7 @@ func (sb *Sandbox) resolverConfig(eps []*Endpoint) resolver.Config {
 // upstreams returns the name servers the sandbox's queries for other names
 // go to: WithDNS, else the host's (minus loopback ones), else the fallback.
 func (sb *Sandbox) upstreams() []netip.Addr {
-	if len(sb.cfg.dns) > 0 {
-		return sb.cfg.dns
-	}
-	servers, _ := readHostResolvConf(hostResolvConf)
-	if len(servers) == 0 {
-		return fallbackDNS
-	}
+	servers, _ := sb.nameServers()
 	return servers
 }
 

@@ -68,7 +68,6 @@ func WithoutHealing() Option {
 type healer struct {
 	c      *Controller
 	w      *watch.Watcher
-	fd     int
 	kick   chan struct{}
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -95,12 +94,13 @@ func (c *Controller) startHealer() error {
 	if err != nil {
 		return err
 	}
+	// The watchers' sockets belong to the namespace once made.
+	defer closeFD(fd)
 	w, err := watch.Start(watch.Config{NSFD: fd, Table: c.FirewallTable(), Own: c.firewall.OwnsPortID, RecvBuffer: c.cfg.watchBuffer}, h.seen)
 	if err != nil {
-		_ = closeFD(fd)
 		return fmt.Errorf("watch the host namespace: %w", err)
 	}
-	h.w, h.fd = w, fd
+	h.w = w
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	go h.loop(ctx)
@@ -116,7 +116,6 @@ func (h *healer) stop() {
 		h.cancel()
 		<-h.done
 		_ = h.w.Close()
-		_ = closeFD(h.fd)
 	})
 }
 

@@ -80,20 +80,28 @@ var fallbackDNS = []netip.Addr{netip.MustParseAddr("8.8.8.8"), netip.MustParseAd
 // hostResolvConf is read for the default name servers.
 const hostResolvConf = "/etc/resolv.conf"
 
+// nameServers returns the sandbox's name servers: those given with
+// WithDNS, else the host's minus loopback ones (a sandbox cannot reach the
+// host's 127.0.0.53) with the host's search and options lines (extra),
+// else the fallback servers.
+func (sb *Sandbox) nameServers() (servers []netip.Addr, extra []string) {
+	if len(sb.cfg.dns) > 0 {
+		return sb.cfg.dns, nil
+	}
+	servers, extra = readHostResolvConf(hostResolvConf)
+	if len(servers) == 0 {
+		servers = fallbackDNS
+	}
+	return servers, extra
+}
+
 // writeResolvConf writes the sandbox's resolv.conf: once its embedded DNS
 // server runs, that server (127.0.0.11) with the host's search lines;
 // before, the servers given with WithDNS, or else the host's servers minus
 // loopback ones (a sandbox cannot reach the host's 127.0.0.53) with the
 // host's search and options lines, or else the fallback servers.
 func (sb *Sandbox) writeResolvConf() error {
-	servers := sb.cfg.dns
-	var extra []string
-	if len(servers) == 0 {
-		servers, extra = readHostResolvConf(hostResolvConf)
-	}
-	if len(servers) == 0 {
-		servers = fallbackDNS
-	}
+	servers, extra := sb.nameServers()
 	sb.mu.Lock()
 	embedded := sb.resolver != nil
 	sb.mu.Unlock()

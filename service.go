@@ -48,7 +48,6 @@ type lbState struct {
 type sandboxLB struct {
 	nets  map[*Network]bool
 	table *firewall.Services
-	fd    int // the namespace fd the table's connection uses
 }
 
 // WithService makes the endpoint a backend of the service name on its
@@ -258,11 +257,11 @@ func (sb *Sandbox) syncServices(ctx context.Context) error {
 			return fmt.Errorf("service table: %w", err)
 		}
 		t, err := firewall.NewServices(fd, sb.ctrl.FirewallTable())
+		_ = closeFD(fd)
 		if err != nil {
-			_ = closeFD(fd)
 			return err
 		}
-		sb.lb.table, sb.lb.fd = t, fd
+		sb.lb.table = t
 	}
 	if err := sb.lb.table.Set(ctx, svcs); err != nil {
 		return fmt.Errorf("service table: %w", err)
@@ -277,15 +276,12 @@ func (sb *Sandbox) syncServices(ctx context.Context) error {
 // a close can wait for the kernel (see firewall.Services). c.lbMu is held,
 // or the sandbox is gone.
 func (sb *Sandbox) closeServices() {
-	t, fd := sb.lb.table, sb.lb.fd
+	t := sb.lb.table
 	if t == nil {
 		return
 	}
 	sb.lb.table = nil
-	go func() {
-		_ = t.Close()
-		_ = closeFD(fd)
-	}()
+	go func() { _ = t.Close() }()
 }
 
 // services returns the services of the sandbox's networks, each VIP with

@@ -4,6 +4,7 @@ package firewall
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -78,8 +79,9 @@ type Services struct {
 }
 
 // NewServices returns a Services for table name (family inet) in namespace
-// nsFD, which must stay open while it is used. Nothing is written until
-// [Services.Set]. The name is 1 to 255 bytes without NUL.
+// nsFD, which it duplicates (the caller may close nsFD; Close closes the
+// copy). Nothing is written until [Services.Set]. The name is 1 to 255
+// bytes without NUL.
 func NewServices(nsFD int, name string) (*Services, error) {
 	return newServices(nsFD, name, nftables.ChainHookOutput)
 }
@@ -91,7 +93,11 @@ func newServices(nsFD int, name string, hook *nftables.ChainHook) (*Services, er
 	if name == "" || len(name) > unix.NFT_TABLE_MAXNAMELEN-1 || strings.ContainsRune(name, 0) {
 		return nil, fmt.Errorf("%w: services table name %q: must be 1 to %d bytes without NUL", errdefs.ErrInvalid, name, unix.NFT_TABLE_MAXNAMELEN-1)
 	}
-	return &Services{nsFD: nsFD, name: name, hook: hook}, nil
+	fd, err := unix.FcntlInt(uintptr(nsFD), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("duplicate namespace fd %d: %w", nsFD, err)
+	}
+	return &Services{nsFD: fd, name: name, hook: hook}, nil
 }
 
 // Set makes the table hold exactly svcs, in one transaction; with none,
@@ -171,18 +177,22 @@ func (s *Services) write(svcs []Service) error {
 	return nil
 }
 
-// Close closes the connection; the table stays as it is. It may take an
+// Close closes the connection and its copy of the namespace fd; the table
+// stays as it is. Safe to call twice. It may take an
 // RCU grace period (see [Services]). Set after Close fails.
 func (s *Services) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.close = true
-	if s.conn == nil {
+	if s.close {
 		return nil
 	}
-	err := s.conn.CloseLasting()
-	s.conn = nil
-	return err
+	s.close = true
+	var err error
+	if s.conn != nil {
+		err = s.conn.CloseLasting()
+		s.conn = nil
+	}
+	return errors.Join(err, unix.Close(s.nsFD))
 }
 
 // validateServices checks the input of Services.Set.

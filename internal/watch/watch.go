@@ -41,8 +41,8 @@ type Change struct {
 
 // Config says what to watch.
 type Config struct {
-	// NSFD is an open fd of the network namespace to watch; it must stay
-	// open while the watcher runs.
+	// NSFD is an open fd of the network namespace to watch, used while
+	// Start makes the sockets (they belong to the namespace afterwards).
 	NSFD int
 	// Table is the name of the inet nftables table to watch.
 	Table string
