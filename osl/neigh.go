@@ -11,3 +11,11 @@ type Neighbour struct {
 	IP        netip.Addr
 	MAC       net.HardwareAddr
 }
+
+// FDBEntry is one static forwarding entry of a VXLAN device: frames for
+// MAC go to the remote tunnel end VTEP.
+type FDBEntry struct {
+	LinkIndex int
+	MAC       net.HardwareAddr
+	VTEP      netip.Addr
+}

@@ -148,3 +148,14 @@ func (ns *Namespace) DeleteRoute(ctx context.Context, r Route) error  { return e
 func (ns *Namespace) Routes(ctx context.Context, family int) ([]Route, error) {
 	return nil, errNotSupported
 }
+
+// SetFDB needs Linux.
+func (ns *Namespace) SetFDB(ctx context.Context, e FDBEntry) error { return errNotSupported }
+
+// DeleteFDB needs Linux.
+func (ns *Namespace) DeleteFDB(ctx context.Context, e FDBEntry) error { return errNotSupported }
+
+// FDB needs Linux.
+func (ns *Namespace) FDB(ctx context.Context, index int) ([]FDBEntry, error) {
+	return nil, errNotSupported
+}

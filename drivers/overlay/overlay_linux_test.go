@@ -32,7 +32,7 @@ func networkNS(t *testing.T, h *testHost, nid string) *sandbox {
 // network's vxlan0.
 func programmed(t *testing.T, sb *sandbox) ([]fdbRecord, []osl.Neighbour) {
 	t.Helper()
-	f, err := sb.fdb.list(sb.vxlan)
+	f, err := sb.listFDB(context.Background())
 	require.NoError(t, err)
 	ns, err := sb.ns.Neighbours(context.Background(), sb.vxlan)
 	require.NoError(t, err)

@@ -185,7 +185,7 @@ func (d *Driver) macUsed(id, mac string, ip netip.Addr) bool {
 // program installs a peer's FDB and neighbour entries in sb.
 func (sb *sandbox) program(ctx context.Context, ip netip.Addr, e peerEntry) error {
 	mac := net.HardwareAddr(e.mac)
-	if err := sb.fdb.set(ctx, sb.vxlan, mac, e.vtep); err != nil {
+	if err := sb.setFDB(ctx, mac, e.vtep); err != nil {
 		return err
 	}
 	return sb.setNeighbour(ctx, ip, mac)
@@ -201,7 +201,7 @@ func (sb *sandbox) unprogram(ctx context.Context, ip netip.Addr, e peerEntry, ke
 	if keepFDB {
 		return nil
 	}
-	return sb.fdb.del(ctx, sb.vxlan, mac, e.vtep)
+	return sb.delFDB(ctx, mac, e.vtep)
 }
 
 // setNeighbour installs the permanent neighbour entry ip → mac on vxlan0,

@@ -98,7 +98,7 @@ func (d *Driver) syncVXLAN(ctx context.Context, sb *sandbox, table map[netip.Add
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	fdbs, err := sb.fdb.list(sb.vxlan)
+	fdbs, err := sb.listFDB(ctx)
 	if err != nil {
 		return err
 	}
@@ -185,13 +185,13 @@ func planSync(sb *sandbox, table map[netip.Addr]peerEntry, fdbs []fdbRecord, nei
 		}
 		c := syncChange{
 			what: fmt.Sprintf("set fdb %s dst %s", w.mac, w.vtep),
-			do:   func(ctx context.Context) error { return sb.fdb.set(ctx, sb.vxlan, w.mac, w.vtep) },
+			do:   func(ctx context.Context) error { return sb.setFDB(ctx, w.mac, w.vtep) },
 		}
 		if len(had) > 0 {
 			// A set replaces the first remote.
-			c.undo = func(ctx context.Context) error { return sb.fdb.set(ctx, sb.vxlan, w.mac, had[0]) }
+			c.undo = func(ctx context.Context) error { return sb.setFDB(ctx, w.mac, had[0]) }
 		} else {
-			c.undo = func(ctx context.Context) error { return sb.fdb.del(ctx, sb.vxlan, w.mac, w.vtep) }
+			c.undo = func(ctx context.Context) error { return sb.delFDB(ctx, w.mac, w.vtep) }
 		}
 		out = append(out, c)
 	}
@@ -247,8 +247,8 @@ func planSync(sb *sandbox, table map[netip.Addr]peerEntry, fdbs []fdbRecord, nei
 		// before the set is undone.
 		out = append(out, syncChange{
 			what: fmt.Sprintf("delete stale fdb %s dst %s", mac, r.VTEP),
-			do:   func(ctx context.Context) error { return sb.fdb.del(ctx, sb.vxlan, mac, r.VTEP) },
-			undo: func(ctx context.Context) error { return sb.fdb.set(ctx, sb.vxlan, mac, r.VTEP) },
+			do:   func(ctx context.Context) error { return sb.delFDB(ctx, mac, r.VTEP) },
+			undo: func(ctx context.Context) error { return sb.setFDB(ctx, mac, r.VTEP) },
 		})
 	}
 	return out

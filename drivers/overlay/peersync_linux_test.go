@@ -129,7 +129,7 @@ func TestSyncPeersLive(t *testing.T) {
 	}
 	sb := networkNS(t, h1, nid)
 	// Entries the driver never knew of (another driver's, before a crash).
-	require.NoError(t, sb.fdb.set(ctx, sb.vxlan, mustMAC("02:00:00:00:91:77"), netip.MustParseAddr("192.0.2.77")))
+	require.NoError(t, sb.setFDB(ctx, mustMAC("02:00:00:00:91:77"), netip.MustParseAddr("192.0.2.77")))
 	require.NoError(t, sb.setNeighbour(ctx, netip.MustParseAddr("10.91.0.77"), mustMAC("02:00:00:00:91:77")))
 	fdbs, neighs := kernelPeers(t, sb)
 	require.Len(t, fdbs, 5)

@@ -211,9 +211,6 @@ func (d *Driver) adoptSandbox(ctx context.Context, n *network) (retErr error) {
 	if sb.vxlan, err = d.adoptVXLAN(ctx, n, sb); err != nil {
 		return fmt.Errorf("overlay network %s: %w", n.id, err)
 	}
-	if sb.fdb, err = openFDB(ns); err != nil {
-		return fmt.Errorf("overlay network %s: %w", n.id, err)
-	}
 	if err := d.step("adopt peers"); err != nil {
 		return err
 	}

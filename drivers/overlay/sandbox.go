@@ -22,9 +22,8 @@ const (
 // device.
 type sandbox struct {
 	ns     *osl.Namespace
-	bridge int  // br0's index
-	vxlan  int  // vxlan0's index
-	fdb    *fdb // netlink handle inside ns for FDB entries
+	bridge int // br0's index
+	vxlan  int // vxlan0's index
 }
 
 // nsPrefix starts the file name of every network namespace of the driver
@@ -96,9 +95,6 @@ func (d *Driver) makeSandbox(ctx context.Context, n *network) (retErr error) {
 	if err != nil {
 		return fmt.Errorf("overlay network %s: %w", n.id, err)
 	}
-	if sb.fdb, err = openFDB(ns); err != nil {
-		return fmt.Errorf("overlay network %s: %w", n.id, err)
-	}
 
 	if err := d.step("peers"); err != nil {
 		return err
@@ -143,9 +139,6 @@ func (d *Driver) unpublish(n *network) *sandbox {
 // close closes the driver's handles on the namespace and keeps it: the
 // kernel objects in it live on.
 func (sb *sandbox) close() {
-	if sb.fdb != nil {
-		sb.fdb.close()
-	}
 	sb.ns.Close()
 }
 
@@ -154,9 +147,6 @@ func (sb *sandbox) close() {
 // namespace: the bridge and the veth ends in it go with it.
 func (sb *sandbox) destroy(ctx context.Context) error {
 	var errs []error
-	if sb.fdb != nil {
-		sb.fdb.close()
-	}
 	if sb.vxlan != 0 {
 		if err := sb.ns.DeleteLinkIndex(ctx, sb.vxlan, vxlanName); err != nil {
 			errs = append(errs, err)

@@ -1,6 +1,12 @@
 package overlay
 
-import "net/netip"
+import (
+	"context"
+	"net"
+	"net/netip"
+
+	"github.com/seed53641549/cnm/osl"
+)
 
 // vxlanSpec describes a network's VXLAN device.
 type vxlanSpec struct {
@@ -22,4 +28,29 @@ type fdbRecord struct {
 // index bridge.
 func (d *Driver) vxlanSpec(n *network, bridge int) vxlanSpec {
 	return vxlanSpec{name: vxlanName, vni: n.vni, local: d.cfg.AdvertiseAddress, port: d.cfg.Port, mtu: n.mtu, master: bridge}
+}
+
+// setFDB adds or replaces the static FDB entry mac → vtep on sb's vxlan0.
+func (sb *sandbox) setFDB(ctx context.Context, mac net.HardwareAddr, vtep netip.Addr) error {
+	return sb.ns.SetFDB(ctx, osl.FDBEntry{LinkIndex: sb.vxlan, MAC: mac, VTEP: vtep})
+}
+
+// delFDB removes the FDB entry of mac on sb's vxlan0; one that is not
+// there is not an error.
+func (sb *sandbox) delFDB(ctx context.Context, mac net.HardwareAddr, vtep netip.Addr) error {
+	return sb.ns.DeleteFDB(ctx, osl.FDBEntry{LinkIndex: sb.vxlan, MAC: mac, VTEP: vtep})
+}
+
+// listFDB returns the permanent FDB entries of sb's vxlan0 with a remote
+// VTEP, in the kernel's order.
+func (sb *sandbox) listFDB(ctx context.Context) ([]fdbRecord, error) {
+	entries, err := sb.ns.FDB(ctx, sb.vxlan)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]fdbRecord, 0, len(entries))
+	for _, e := range entries {
+		out = append(out, fdbRecord{MAC: e.MAC.String(), VTEP: e.VTEP})
+	}
+	return out, nil
 }
