@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +9,7 @@ import (
 	"net/netip"
 
 	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/internal/mac"
 	"github.com/seed53641549/cnm/plugin/protocol"
 	"github.com/seed53641549/cnm/store"
 )
@@ -203,7 +203,7 @@ func (s *Server) createEndpoint(ctx context.Context, decode func(any) error) (an
 		}
 		ereq.MAC = mac
 	} else {
-		ereq.MAC = randomMAC()
+		ereq.MAC = mac.Random()
 		resp.Interface = &protocol.EndpointInterface{MacAddress: ereq.MAC.String()}
 	}
 	s.mu.Lock()
@@ -211,7 +211,8 @@ func (s *Server) createEndpoint(ctx context.Context, decode func(any) error) (an
 		s.mu.Unlock()
 		return nil, fmt.Errorf("%w: endpoint %s", driverapi.ErrExists, req.EndpointID)
 	}
-	s.endpoints[req.EndpointID] = &endpoint{nid: req.NetworkID, req: ereq}
+	ep := &endpoint{nid: req.NetworkID, req: ereq}
+	s.endpoints[req.EndpointID] = ep
 	s.mu.Unlock()
 	p, prepare := s.cfg.Driver.(driverapi.EndpointPreparer)
 	if prepare {
@@ -220,8 +221,7 @@ func (s *Server) createEndpoint(ctx context.Context, decode func(any) error) (an
 			return nil, err
 		}
 	}
-	rec := endpointRecord{NetworkID: req.NetworkID, EndpointID: req.EndpointID, MAC: ereq.MAC.String(), IPv4: ereq.IPv4, IPv6: ereq.IPv6}
-	if err := s.save(ctx, put(prefixEndpoint+req.EndpointID, rec)); err != nil {
+	if err := s.save(ctx, put(prefixEndpoint+req.EndpointID, ep.record())); err != nil {
 		if prepare {
 			err = errors.Join(err, p.DeleteEndpoint(context.WithoutCancel(ctx), req.NetworkID, req.EndpointID))
 		}
@@ -229,14 +229,6 @@ func (s *Server) createEndpoint(ctx context.Context, decode func(any) error) (an
 		return nil, err
 	}
 	return resp, nil
-}
-
-// randomMAC returns a locally administered unicast MAC.
-func randomMAC() net.HardwareAddr {
-	mac := make(net.HardwareAddr, 6)
-	_, _ = rand.Read(mac)
-	mac[0] = mac[0]&^0x01 | 0x02
-	return mac
 }
 
 func (s *Server) forget(eid string) {
