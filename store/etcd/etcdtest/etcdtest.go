@@ -33,7 +33,6 @@ type Server struct {
 	inner     url.URL // where etcd itself serves clients
 	purl      url.URL
 	tlsInfo   transport.TLSInfo
-	endpoints []string
 	clientTLS *tls.Config
 
 	mu    sync.Mutex
@@ -89,7 +88,6 @@ func start(t testing.TB, opts Options) (*Server, error) {
 	s.curl = url.URL{Scheme: scheme, Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
 	s.inner = url.URL{Scheme: scheme, Host: fmt.Sprintf("127.0.0.1:%d", ports[1])}
 	s.purl = url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[2])}
-	s.endpoints = []string{s.curl.String()}
 	if err := s.run(); err != nil {
 		return nil, err
 	}
@@ -185,7 +183,7 @@ func (s *Server) Restart(t testing.TB) {
 }
 
 // Endpoints returns the client URLs of the server.
-func (s *Server) Endpoints() []string { return append([]string(nil), s.endpoints...) }
+func (s *Server) Endpoints() []string { return []string{s.curl.String()} }
 
 // ClientTLS returns the TLS configuration a client needs (the CA and a
 // client certificate), or nil for a plain-text server.

@@ -3,7 +3,6 @@ package etcdtest
 import (
 	"io"
 	"net"
-	"net/url"
 	"sync"
 	"testing"
 )
@@ -46,15 +45,11 @@ func (p *Proxy) Resume() {
 // end with t.Cleanup.
 func NewProxy(t testing.TB, s *Server) *Proxy {
 	t.Helper()
-	u, err := url.Parse(s.endpoints[0])
-	if err != nil {
-		t.Fatal(err)
-	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := newProxy(l, u.Host, u.Scheme)
+	p := newProxy(l, s.curl.Host, s.curl.Scheme)
 	t.Cleanup(p.Cut)
 	return p
 }
