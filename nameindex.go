@@ -50,18 +50,19 @@ func (x *nameIndex) remove(id string) {
 	}
 	delete(x.byID, id)
 	for _, n := range e.names {
-		if es := slices.DeleteFunc(x.byName[n], func(o *nameEntry) bool { return o == e }); len(es) > 0 {
-			x.byName[n] = es
-		} else {
-			delete(x.byName, n)
-		}
+		dropEntry(x.byName, n, e)
 	}
 	for _, a := range e.addrs {
-		if es := slices.DeleteFunc(x.byAddr[a], func(o *nameEntry) bool { return o == e }); len(es) > 0 {
-			x.byAddr[a] = es
-		} else {
-			delete(x.byAddr, a)
-		}
+		dropEntry(x.byAddr, a, e)
+	}
+}
+
+// dropEntry removes e from m[k], and k from m when nothing is left.
+func dropEntry[K comparable](m map[K][]*nameEntry, k K, e *nameEntry) {
+	if es := slices.DeleteFunc(m[k], func(o *nameEntry) bool { return o == e }); len(es) > 0 {
+		m[k] = es
+	} else {
+		delete(m, k)
 	}
 }
 

@@ -155,26 +155,14 @@ func prefixOf(a netip.Addr, fam *networkIPAM) netip.Prefix {
 // service. The sandbox's own table is updated or the error returned (and
 // nothing changed); other clients' failures are logged, and healed by the
 // next change.
-func (ep *Endpoint) attachLB(ctx context.Context, sb *Sandbox) error {
-	n := ep.nw
-	if !n.hasDiscovery() || sb.cfg.hostNetwork {
-		return nil
-	}
-	c := n.ctrl
-	c.lbMu.Lock()
-	defer c.lbMu.Unlock()
-	n.lb.setJoined(ep, sb, true)
-	if err := c.syncLB(ctx, ep, sb); err != nil {
-		n.lb.setJoined(ep, sb, false)
-		c.syncLBLogged(ctx, ep, sb)
-		return err
-	}
-	return nil
-}
+func (ep *Endpoint) attachLB(ctx context.Context, sb *Sandbox) error { return ep.setLB(ctx, sb, true) }
 
 // detachLB takes a leaving endpoint out of load balancing, before its
 // interface goes. Same error rule as attachLB.
-func (ep *Endpoint) detachLB(ctx context.Context, sb *Sandbox) error {
+func (ep *Endpoint) detachLB(ctx context.Context, sb *Sandbox) error { return ep.setLB(ctx, sb, false) }
+
+// setLB is attachLB (joined) and detachLB (not joined).
+func (ep *Endpoint) setLB(ctx context.Context, sb *Sandbox, joined bool) error {
 	n := ep.nw
 	if !n.hasDiscovery() || sb.cfg.hostNetwork {
 		return nil
@@ -182,12 +170,12 @@ func (ep *Endpoint) detachLB(ctx context.Context, sb *Sandbox) error {
 	c := n.ctrl
 	c.lbMu.Lock()
 	defer c.lbMu.Unlock()
-	if !n.lb.clients[sb] {
+	if !joined && !n.lb.clients[sb] {
 		return nil
 	}
-	n.lb.setJoined(ep, sb, false)
+	n.lb.setJoined(ep, sb, joined)
 	if err := c.syncLB(ctx, ep, sb); err != nil {
-		n.lb.setJoined(ep, sb, true)
+		n.lb.setJoined(ep, sb, !joined)
 		c.syncLBLogged(ctx, ep, sb)
 		return err
 	}
