@@ -95,7 +95,7 @@ type network struct {
 	opts     options
 	internal bool
 	gw4, gw6 netip.Addr       // gateway addresses on the bridge; zero if none
-	gwAddrs  []netip.Prefix   // the same with the subnets' prefix lengths
+	gwAddrs  []netip.Prefix   // the same with the subnets' prefix lengths, and bridgeLinkLocal with IPv6
 	bridgeHW net.HardwareAddr // the bridge's MAC, kept when a heal makes it again
 	fw       firewall.Network // the network's rules, as given to the firewall
 

@@ -149,6 +149,18 @@ func (d *driver) createNetwork(ctx context.Context, req driverapi.NetworkRequest
 			n.gw6 = ipd.Gateway.Addr()
 		}
 	}
+	if n.gw6.IsValid() {
+		// Forwarded IPv6 (a published port, a routed client) needs a
+		// neighbour solicitation from the bridge, and the kernel sends
+		// none before the bridge has a link-local address past DAD: the
+		// one it makes itself is ready 1-2 s after the first port comes
+		// up. A fixed one without DAD is ready at once, as Docker's
+		// fe80::1 on its bridges.
+		if err := host.AddAddress(ctx, br, bridgeLinkLocal); err != nil && !(adopted && errors.Is(err, syscall.EEXIST)) {
+			return err
+		}
+		n.gwAddrs = append(n.gwAddrs, bridgeLinkLocal)
+	}
 	if err := host.SetLinkUp(ctx, br); err != nil {
 		return err
 	}
@@ -173,6 +185,10 @@ func (d *driver) createNetwork(ctx context.Context, req driverapi.NetworkRequest
 	}
 	return err
 }
+
+// bridgeLinkLocal is the link-local address every bridge with IPv6 gets,
+// without DAD (see createNetwork).
+var bridgeLinkLocal = netip.MustParsePrefix("fe80::1/64")
 
 // Host-wide switches that a network routing out of its bridge needs.
 const (
