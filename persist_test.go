@@ -14,7 +14,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
 	"github.com/seed53641549/cnm"
 	"github.com/seed53641549/cnm/cnmtest"
@@ -173,10 +172,7 @@ func TestRebootSimulation(t *testing.T) {
 		require.NoError(t, osl.RemoveNamespaceFile(filepath.Join(nsDir, e.Name())))
 	}
 	require.NoError(t, host.NS.DeleteLink(ctx, "br-reboot"))
-	fd, err := host.NS.FD()
-	require.NoError(t, err)
-	fw, err := firewall.New(ctx, fd, ctrl.FirewallTable())
-	unix.Close(fd)
+	fw, err := firewall.New(ctx, host.FD(t), ctrl.FirewallTable())
 	require.NoError(t, err)
 	require.NoError(t, fw.Delete(ctx))
 	fw.Close()
@@ -192,10 +188,7 @@ func TestRebootSimulation(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, addrs, netip.MustParsePrefix("10.82.0.1/24"))
 	// Rules are back: networks are isolated again, and the freed address is free.
-	fd, err = host.NS.FD()
-	require.NoError(t, err)
-	n, err := firewall.CountRules(ctx, fd, ctrl2.FirewallTable())
-	unix.Close(fd)
+	n, err := firewall.CountRules(ctx, host.FD(t), ctrl2.FirewallTable())
 	require.NoError(t, err)
 	assert.Positive(t, n)
 	c, _ := container(t, nw2, "c", cnm.WithIPv4Address(epB.Info().IPv4.Addr()))
@@ -230,7 +223,9 @@ func TestCrashChild(t *testing.T) {
 	require.NoError(t, err)
 	cnm.SetFaultHook(ctrl, func(s string) error {
 		if s == step {
-			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			if me, err := os.FindProcess(os.Getpid()); err == nil {
+				_ = me.Kill() // SIGKILL
+			}
 			time.Sleep(time.Hour)
 		}
 		return nil
@@ -340,10 +335,7 @@ func TestCrashRecovery(t *testing.T) {
 // the controller's firewall table.
 func publishedPorts(t *testing.T, host *cnmtest.HostNS, ctrl *cnm.Controller) []netip.AddrPort {
 	t.Helper()
-	fd, err := host.NS.FD()
-	require.NoError(t, err)
-	defer unix.Close(fd)
-	fw, err := firewall.New(context.Background(), fd, ctrl.FirewallTable())
+	fw, err := firewall.New(context.Background(), host.FD(t), ctrl.FirewallTable())
 	require.NoError(t, err)
 	defer fw.Close()
 	ports, err := fw.Ports(context.Background())

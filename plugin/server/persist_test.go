@@ -8,7 +8,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
 	"github.com/seed53641549/cnm/cnmtest"
 	"github.com/seed53641549/cnm/drivers/bridge"
@@ -32,10 +31,7 @@ type bridgeServer struct {
 func startBridgeServer(t *testing.T, host *cnmtest.HostNS, owner mark.Owner, dir string) *bridgeServer {
 	t.Helper()
 	ctx := context.Background()
-	fd, err := host.NS.FD()
-	require.NoError(t, err)
-	fw, err := firewall.New(ctx, fd, owner.Table())
-	unix.Close(fd)
+	fw, err := firewall.New(ctx, host.FD(t), owner.Table())
 	require.NoError(t, err)
 	drv, err := bridge.New(bridge.Config{HostNS: host.NS, Firewall: fw, Owner: owner})
 	require.NoError(t, err)
