@@ -150,11 +150,6 @@ func (d *Driver) takeBack(ctx context.Context, sb *osl.Namespace, name, srcName 
 	if name == "" {
 		return nil
 	}
-	if _, err := sb.LinkByName(ctx, name); errors.Is(err, osl.ErrLinkNotFound) {
-		return nil
-	} else if err != nil {
-		return err
-	}
 	if srcName != "" {
 		err := sb.MoveLink(ctx, name, d.hostNS, srcName)
 		if err == nil || errors.Is(err, osl.ErrLinkNotFound) {
