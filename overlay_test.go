@@ -120,6 +120,55 @@ func requireReach(t *testing.T, from, to ovContainer) {
 	}
 }
 
+// An underlay with IPv6 addresses only: the hosts advertise IPv6 VTEPs,
+// VXLAN runs over IPv6, the containers' MTU leaves room for its 70 bytes
+// (IPv6 header 40, UDP 8, VXLAN 8, inner Ethernet 14), and a dual-stack
+// overlay carries both families, a 1 MiB stream each way included.
+func TestOverlayIPv6Underlay(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{IPv6Underlay: true})
+	h1, h2 := cl.Hosts[0], cl.Hosts[1]
+	require.True(t, h1.VTEP.Is6())
+	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov6",
+		cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.56.0.0/24")}),
+		cnm.WithIPv6(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("fd56::/64")}))
+	require.NoError(t, err)
+	a, b := ovRun(t, h1, "ov6", "a"), ovRun(t, h2, "ov6", "b")
+	echoServer(t, b)
+	requireReach(t, a, b)
+
+	sb, err := osl.OpenNamespace(ctx, a.sb.Key())
+	require.NoError(t, err)
+	defer sb.Close()
+	l, err := sb.LinkByName(ctx, a.ep.Info().InterfaceName)
+	require.NoError(t, err)
+	assert.Equal(t, 1500-70, l.MTU, "the underlay's MTU less VXLAN over IPv6")
+
+	// A 1 MiB stream both ways, over IPv4 then IPv6 inside the overlay.
+	b6 := b.ep.Info().IPv6.Addr()
+	require.True(t, b6.Is6(), "b has an IPv6 address")
+	for _, to := range []netip.Addr{b.addr, b6} {
+		var conn net.Conn
+		require.Eventually(t, func() bool {
+			conn, err = cnmtest.Dial(ctx, a.sb.Key(), netip.AddrPortFrom(to, 7), 300*time.Millisecond)
+			return err == nil
+		}, 5*time.Second, 10*time.Millisecond, "dial %s", to)
+		require.NoError(t, conn.SetDeadline(time.Now().Add(10*time.Second)))
+		sent := make([]byte, 1<<20)
+		for i := range sent {
+			sent[i] = byte(i * 7)
+		}
+		werr := make(chan error, 1)
+		go func() { _, err := conn.Write(sent); werr <- err }()
+		got := make([]byte, len(sent))
+		_, err = io.ReadFull(conn, got)
+		require.NoError(t, err, "echo from %s", to)
+		require.NoError(t, <-werr)
+		assert.True(t, string(got) == string(sent), "the stream from %s came back changed", to)
+		conn.Close()
+	}
+}
+
 // overlayPair makes a cluster of two hosts with an overlay network "ov" of
 // subnet, a container a on host 1 and b on host 2, b serving echo and
 // reached from a.

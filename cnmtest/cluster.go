@@ -27,7 +27,8 @@ type Cluster struct {
 	Etcd *etcdtest.Server
 	// Switch holds the underlay's bridge "sw0".
 	Switch *osl.Namespace
-	// Hosts are the hosts, host i with VTEP 192.0.2.<i+1>.
+	// Hosts are the hosts, host i with VTEP 192.0.2.<i+1> (fd00:ca::<i+1>
+	// with ClusterOptions.IPv6Underlay).
 	Hosts []*ClusterHost
 	opts  ClusterOptions
 }
@@ -44,6 +45,9 @@ type ClusterOptions struct {
 	// Proxied connects each host to etcd through a proxy of its own
 	// (ClusterHost.Proxy), to cut one host off etcd while the others go on.
 	Proxied bool
+	// IPv6Underlay gives the underlay IPv6 addresses only (fd00:ca::/64):
+	// the hosts advertise IPv6 VTEPs.
+	IPv6Underlay bool
 }
 
 // ClusterHost is one host of a [Cluster].
@@ -88,7 +92,11 @@ func NewCluster(t testing.TB, n int, opts ClusterOptions) *Cluster {
 		t.Fatalf("cnmtest: switch bridge up: %v", err)
 	}
 	for i := range n {
-		h := &ClusterHost{HostNS: NewHostNS(t), VTEP: netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}), c: cl}
+		vtep := netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)})
+		if opts.IPv6Underlay {
+			vtep = netip.AddrFrom16([16]byte{0: 0xfd, 3: 0xca, 15: byte(i + 1)})
+		}
+		h := &ClusterHost{HostNS: NewHostNS(t), VTEP: vtep, c: cl}
 		port := fmt.Sprintf("h%d", i+1)
 		if err := sw.AddVeth(ctx, osl.VethSpec{HostName: port, PeerName: "ul0", PeerNS: h.NS, MasterIndex: br}); err != nil {
 			t.Fatalf("cnmtest: underlay of host %d: %v", i+1, err)
@@ -115,7 +123,11 @@ func (cl *Cluster) up(ctx context.Context, h *ClusterHost, port string) error {
 	if err != nil {
 		return err
 	}
-	if err := h.NS.AddAddress(ctx, l.Index, netip.PrefixFrom(h.VTEP, 24)); err != nil {
+	bits := 24
+	if h.VTEP.Is6() {
+		bits = 64
+	}
+	if err := h.NS.AddAddress(ctx, l.Index, netip.PrefixFrom(h.VTEP, bits)); err != nil {
 		return err
 	}
 	if err := h.NS.LinkUp(ctx, l.Index, false); err != nil {
