@@ -21,6 +21,9 @@ type Link struct {
 	// in the other end's namespace (IFLA_LINK); 0 if unknown.
 	PeerIndex int
 	Alias     string
+	// VXLAN is, for a VXLAN device, its settings (VNI, local address,
+	// port, learning, proxy); nil for other links.
+	VXLAN *VXLANSpec
 }
 
 // ErrLinkNotFound reports that no link has the given name.

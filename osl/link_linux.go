@@ -23,6 +23,7 @@ func linkFrom(l netlink.Link) Link {
 		MasterIndex: a.MasterIndex,
 		PeerIndex:   a.ParentIndex,
 		Alias:       a.Alias,
+		VXLAN:       vxlanOf(l),
 	}
 }
 

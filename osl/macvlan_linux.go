@@ -94,7 +94,8 @@ func (ns *Namespace) SetLinkAlias(ctx context.Context, index int, alias string) 
 	return nil
 }
 
-// lowerLink is a link made on top of a parent: macvlan, ipvlan, vlan.
+// lowerLink is a link made with one request, most on top of a parent:
+// macvlan, ipvlan, vlan; vxlan has none.
 type lowerLink struct {
 	kind   string
 	name   string
@@ -144,6 +145,9 @@ func (ns *Namespace) addLowerLink(ctx context.Context, l lowerLink) error {
 			// rtnl_newlink found no driver for the kind, even after asking
 			// for its module ("Unknown device type").
 			return fmt.Errorf("add %s link %s: %w: %w", l.kind, l.name, ErrKindNotSupported, err)
+		}
+		if l.parent == 0 {
+			return fmt.Errorf("add %s link %s in %s: %w", l.kind, l.name, where, err)
 		}
 		return fmt.Errorf("add %s link %s on parent %d in %s: %w", l.kind, l.name, l.parent, where, err)
 	}

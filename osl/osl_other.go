@@ -115,6 +115,8 @@ func (ns *Namespace) AddMacvlan(ctx context.Context, spec MacvlanSpec) error { r
 
 func (ns *Namespace) AddIPvlan(ctx context.Context, spec IPvlanSpec) error { return errNotSupported }
 
+func (ns *Namespace) AddVXLAN(ctx context.Context, spec VXLANSpec) error { return errNotSupported }
+
 func (ns *Namespace) AddVLAN(ctx context.Context, spec VLANSpec) (int, error) {
 	return 0, errNotSupported
 }
