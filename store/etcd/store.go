@@ -5,14 +5,22 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/namespace"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/seed53641549/cnm/errdefs"
 	"github.com/seed53641549/cnm/store"
 )
+
+// reconnectMax is the longest wait between two attempts to reach an
+// endpoint that does not answer: a client finds etcd back at most this
+// long after it returns.
+const reconnectMax = time.Second
 
 // ErrClosed reports a call on a [Store] after [Store.Close].
 var ErrClosed = errors.New("etcd store is closed")
@@ -51,6 +59,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		// The client's own log would write to stderr behind the
 		// program's back; its failures come back as errors.
 		Logger: zap.NewNop(),
+		// gRPC's own reconnect backoff grows to 120 s: after a long
+		// outage a client would find etcd back only minutes later.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMax},
+			MinConnectTimeout: cfg.DialTimeout,
+		})},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd %v: %w", cfg.Endpoints, err)

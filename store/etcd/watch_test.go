@@ -1,6 +1,7 @@
 package etcdstore
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -299,4 +300,45 @@ func TestAdoptLease(t *testing.T) {
 	_ = s.Close()
 	_, err = s.AdoptLease(ctx, l1.ID())
 	wantErr(t, err, ErrClosed)
+}
+
+// TestBackSoonAfterLongOutage: after 10 s without etcd (gRPC's own
+// reconnect backoff would have grown to 4-7 s between attempts by then),
+// a client writes again and its watch delivers again within 3 s of etcd's
+// return.
+func TestBackSoonAfterLongOutage(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t, etcdtest.Options{})
+	s := open(t, srv, "outage/")
+	ctx := t.Context()
+	rev, err := s.CompareAndSwap(ctx, "k/before", 0, []byte("1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := s.Watch(ctx, "k/", rev)
+	srv.Stop()
+	time.Sleep(10 * time.Second)
+	srv.Restart(t)
+	back := time.Now()
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		_, err := s.CompareAndSwap(rctx, "k/after", 0, []byte("2"))
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Since(back) > 3*time.Second {
+			t.Fatalf("no write within 3s of etcd's return: %v", err)
+		}
+	}
+	for {
+		evs := collect(t, w, 1)
+		if evs[0].KV.Key == "k/after" {
+			break
+		}
+	}
+	if d := time.Since(back); d > 3*time.Second {
+		t.Fatalf("watch delivered %s after etcd's return, want within 3s", d)
+	}
+	t.Logf("written and watched %s after etcd's return", time.Since(back).Round(time.Millisecond))
 }
