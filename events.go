@@ -58,7 +58,8 @@ const EventBuffer = 256
 // object arrive in the order they happened (all events do: there is one
 // order). A reader that falls more than [EventBuffer] events behind gets
 // an [EventMissed] event, in place of the events it lost; an operation
-// never waits for a reader.
+// never waits for a reader. Events not yet taken from the channel when the
+// controller closes are dropped, with no EventMissed.
 func (c *Controller) Events(ctx context.Context) <-chan Event {
 	s := &subscriber{notify: make(chan struct{}, 1), out: make(chan Event)}
 	c.events.mu.Lock()

@@ -113,12 +113,17 @@ func TestEventsSlowReader(t *testing.T) {
 	rctx, cancel := context.WithCancel(ctx)
 	evs := ctrl.Events(rctx)
 	other := ctrl.Events(ctx) // read at once, all along: misses nothing
-	var got []cnm.Event
+	var (
+		mu  sync.Mutex
+		got []cnm.Event
+	)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		for e := range other {
+			mu.Lock()
 			got = append(got, e)
+			mu.Unlock()
 		}
 	}()
 
@@ -146,6 +151,13 @@ func TestEventsSlowReader(t *testing.T) {
 	cancel()
 	for range evs { // closed once ctx is done
 	}
+	// The reader that reads all along gets every event (Close would drop
+	// those it has not taken yet).
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) >= total+1
+	}, 5*time.Second, time.Millisecond)
 	require.NoError(t, ctrl.Close())
 	<-done // Close ends every reader
 	require.Len(t, got, total+1)
