@@ -1,7 +1,6 @@
 package overlay
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -21,25 +20,11 @@ import (
 //
 // (inside `unshare --net --mount`, as root).
 func BenchmarkConnect(b *testing.B) {
-	h1, h2 := newHosts(b, 1500)
-	ctx := context.Background()
-	const nid = "eeeeeeeeeeeeeeee"
-	for _, h := range []*testHost{h1, h2} {
-		require.NoError(b, h.d.CreateNetwork(ctx, testNet(nid, 4097, "10.40.0.0/24")))
-	}
-	ep1 := join(b, h1, nid, "ep1", "10.40.0.2/24", "02:00:00:00:40:02")
-	ep2 := join(b, h2, nid, "ep2", "10.40.0.3/24", "02:00:00:00:40:03")
-	require.NoError(b, h1.d.AddPeer(ctx, ep2.peer()))
-	require.NoError(b, h2.d.AddPeer(ctx, ep1.peer()))
+	lab := newLab(b, 1500, testNet("eeeeeeeeeeeeeeee", 4097, "10.40.0.0/24"))
+	ep1, ep2 := lab.pair(b, epSpec{"ep1", "10.40.0.2/24", "02:00:00:00:40:02"}, epSpec{"ep2", "10.40.0.3/24", "02:00:00:00:40:03"})
 	serve(b, ep2.sb, 9000, "")
-	serve(b, h2.ns, 9001, "")
-	b.Cleanup(func() {
-		ep1.leave(b)
-		ep2.leave(b)
-		for _, h := range []*testHost{h1, h2} {
-			require.NoError(b, h.d.DeleteNetwork(ctx, nid))
-		}
-	})
+	serve(b, lab.h2.ns, 9001, "")
+	b.Cleanup(func() { lab.finish(b, ep1, ep2) })
 
 	for _, tc := range []struct {
 		name string
@@ -47,7 +32,7 @@ func BenchmarkConnect(b *testing.B) {
 		to   string
 	}{
 		{"overlay", ep1.sb, "10.40.0.3:9000"},
-		{"underlay", h1.ns, "192.0.2.2:9001"},
+		{"underlay", lab.h1.ns, "192.0.2.2:9001"},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			to := netip.MustParseAddrPort(tc.to)

@@ -18,11 +18,10 @@ import (
 // same namespace (and its peers) back, and DeleteNetwork drops it at once.
 func TestIdleTimeout(t *testing.T) {
 	ctx := context.Background()
-	h1, h2 := newHosts(t, 1500)
-	h1.d.cfg.IdleTimeout = 300 * time.Millisecond
 	req := testNet("1d1e1d1e1d1e1d1e", 4400, "10.72.0.0/24")
-	require.NoError(t, h1.d.CreateNetwork(ctx, req))
-	require.NoError(t, h2.d.CreateNetwork(ctx, req))
+	lab := newLab(t, 1500, req)
+	h1, h2 := lab.h1, lab.h2
+	h1.d.cfg.IdleTimeout = 300 * time.Millisecond // read when a network's last endpoint leaves
 	path := h1.d.sandboxPath(req.ID)
 	inode := func() uint64 {
 		var st unix.Stat_t
@@ -30,10 +29,7 @@ func TestIdleTimeout(t *testing.T) {
 		return st.Ino
 	}
 
-	a := join(t, h1, req.ID, "a", "10.72.0.2/24", "02:42:0a:48:00:02")
-	b := join(t, h2, req.ID, "b", "10.72.0.3/24", "02:42:0a:48:00:03")
-	require.NoError(t, h1.d.AddPeer(ctx, b.peer()))
-	require.NoError(t, h2.d.AddPeer(ctx, a.peer()))
+	a, b := lab.pair(t, epSpec{"a", "10.72.0.2/24", "02:42:0a:48:00:02"}, epSpec{"b", "10.72.0.3/24", "02:42:0a:48:00:03"})
 	serve(t, b.sb, 7000, "b")
 	first := inode()
 	a.leave(t)

@@ -44,12 +44,10 @@ func programmed(t *testing.T, sb *sandbox) ([]fdbRecord, []osl.Neighbour) {
 // RemovePeer stops it, AddPeer brings it back; the MTU is the underlay's
 // minus 50; everything goes with leave and delete.
 func TestTCPOverVXLAN(t *testing.T) {
-	h1, h2 := newHosts(t, 1480)
-	ctx := context.Background()
 	const nid = "0123456789abcdef-net-a"
-	for _, h := range []*testHost{h1, h2} {
-		require.NoError(t, h.d.CreateNetwork(ctx, testNet(nid, 4097, "10.10.0.0/24")))
-	}
+	lab := newLab(t, 1480, testNet(nid, 4097, "10.10.0.0/24"))
+	h1, h2 := lab.h1, lab.h2
+	ctx := context.Background()
 
 	// Host 1 hears of host 2's endpoint before it has the network's
 	// namespace: the peer is remembered, and programmed at the first Join.
@@ -135,12 +133,7 @@ func TestTCPOverVXLAN(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "ep2", got)
 
-	ep3.leave(t)
-	ep2.leave(t)
-	for _, h := range []*testHost{h1, h2} {
-		require.NoError(t, h.d.DeleteNetwork(ctx, nid))
-		assertClean(t, h)
-	}
+	lab.finish(t, ep3, ep2)
 	// The peer table outlives the network: the control plane owns it.
 	assert.Len(t, h1.d.Peers(nid), 1)
 }

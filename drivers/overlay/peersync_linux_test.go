@@ -55,21 +55,17 @@ func testPeer(nid, ip, mac string, vtep netip.Addr) Peer {
 // deleted from vxlan0, A's entries stay, and the connection to A carries
 // on. SyncPeers again changes nothing.
 func TestSyncPeersAfterRestore(t *testing.T) {
-	h1, h2 := newHosts(t, 1500)
-	ctx := context.Background()
 	const nid = "5ca1ab1e0000-sync"
-	for _, h := range []*testHost{h1, h2} {
-		require.NoError(t, h.d.CreateNetwork(ctx, testNet(nid, 4300, "10.90.0.0/24")))
-	}
-	ep1 := join(t, h1, nid, "ep1", "10.90.0.2/24", "02:00:00:00:90:02")
-	ep2 := join(t, h2, nid, "ep2", "10.90.0.3/24", "02:00:00:00:90:03")
-	a := ep2.peer()
+	lab := newLab(t, 1500, testNet(nid, 4300, "10.90.0.0/24"))
+	h1, h2 := lab.h1, lab.h2
+	ctx := context.Background()
+	ep1, ep2 := lab.pair(t, epSpec{"ep1", "10.90.0.2/24", "02:00:00:00:90:02"}, epSpec{"ep2", "10.90.0.3/24", "02:00:00:00:90:03"})
+	a := ep2.peer() // added on h1 by pair
 	a2 := testPeer(nid, "10.90.0.33", "02:00:00:00:90:03", h2.vtep)
 	b := testPeer(nid, "10.90.0.9", "02:00:00:00:90:09", netip.MustParseAddr("192.0.2.9"))
-	for _, p := range []Peer{a, a2, b} {
+	for _, p := range []Peer{a2, b} {
 		require.NoError(t, h1.d.AddPeer(ctx, p))
 	}
-	require.NoError(t, h2.d.AddPeer(ctx, ep1.peer()))
 	echo(t, ep2.sb, 7000)
 	serve(t, ep2.sb, 8080, "ep2")
 	conn := dialEcho(t, ep1.sb, "10.90.0.3:7000")
@@ -97,12 +93,7 @@ func TestSyncPeersAfterRestore(t *testing.T) {
 	}
 
 	conn.Close()
-	ep1.leave(t)
-	ep2.leave(t)
-	for _, h := range []*testHost{h1, h2} {
-		require.NoError(t, h.d.DeleteNetwork(ctx, nid))
-		assertClean(t, h)
-	}
+	lab.finish(t, ep1, ep2)
 }
 
 // TestSyncPeersLive: SyncPeers on a network with a namespace adds peers,
@@ -320,16 +311,11 @@ func TestSyncPeersRefusals(t *testing.T) {
 // a SyncPeers without it cuts new connections, one with it brings them
 // back.
 func TestSyncPeersKeepsTCP(t *testing.T) {
-	h1, h2 := newHosts(t, 1500)
-	ctx := context.Background()
 	const nid = "5ca1ab1e0004-tcp"
-	for _, h := range []*testHost{h1, h2} {
-		require.NoError(t, h.d.CreateNetwork(ctx, testNet(nid, 4304, "10.94.0.0/24")))
-	}
-	ep1 := join(t, h1, nid, "ep1", "10.94.0.2/24", "02:00:00:00:94:02")
-	ep2 := join(t, h2, nid, "ep2", "10.94.0.3/24", "02:00:00:00:94:03")
-	require.NoError(t, h1.d.AddPeer(ctx, ep2.peer()))
-	require.NoError(t, h2.d.AddPeer(ctx, ep1.peer()))
+	lab := newLab(t, 1500, testNet(nid, 4304, "10.94.0.0/24"))
+	h1, h2 := lab.h1, lab.h2
+	ctx := context.Background()
+	ep1, ep2 := lab.pair(t, epSpec{"ep1", "10.94.0.2/24", "02:00:00:00:94:02"}, epSpec{"ep2", "10.94.0.3/24", "02:00:00:00:94:03"})
 	echo(t, ep2.sb, 7000)
 	serve(t, ep2.sb, 8080, "ep2")
 	serve(t, ep1.sb, 8080, "ep1")
@@ -357,10 +343,5 @@ func TestSyncPeersKeepsTCP(t *testing.T) {
 	require.NoError(t, roundTrip(conn, "again"))
 
 	conn.Close()
-	ep1.leave(t)
-	ep2.leave(t)
-	for _, h := range []*testHost{h1, h2} {
-		require.NoError(t, h.d.DeleteNetwork(ctx, nid))
-		assertClean(t, h)
-	}
+	lab.finish(t, ep1, ep2)
 }

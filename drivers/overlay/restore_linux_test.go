@@ -150,16 +150,11 @@ func exists(path string) bool {
 // joins, peers added afterwards, and leaves work; everything goes at the
 // end.
 func TestRestoreKeepsTraffic(t *testing.T) {
-	h1, h2 := newHosts(t, 1500)
-	ctx := context.Background()
 	const nid = "a1b2c3d4e5f6-restore"
-	for _, h := range []*testHost{h1, h2} {
-		require.NoError(t, h.d.CreateNetwork(ctx, testNet(nid, 4200, "10.80.0.0/24")))
-	}
-	ep1 := join(t, h1, nid, "ep1", "10.80.0.2/24", "02:00:00:00:80:02")
-	ep2 := join(t, h2, nid, "ep2", "10.80.0.3/24", "02:00:00:00:80:03")
-	require.NoError(t, h1.d.AddPeer(ctx, ep2.peer()))
-	require.NoError(t, h2.d.AddPeer(ctx, ep1.peer()))
+	lab := newLab(t, 1500, testNet(nid, 4200, "10.80.0.0/24"))
+	h1, h2 := lab.h1, lab.h2
+	ctx := context.Background()
+	ep1, ep2 := lab.pair(t, epSpec{"ep1", "10.80.0.2/24", "02:00:00:00:80:02"}, epSpec{"ep2", "10.80.0.3/24", "02:00:00:00:80:03"})
 	echo(t, ep2.sb, 7000)
 	serve(t, ep2.sb, 8080, "ep2")
 	conn := dialEcho(t, ep1.sb, "10.80.0.3:7000")
@@ -238,12 +233,7 @@ func TestRestoreKeepsTraffic(t *testing.T) {
 	assert.True(t, exists(h1.d.sandboxPath(nid)), "ep3 keeps the namespace")
 	ep3.leave(t)
 	assert.False(t, exists(h1.d.sandboxPath(nid)), "the last leave drops it")
-	ep2.leave(t)
-	ep4.leave(t)
-	for _, h := range []*testHost{h1, h2} {
-		require.NoError(t, h.d.DeleteNetwork(ctx, nid))
-		assertClean(t, h)
-	}
+	lab.finish(t, ep2, ep4)
 }
 
 // TestRestoreDropsUnexplained: an endpoint restored as not joined loses
@@ -253,18 +243,14 @@ func TestRestoreKeepsTraffic(t *testing.T) {
 // a new join at once. Until FinishRestore, a join that needs a new
 // namespace where an old one is refused with ErrExists.
 func TestRestoreDropsUnexplained(t *testing.T) {
-	h1, h2 := newHosts(t, 1500)
-	ctx := context.Background()
 	const netA, netB = "aaaa1111aaaa-a", "bbbb2222bbbb-b"
-	require.NoError(t, h1.d.CreateNetwork(ctx, testNet(netA, 4210, "10.81.0.0/24")))
-	require.NoError(t, h2.d.CreateNetwork(ctx, testNet(netA, 4210, "10.81.0.0/24")))
+	lab := newLab(t, 1500, testNet(netA, 4210, "10.81.0.0/24"))
+	h1, h2 := lab.h1, lab.h2
+	ctx := context.Background()
 	require.NoError(t, h1.d.CreateNetwork(ctx, testNet(netB, 4211, "10.82.0.0/24")))
-	a1 := join(t, h1, netA, "a1", "10.81.0.2/24", "02:00:00:00:81:02")
+	a1, p := lab.pair(t, epSpec{"a1", "10.81.0.2/24", "02:00:00:00:81:02"}, epSpec{"p", "10.81.0.9/24", "02:00:00:00:81:09"})
 	a2 := join(t, h1, netA, "a2", "10.81.0.3/24", "02:00:00:00:81:03")
 	b1 := join(t, h1, netB, "b1", "10.82.0.2/24", "02:00:00:00:82:02")
-	p := join(t, h2, netA, "p", "10.81.0.9/24", "02:00:00:00:81:09")
-	require.NoError(t, h1.d.AddPeer(ctx, p.peer()))
-	require.NoError(t, h2.d.AddPeer(ctx, a1.peer()))
 	require.NoError(t, h2.d.AddPeer(ctx, a2.peer()))
 	serve(t, p.sb, 8080, "p")
 
@@ -328,16 +314,11 @@ func TestRestoreDropsUnexplained(t *testing.T) {
 // recorded, the namespace is neither taken nor dropped, and the traffic of
 // the endpoint carries on; then the right request succeeds, once.
 func TestRestoreEndpointRefusals(t *testing.T) {
-	h1, h2 := newHosts(t, 1500)
-	ctx := context.Background()
 	const nid = "c0ffee00c0ffee"
-	for _, h := range []*testHost{h1, h2} {
-		require.NoError(t, h.d.CreateNetwork(ctx, testNet(nid, 4220, "10.83.0.0/24")))
-	}
-	e1 := join(t, h1, nid, "e1", "10.83.0.2/24", "02:00:00:00:83:02")
-	p := join(t, h2, nid, "p", "10.83.0.9/24", "02:00:00:00:83:09")
-	require.NoError(t, h1.d.AddPeer(ctx, p.peer()))
-	require.NoError(t, h2.d.AddPeer(ctx, e1.peer()))
+	lab := newLab(t, 1500, testNet(nid, 4220, "10.83.0.0/24"))
+	h1 := lab.h1
+	ctx := context.Background()
+	e1, p := lab.pair(t, epSpec{"e1", "10.83.0.2/24", "02:00:00:00:83:02"}, epSpec{"p", "10.83.0.9/24", "02:00:00:00:83:09"})
 	echo(t, p.sb, 7000)
 	conn := dialEcho(t, e1.sb, "10.83.0.9:7000")
 	require.NoError(t, roundTrip(conn, "before"))
@@ -399,12 +380,7 @@ func TestRestoreEndpointRefusals(t *testing.T) {
 
 	conn.Close()
 	require.NoError(t, e1.sb.DeleteLink(ctx, "x0"))
-	e1.leave(t)
-	p.leave(t)
-	for _, h := range []*testHost{h1, h2} {
-		require.NoError(t, h.d.DeleteNetwork(ctx, nid))
-		assertClean(t, h)
-	}
+	lab.finish(t, e1, p)
 }
 
 // TestRestoreRepairs: what was removed or changed by hand in the network's
@@ -413,16 +389,11 @@ func TestRestoreEndpointRefusals(t *testing.T) {
 // gateway address deleted and br0 down), the rest kept; the traffic flows
 // again and the established connection carries on.
 func TestRestoreRepairs(t *testing.T) {
-	h1, h2 := newHosts(t, 1500)
-	ctx := context.Background()
 	const nid = "d00dd00dd00d"
-	for _, h := range []*testHost{h1, h2} {
-		require.NoError(t, h.d.CreateNetwork(ctx, testNet(nid, 4230, "10.84.0.0/24")))
-	}
-	e1 := join(t, h1, nid, "e1", "10.84.0.2/24", "02:00:00:00:84:02")
-	p := join(t, h2, nid, "p", "10.84.0.9/24", "02:00:00:00:84:09")
-	require.NoError(t, h1.d.AddPeer(ctx, p.peer()))
-	require.NoError(t, h2.d.AddPeer(ctx, e1.peer()))
+	lab := newLab(t, 1500, testNet(nid, 4230, "10.84.0.0/24"))
+	h1 := lab.h1
+	ctx := context.Background()
+	e1, p := lab.pair(t, epSpec{"e1", "10.84.0.2/24", "02:00:00:00:84:02"}, epSpec{"p", "10.84.0.9/24", "02:00:00:00:84:09"})
 	echo(t, p.sb, 7000)
 	serve(t, p.sb, 8080, "p")
 	conn := dialEcho(t, e1.sb, "10.84.0.9:7000")
@@ -468,12 +439,7 @@ func TestRestoreRepairs(t *testing.T) {
 	require.NoError(t, roundTrip(conn, "after"))
 
 	conn.Close()
-	e1.leave(t)
-	p.leave(t)
-	for _, h := range []*testHost{h1, h2} {
-		require.NoError(t, h.d.DeleteNetwork(ctx, nid))
-		assertClean(t, h)
-	}
+	lab.finish(t, e1, p)
 }
 
 // TestRestoreNamespaceGone: the network's namespace file was removed by
@@ -483,16 +449,11 @@ func TestRestoreRepairs(t *testing.T) {
 // joined, and once the namespace is gone with the interface, a new join
 // works.
 func TestRestoreNamespaceGone(t *testing.T) {
-	h1, h2 := newHosts(t, 1500)
-	ctx := context.Background()
 	const nid = "beefbeefbeef"
-	for _, h := range []*testHost{h1, h2} {
-		require.NoError(t, h.d.CreateNetwork(ctx, testNet(nid, 4240, "10.85.0.0/24")))
-	}
-	e1 := join(t, h1, nid, "e1", "10.85.0.2/24", "02:00:00:00:85:02")
-	p := join(t, h2, nid, "p", "10.85.0.9/24", "02:00:00:00:85:09")
-	require.NoError(t, h1.d.AddPeer(ctx, p.peer()))
-	require.NoError(t, h2.d.AddPeer(ctx, e1.peer()))
+	lab := newLab(t, 1500, testNet(nid, 4240, "10.85.0.0/24"))
+	h1 := lab.h1
+	ctx := context.Background()
+	e1, p := lab.pair(t, epSpec{"e1", "10.85.0.2/24", "02:00:00:00:85:02"}, epSpec{"p", "10.85.0.9/24", "02:00:00:00:85:09"})
 	serve(t, p.sb, 8080, "p")
 
 	path := h1.d.sandboxPath(nid)
@@ -532,12 +493,7 @@ func TestRestoreNamespaceGone(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "p", got)
 
-	e1.leave(t)
-	p.leave(t)
-	for _, h := range []*testHost{h1, h2} {
-		require.NoError(t, h.d.DeleteNetwork(ctx, nid))
-		assertClean(t, h)
-	}
+	lab.finish(t, e1, p)
 }
 
 // TestInternalNetworkAndNoGateway: an internal network is recorded like
