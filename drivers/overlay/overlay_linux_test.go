@@ -11,7 +11,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"github.com/vishvananda/netlink"
 
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/osl"
@@ -71,20 +70,17 @@ func TestTCPOverVXLAN(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, 1480-50, l.MTU, "eth0 MTU in %s", ns)
 	}
-	h, err := handleIn(sb1.ns)
+	vl, err := sb1.ns.LinkByName(ctx, vxlanName)
 	require.NoError(t, err)
-	vl, err := h.LinkByName(vxlanName)
-	h.Close()
-	require.NoError(t, err)
-	vx, ok := vl.(*netlink.Vxlan)
-	require.True(t, ok, "vxlan0 is %T", vl)
-	assert.Equal(t, 4097, vx.VxlanId)
-	assert.Equal(t, DefaultPort, vx.Port)
+	require.NotNil(t, vl.VXLAN, "vxlan0 is a %s", vl.Kind)
+	vx := *vl.VXLAN
+	assert.Equal(t, uint32(4097), vx.VNI)
+	assert.Equal(t, uint16(DefaultPort), vx.Port)
 	assert.False(t, vx.Learning, "learning")
 	assert.True(t, vx.Proxy, "proxy")
-	assert.Equal(t, "192.0.2.1", vx.SrcAddr.String())
-	assert.Equal(t, 1430, vx.MTU)
-	assert.Equal(t, sb1.bridge, vx.MasterIndex)
+	assert.Equal(t, "192.0.2.1", vx.Local.String())
+	assert.Equal(t, 1430, vl.MTU)
+	assert.Equal(t, sb1.bridge, vl.MasterIndex)
 	fdbs, neighs := programmed(t, sb1)
 	assert.Equal(t, []fdbRecord{{MAC: mac2, VTEP: h2.vtep}}, fdbs)
 	require.Len(t, neighs, 1)
