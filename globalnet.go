@@ -136,6 +136,9 @@ func (n *Network) deleteGlobal(ctx context.Context) error {
 	if err := g.outbox.flushAll(ctx, g, prefix); err != nil {
 		return fail(fmt.Errorf("global store: %w", err))
 	}
+	if err := c.step(ctx, stepNetworkDelete); err != nil {
+		return fail(err)
+	}
 	for attempt := 1; ; attempt++ {
 		_, err := g.kv.TxnIf(ctx,
 			[]etcdstore.Cond{{Key: gNetworkKey(n.id), Revision: n.globalRev}, {Key: prefix, Prefix: true}},
@@ -174,7 +177,9 @@ func (n *Network) deleteGlobal(ctx context.Context) error {
 			return fail(fmt.Errorf("%w: network %q: its endpoints changed while it was being deleted", ErrInUse, n.name))
 		}
 	}
-	// The network is gone for every host: what follows only tidies up.
+	// The network is gone for every host: what follows only tidies up
+	// (after a crash here, the next New releases the pool and VXLAN ID).
+	c.crashPoint(stepNetworkDeleted)
 	ctx = context.WithoutCancel(ctx)
 	g.releaseVNI(ctx, n)
 	c.releaseNetworkIPAM(ctx, n.ipv4)

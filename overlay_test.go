@@ -806,6 +806,25 @@ func TestOverlayRollback(t *testing.T) {
 	b := ovRun(t, h2, "rb", "b")
 	echoServer(t, b)
 	requireReach(t, ovContainer{sb: sb, ep: ep, addr: ep.Info().IPv4.Addr()}, b)
+
+	// A delete that fails before the network's record goes keeps it, for
+	// every host, and can be made again.
+	require.NoError(t, sb.Delete(ctx))
+	require.NoError(t, b.sb.Delete(ctx))
+	require.NoError(t, h1.Ctrl.Settle(ctx))
+	hit := fail(h1.Ctrl, "network-delete:driver")
+	require.Error(t, nw.Delete(ctx))
+	require.True(t, *hit)
+	assert.Len(t, keys("networks/"), 1)
+	assert.Len(t, keys("ipam/global/pools/"), 1)
+	assert.Len(t, keys("vxlan/ids/"), 1)
+	_, err = h2.Ctrl.NetworkByName("rb")
+	require.NoError(t, err)
+	cnm.SetFaultHook(h1.Ctrl, nil)
+	require.NoError(t, nw.Delete(ctx))
+	assert.Empty(t, keys("networks/"))
+	assert.Empty(t, keys("ipam/global/pools/"))
+	assert.Empty(t, keys("vxlan/ids/"))
 }
 
 // cnmtestLinks lists the link names in the namespace at path.
