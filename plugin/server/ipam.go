@@ -98,23 +98,38 @@ func (s *Server) releasePool(ctx context.Context, decode func(any) error) (any, 
 	if err != nil {
 		return nil, err
 	}
+	// The records go first: if they cannot be deleted, the pool is still
+	// held, whole. If the allocator then refuses, they are put back. (A
+	// server made again requests only the pools its records name, so a
+	// crash in between frees the pool.)
+	var ops, undo []store.Op
+	if s.cfg.Store != nil {
+		rec, err := s.cfg.Store.Get(ctx, prefixPool+req.PoolID)
+		if err != nil {
+			return nil, fmt.Errorf("read plugin state: %w", err)
+		}
+		kvs, err := s.cfg.Store.List(ctx, prefixAddress+req.PoolID+"/")
+		if err != nil {
+			return nil, fmt.Errorf("read plugin state: %w", err)
+		}
+		for _, kv := range append([]store.KV{rec}, kvs...) {
+			ops = append(ops, store.Del(kv.Key))
+			undo = append(undo, store.Put(kv.Key, kv.Value))
+		}
+	}
+	if err := s.save(ctx, ops...); err != nil {
+		return nil, err
+	}
 	if err := s.cfg.Allocator.ReleasePool(ctx, p.allocID); err != nil {
+		if len(undo) > 0 {
+			err = errors.Join(err, s.save(context.WithoutCancel(ctx), undo...))
+		}
 		return nil, err
 	}
 	s.mu.Lock()
 	delete(s.pools, req.PoolID)
 	s.mu.Unlock()
-	ops := []store.Op{store.Del(prefixPool + req.PoolID)}
-	if s.cfg.Store != nil {
-		kvs, err := s.cfg.Store.List(ctx, prefixAddress+req.PoolID+"/")
-		if err != nil {
-			return nil, err
-		}
-		for _, kv := range kvs {
-			ops = append(ops, store.Del(kv.Key))
-		}
-	}
-	return nil, s.save(ctx, ops...)
+	return nil, nil
 }
 
 func (s *Server) requestAddress(ctx context.Context, decode func(any) error) (any, error) {
@@ -160,5 +175,10 @@ func (s *Server) releaseAddress(ctx context.Context, decode func(any) error) (an
 	if err := s.cfg.Allocator.ReleaseAddress(ctx, p.allocID, a); err != nil {
 		return nil, err
 	}
-	return nil, s.save(ctx, store.Del(prefixAddress+req.PoolID+"/"+a.String()))
+	// A record that cannot be deleted leaves the address held.
+	if err := s.save(ctx, store.Del(prefixAddress+req.PoolID+"/"+a.String())); err != nil {
+		_, rerr := s.cfg.Allocator.RequestAddress(context.WithoutCancel(ctx), p.allocID, ipam.AddressRequest{Preferred: a})
+		return nil, errors.Join(err, rerr)
+	}
+	return nil, nil
 }

@@ -154,10 +154,32 @@ func (s *Server) deleteNetwork(ctx context.Context, decode func(any) error) (any
 	if err := decode(&req); err != nil {
 		return nil, err
 	}
+	// The network as recorded, to make it again if its record cannot be
+	// deleted: a delete that fails leaves the network whole, as a retry
+	// (or the next restore, which makes it from the record) expects.
+	var nreq *driverapi.NetworkRequest
+	if s.cfg.Store != nil {
+		kv, err := s.cfg.Store.Get(ctx, prefixNetwork+req.NetworkID)
+		switch {
+		case err == nil:
+			nreq = new(driverapi.NetworkRequest)
+			if err := json.Unmarshal(kv.Value, nreq); err != nil {
+				return nil, fmt.Errorf("%w: record %s: %w", store.ErrCorrupt, kv.Key, err)
+			}
+		case !errors.Is(err, store.ErrNotFound):
+			return nil, fmt.Errorf("read plugin state: %w", err)
+		}
+	}
 	if err := s.cfg.Driver.DeleteNetwork(ctx, req.NetworkID); err != nil {
 		return nil, err
 	}
-	return nil, s.save(ctx, store.Del(prefixNetwork+req.NetworkID))
+	if err := s.save(ctx, store.Del(prefixNetwork+req.NetworkID)); err != nil {
+		if nreq != nil {
+			err = errors.Join(err, s.cfg.Driver.CreateNetwork(context.WithoutCancel(ctx), *nreq))
+		}
+		return nil, err
+	}
+	return nil, nil
 }
 
 // allocateNetwork: cnm drivers need no cluster-wide resources.
@@ -252,16 +274,26 @@ func (s *Server) deleteEndpoint(ctx context.Context, decode func(any) error) (an
 	if err := decode(&req); err != nil {
 		return nil, err
 	}
-	if _, err := s.endpoint(req.NetworkID, req.EndpointID); err != nil {
+	ep, err := s.endpoint(req.NetworkID, req.EndpointID)
+	if err != nil {
 		return nil, err
 	}
-	if p, ok := s.cfg.Driver.(driverapi.EndpointPreparer); ok {
+	p, prepare := s.cfg.Driver.(driverapi.EndpointPreparer)
+	if prepare {
 		if err := p.DeleteEndpoint(ctx, req.NetworkID, req.EndpointID); err != nil {
 			return nil, err
 		}
 	}
+	// A record that cannot be deleted leaves the endpoint whole: the
+	// driver is told of it again and the server keeps it.
+	if err := s.save(ctx, store.Del(prefixEndpoint+req.EndpointID)); err != nil {
+		if prepare {
+			err = errors.Join(err, p.CreateEndpoint(context.WithoutCancel(ctx), ep.req))
+		}
+		return nil, err
+	}
 	s.forget(req.EndpointID)
-	return nil, s.save(ctx, store.Del(prefixEndpoint+req.EndpointID))
+	return nil, nil
 }
 
 func (s *Server) endpointInfo(_ context.Context, decode func(any) error) (any, error) {

@@ -18,6 +18,14 @@
 // and the value; a driver's error gets status 500 with its text. A panic in
 // a driver is answered as an error too: the server never crashes on a
 // request.
+//
+// With a [Config.Store], a request whose record cannot be written is
+// undone and answered with the store's error: a failed create, join,
+// request, delete or release leaves the driver, the allocator and the
+// records as they were, and a retry can succeed. A Leave is the exception:
+// the daemon has already taken the interface back and the driver has
+// deleted it; the record that still says joined is corrected by a retry,
+// or by the next restore, which finds no interface in the container.
 package server
 
 import (
