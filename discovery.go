@@ -160,7 +160,8 @@ func (sb *Sandbox) stopResolver() {
 
 // dnsNames returns the names an endpoint answers to on its network, lower
 // case: its name, its aliases, its sandbox's host name and, for a backend
-// of a service, tasks.<service>.
+// of a service, tasks.<service> (and, on a global network, where services
+// have no VIP, the service's name: see [WithService]).
 func (ep *Endpoint) dnsNames(sb *Sandbox) []string {
 	names := []string{strings.ToLower(ep.name)}
 	for _, a := range ep.aliases {
@@ -171,6 +172,9 @@ func (ep *Endpoint) dnsNames(sb *Sandbox) []string {
 	}
 	if ep.service != "" {
 		names = append(names, "tasks."+strings.ToLower(ep.service))
+		if ep.nw.global {
+			names = append(names, strings.ToLower(ep.service))
+		}
 	}
 	return names
 }

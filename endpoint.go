@@ -85,7 +85,8 @@ type EndpointInfo struct {
 	Aliases   []string
 	// Service is the service the endpoint is a backend of ([WithService]),
 	// and ServiceIPv4 and ServiceIPv6 are that service's virtual IPs on the
-	// network (zero for a family the network does not have).
+	// network (zero for a family the network does not have, and on a
+	// global network, where services have none).
 	Service     string
 	ServiceIPv4 netip.Addr
 	ServiceIPv6 netip.Addr
@@ -160,11 +161,6 @@ func (n *Network) CreateEndpoint(ctx context.Context, name string, opts ...Endpo
 	}
 	if err := n.checkPorts(cfg.ports); err != nil {
 		return nil, fmt.Errorf("endpoint %q: %w", name, err)
-	}
-	if n.global && cfg.service != "" {
-		// A VIP would come from this host's address block and be known
-		// here only.
-		return nil, fmt.Errorf("%w: endpoint %q: service %q: services are not supported on %s networks yet", ErrNotSupported, name, cfg.service, n.driver.Type())
 	}
 	if err := n.checkAddress("ipv4", cfg.ipv4, n.ipv4); err != nil {
 		return nil, fmt.Errorf("endpoint %q: %w", name, err)

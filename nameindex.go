@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 )
 
 // nameIndex is one network's names for service discovery: every joined
@@ -14,6 +15,7 @@ type nameIndex struct {
 	byID   map[string]*nameEntry
 	byName map[string][]*nameEntry
 	byAddr map[netip.Addr][]*nameEntry
+	turn   atomic.Uint32 // rotates the answers of names with several addresses
 }
 
 // nameEntry is one endpoint's entry: its names and addresses.
@@ -67,7 +69,10 @@ func dropEntry[K comparable](m map[K][]*nameEntry, k K, e *nameEntry) {
 }
 
 // lookup returns the addresses of one family of a name (lower case); ok
-// is false if no endpoint has the name.
+// is false if no endpoint has the name. A name with several addresses (a
+// shared alias, tasks.<service>, a global network's service) has them in
+// an order that rotates by one from each call to the next: clients that
+// take the first address spread over all of them (DNS round robin).
 func (x *nameIndex) lookup(name string, ipv6 bool) (addrs []netip.Addr, ok bool) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
@@ -78,6 +83,10 @@ func (x *nameIndex) lookup(name string, ipv6 bool) (addrs []netip.Addr, ok bool)
 				addrs = append(addrs, a)
 			}
 		}
+	}
+	if len(addrs) > 1 {
+		k := int(x.turn.Add(1) % uint32(len(addrs)))
+		addrs = slices.Concat(addrs[k:], addrs[:k])
 	}
 	return addrs, len(es) > 0
 }

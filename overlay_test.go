@@ -7,10 +7,12 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -535,12 +537,7 @@ func TestOverlayBadInput(t *testing.T) {
 			_, err = c.NetworkByName("bad")
 			require.ErrorIs(t, err, cnm.ErrNotFound)
 		}
-		svcNet, err := c.NewNetwork(ctx, "overlay", "svc", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.112.0.0/24")}))
-		require.NoError(t, err)
-		_, err = svcNet.CreateEndpoint(ctx, "web", cnm.WithService("web"))
-		require.ErrorIs(t, err, cnm.ErrNotSupported)
-		assert.Contains(t, err.Error(), `service "web"`)
-		_, err = c.NewNetwork(ctx, "overlay", "enc", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.113.0.0/24")}),
+		_, err := c.NewNetwork(ctx, "overlay", "enc", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.113.0.0/24")}),
 			cnm.WithDriverOptions(map[string]string{"encrypted": ""}))
 		require.ErrorIs(t, err, cnm.ErrNotSupported, "this kernel has no ESP")
 		assert.Contains(t, err.Error(), "encrypted")
@@ -962,4 +959,109 @@ func TestOverlayCrashLeftReservations(t *testing.T) {
 	require.NoError(t, err)
 	c := ovRun(t, h, n.Name(), "c")
 	assert.True(t, c.addr.IsValid())
+}
+
+// Services on an overlay network have no VIP: the service's name answers
+// with the addresses of its joined backends on every host, the first one
+// rotating from one answer to the next (DNS round robin), as
+// tasks.<service> does; clients that take the first address reach every
+// backend; a backend that leaves drops out, on every host.
+func TestOverlayServiceRoundRobin(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 3, cnmtest.ClusterOptions{})
+	h1, h2, h3 := cl.Hosts[0], cl.Hosts[1], cl.Hosts[2]
+	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "svc", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.57.0.0/24")}))
+	require.NoError(t, err)
+	backend := func(h *cnmtest.ClusterHost, name string) ovContainer {
+		n := waitNetwork(t, h.Ctrl, "svc")
+		sb, err := h.Ctrl.NewSandbox(ctx, name)
+		require.NoError(t, err)
+		ep, err := n.CreateEndpoint(ctx, name, cnm.WithService("web"))
+		require.NoError(t, err)
+		require.NoError(t, ep.Join(ctx, sb))
+		assert.False(t, ep.Info().ServiceIPv4.IsValid(), "no VIP on an overlay network")
+		c := ovContainer{sb: sb, ep: ep, addr: ep.Info().IPv4.Addr()}
+		l, err := cnmtest.Listen(ctx, sb.Key(), netip.AddrPortFrom(netip.IPv4Unspecified(), 80))
+		require.NoError(t, err)
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				conn, err := l.Accept()
+				if err != nil {
+					return
+				}
+				_, _ = conn.Write([]byte(name))
+				conn.Close()
+			}
+		}()
+		return c
+	}
+	a, b, local := backend(h2, "web-a"), backend(h3, "web-b"), backend(h1, "web-c")
+	client := ovRun(t, h1, "svc", "client")
+	all := []netip.Addr{a.addr, b.addr, local.addr}
+	slices.SortFunc(all, netip.Addr.Compare)
+	for _, name := range []string{"web", "tasks.web"} {
+		require.Eventually(t, func() bool {
+			got := queryA(t, client.sb.Key(), name)
+			slices.SortFunc(got, netip.Addr.Compare)
+			return slices.Equal(all, got)
+		}, 5*time.Second, 10*time.Millisecond, "%s: %v, want %v", name, queryA(t, client.sb.Key(), name), all)
+	}
+
+	// A client that takes the first address of each answer reaches every
+	// backend, on this host and the others.
+	reached := map[string]int{}
+	for range 9 {
+		first := queryA(t, client.sb.Key(), "web")[0]
+		conn, err := cnmtest.Dial(ctx, client.sb.Key(), netip.AddrPortFrom(first, 80), 2*time.Second)
+		require.NoError(t, err, "dial %s", first)
+		_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+		tag, err := io.ReadAll(conn)
+		conn.Close()
+		require.NoError(t, err)
+		reached[string(tag)]++
+	}
+	// Three each, unless the list changed meanwhile; without the rotation
+	// one backend would get all nine.
+	assert.Len(t, reached, 3, "every backend reached: %v", reached)
+	for tag, n := range reached {
+		assert.GreaterOrEqual(t, n, 2, "%s first in %d answers of 9: %v", tag, n, reached)
+	}
+
+	// A backend that leaves drops out of the name, on every host.
+	require.NoError(t, b.ep.Leave(ctx, b.sb))
+	rest := []netip.Addr{a.addr, local.addr}
+	slices.SortFunc(rest, netip.Addr.Compare)
+	client3 := ovRun(t, h3, "svc", "client3")
+	for _, c := range []ovContainer{client, client3} {
+		require.Eventually(t, func() bool {
+			got := queryA(t, c.sb.Key(), "web")
+			slices.SortFunc(got, netip.Addr.Compare)
+			return slices.Equal(rest, got)
+		}, 5*time.Second, 10*time.Millisecond, "web from %s after web-b left", c.ep.Name())
+	}
+}
+
+// queryA asks the embedded DNS server of the sandbox at path for the A
+// records of name and returns them in the answer's order (Go's resolver
+// would sort them).
+func queryA(t *testing.T, path, name string) []netip.Addr {
+	t.Helper()
+	var in *dns.Msg
+	err := cnmtest.Do(context.Background(), path, func() error {
+		m := new(dns.Msg)
+		m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+		var err error
+		in, _, err = (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, "127.0.0.11:53")
+		return err
+	})
+	require.NoError(t, err)
+	var out []netip.Addr
+	for _, rr := range in.Answer {
+		if a, ok := rr.(*dns.A); ok {
+			ip, _ := netip.AddrFromSlice(a.A)
+			out = append(out, ip.Unmap())
+		}
+	}
+	return out
 }

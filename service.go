@@ -52,6 +52,14 @@ type sandboxLB struct {
 
 // WithService makes the endpoint a backend of the service name on its
 // network. name is a DNS label, as endpoint names are.
+//
+// On a local network (bridge, macvlan, ...) the service has a virtual IP
+// that load balances (see above). On a global network (overlay) it has
+// none: its name answers with the addresses of its joined backends on
+// every host, their order rotating from one answer to the next (DNS round
+// robin, Docker's endpoint_mode dnsrr), and the endpoint's ServiceIPv4 and
+// ServiceIPv6 are unset. A VIP there would need a cluster-wide address
+// and every host's rules kept in step; the names already are.
 func WithService(name string) EndpointOption {
 	return func(o *endpointConfig) error {
 		if err := validDNSName("service name", name); err != nil {
@@ -68,7 +76,7 @@ func WithService(name string) EndpointOption {
 // again, except in an allocator that keeps its own state. On error nothing
 // is left.
 func (n *Network) addMember(ctx context.Context, ep *Endpoint) error {
-	if ep.service == "" {
+	if ep.service == "" || n.global { // a global network's services are names only
 		return nil
 	}
 	c := n.ctrl
@@ -122,7 +130,7 @@ func (n *Network) addService(svc *service) {
 // removeMember uncounts a deleted endpoint; the last one takes the
 // service, its rules and then its VIPs with it.
 func (n *Network) removeMember(ctx context.Context, ep *Endpoint) {
-	if ep.service == "" {
+	if ep.service == "" || n.global {
 		return
 	}
 	c := n.ctrl
