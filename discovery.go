@@ -161,7 +161,8 @@ func (sb *Sandbox) stopResolver() {
 // dnsNames returns the names an endpoint answers to on its network, lower
 // case: its name, its aliases, its sandbox's host name and, for a backend
 // of a service, tasks.<service> (and, on a global network, where services
-// have no VIP, the service's name: see [WithService]).
+// have no VIP, the service's name: see [WithService]). Each name is there
+// once, so that round robin gives the endpoint one turn.
 func (ep *Endpoint) dnsNames(sb *Sandbox) []string {
 	names := []string{strings.ToLower(ep.name)}
 	for _, a := range ep.aliases {
@@ -176,5 +177,11 @@ func (ep *Endpoint) dnsNames(sb *Sandbox) []string {
 			names = append(names, strings.ToLower(ep.service))
 		}
 	}
-	return names
+	var out []string
+	for _, n := range names {
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out
 }

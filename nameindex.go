@@ -4,7 +4,6 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
-	"sync/atomic"
 )
 
 // nameIndex is one network's names for service discovery: every joined
@@ -15,7 +14,15 @@ type nameIndex struct {
 	byID   map[string]*nameEntry
 	byName map[string][]*nameEntry
 	byAddr map[netip.Addr][]*nameEntry
-	turn   atomic.Uint32 // rotates the answers of names with several addresses
+
+	turnMu sync.Mutex
+	turns  map[nameFamily]uint32 // rotates the answers of names with several addresses
+}
+
+// nameFamily is a name and an address family: each rotates on its own.
+type nameFamily struct {
+	name string
+	ipv6 bool
 }
 
 // nameEntry is one endpoint's entry: its names and addresses.
@@ -53,6 +60,12 @@ func (x *nameIndex) remove(id string) {
 	delete(x.byID, id)
 	for _, n := range e.names {
 		dropEntry(x.byName, n, e)
+		if x.byName[n] == nil {
+			x.turnMu.Lock()
+			delete(x.turns, nameFamily{n, false})
+			delete(x.turns, nameFamily{n, true})
+			x.turnMu.Unlock()
+		}
 	}
 	for _, a := range e.addrs {
 		dropEntry(x.byAddr, a, e)
@@ -71,8 +84,9 @@ func dropEntry[K comparable](m map[K][]*nameEntry, k K, e *nameEntry) {
 // lookup returns the addresses of one family of a name (lower case); ok
 // is false if no endpoint has the name. A name with several addresses (a
 // shared alias, tasks.<service>, a global network's service) has them in
-// an order that rotates by one from each call to the next: clients that
-// take the first address spread over all of them (DNS round robin).
+// an order that rotates by one from each lookup of that name and family to
+// the next: clients that take the first address spread over all of them
+// (DNS round robin).
 func (x *nameIndex) lookup(name string, ipv6 bool) (addrs []netip.Addr, ok bool) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
@@ -85,7 +99,14 @@ func (x *nameIndex) lookup(name string, ipv6 bool) (addrs []netip.Addr, ok bool)
 		}
 	}
 	if len(addrs) > 1 {
-		k := int(x.turn.Add(1) % uint32(len(addrs)))
+		key := nameFamily{name, ipv6}
+		x.turnMu.Lock()
+		if x.turns == nil {
+			x.turns = map[nameFamily]uint32{}
+		}
+		k := int(x.turns[key] % uint32(len(addrs)))
+		x.turns[key]++
+		x.turnMu.Unlock()
 		addrs = slices.Concat(addrs[k:], addrs[:k])
 	}
 	return addrs, len(es) > 0

@@ -963,15 +963,19 @@ func TestOverlayCrashLeftReservations(t *testing.T) {
 
 // Services on an overlay network have no VIP: the service's name answers
 // with the addresses of its joined backends on every host, the first one
-// rotating from one answer to the next (DNS round robin), as
-// tasks.<service> does; clients that take the first address reach every
-// backend; a backend that leaves drops out, on every host.
+// rotating from one answer to the next for each family (DNS round robin),
+// as tasks.<service> does; clients that take the first address reach
+// every backend the same number of times, whether they ask for A, AAAA or
+// both, and a backend named like its service takes one turn, not two; a
+// backend that leaves drops out, on every host.
 func TestOverlayServiceRoundRobin(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 3, cnmtest.ClusterOptions{})
 	h1, h2, h3 := cl.Hosts[0], cl.Hosts[1], cl.Hosts[2]
-	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "svc", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.57.0.0/24")}))
+	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "svc", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.57.0.0/24")}),
+		cnm.WithIPv6(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("fd57::/64")}))
 	require.NoError(t, err)
+	tags := map[netip.Addr]string{} // backend address (either family) → name
 	backend := func(h *cnmtest.ClusterHost, name string) ovContainer {
 		n := waitNetwork(t, h.Ctrl, "svc")
 		sb, err := h.Ctrl.NewSandbox(ctx, name)
@@ -980,77 +984,80 @@ func TestOverlayServiceRoundRobin(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, ep.Join(ctx, sb))
 		assert.False(t, ep.Info().ServiceIPv4.IsValid(), "no VIP on an overlay network")
-		c := ovContainer{sb: sb, ep: ep, addr: ep.Info().IPv4.Addr()}
-		l, err := cnmtest.Listen(ctx, sb.Key(), netip.AddrPortFrom(netip.IPv4Unspecified(), 80))
-		require.NoError(t, err)
-		t.Cleanup(func() { l.Close() })
-		go func() {
-			for {
-				conn, err := l.Accept()
-				if err != nil {
-					return
-				}
-				_, _ = conn.Write([]byte(name))
-				conn.Close()
-			}
-		}()
-		return c
+		tags[ep.Info().IPv4.Addr()], tags[ep.Info().IPv6.Addr()] = name, name
+		return ovContainer{sb: sb, ep: ep, addr: ep.Info().IPv4.Addr()}
 	}
-	a, b, local := backend(h2, "web-a"), backend(h3, "web-b"), backend(h1, "web-c")
+	a, b := backend(h2, "web-a"), backend(h3, "web-b")
+	backend(h1, "web") // named like its service
+	backend(h2, "web-d")
 	client := ovRun(t, h1, "svc", "client")
-	all := []netip.Addr{a.addr, b.addr, local.addr}
-	slices.SortFunc(all, netip.Addr.Compare)
+	want := func(v6 bool) []netip.Addr {
+		var out []netip.Addr
+		for a := range tags {
+			if a.Is6() == v6 {
+				out = append(out, a)
+			}
+		}
+		slices.SortFunc(out, netip.Addr.Compare)
+		return out
+	}
 	for _, name := range []string{"web", "tasks.web"} {
-		require.Eventually(t, func() bool {
-			got := queryA(t, client.sb.Key(), name)
-			slices.SortFunc(got, netip.Addr.Compare)
-			return slices.Equal(all, got)
-		}, 5*time.Second, 10*time.Millisecond, "%s: %v, want %v", name, queryA(t, client.sb.Key(), name), all)
+		for _, v6 := range []bool{false, true} {
+			require.Eventually(t, func() bool {
+				got := query(t, client.sb.Key(), name, v6)
+				slices.SortFunc(got, netip.Addr.Compare)
+				return slices.Equal(want(v6), got)
+			}, 5*time.Second, 10*time.Millisecond, "%s (IPv6 %v): %v, want %v", name, v6, query(t, client.sb.Key(), name, v6), want(v6))
+		}
 	}
 
-	// A client that takes the first address of each answer reaches every
-	// backend, on this host and the others.
-	reached := map[string]int{}
-	for range 9 {
-		first := queryA(t, client.sb.Key(), "web")[0]
-		conn, err := cnmtest.Dial(ctx, client.sb.Key(), netip.AddrPortFrom(first, 80), 2*time.Second)
-		require.NoError(t, err, "dial %s", first)
-		_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
-		tag, err := io.ReadAll(conn)
-		conn.Close()
-		require.NoError(t, err)
-		reached[string(tag)]++
+	// Eight resolutions as getaddrinfo makes them, AAAA and A: the first
+	// address of each family is each backend's twice.
+	first := map[bool]map[string]int{false: {}, true: {}}
+	for range 8 {
+		for _, v6 := range []bool{true, false} {
+			first[v6][tags[query(t, client.sb.Key(), "web", v6)[0]]]++
+		}
 	}
-	// Three each, unless the list changed meanwhile; without the rotation
-	// one backend would get all nine.
-	assert.Len(t, reached, 3, "every backend reached: %v", reached)
-	for tag, n := range reached {
-		assert.GreaterOrEqual(t, n, 2, "%s first in %d answers of 9: %v", tag, n, reached)
-	}
+	even := map[string]int{"web-a": 2, "web-b": 2, "web": 2, "web-d": 2}
+	assert.Equal(t, even, first[false], "first A records")
+	assert.Equal(t, even, first[true], "first AAAA records")
+
+	// A client that connects to the first address reaches the backend on
+	// another host.
+	echoServer(t, a)
+	require.Eventually(t, func() bool {
+		addrs := query(t, client.sb.Key(), "web", false)
+		return addrs[0] == a.addr && echo(ctx, client, ovContainer{addr: addrs[0]}, time.Second) == nil
+	}, 5*time.Second, time.Millisecond, "connect to web-a by the service's name")
 
 	// A backend that leaves drops out of the name, on every host.
 	require.NoError(t, b.ep.Leave(ctx, b.sb))
-	rest := []netip.Addr{a.addr, local.addr}
-	slices.SortFunc(rest, netip.Addr.Compare)
+	delete(tags, b.ep.Info().IPv4.Addr())
+	delete(tags, b.ep.Info().IPv6.Addr())
 	client3 := ovRun(t, h3, "svc", "client3")
 	for _, c := range []ovContainer{client, client3} {
 		require.Eventually(t, func() bool {
-			got := queryA(t, c.sb.Key(), "web")
+			got := query(t, c.sb.Key(), "web", false)
 			slices.SortFunc(got, netip.Addr.Compare)
-			return slices.Equal(rest, got)
+			return slices.Equal(want(false), got)
 		}, 5*time.Second, 10*time.Millisecond, "web from %s after web-b left", c.ep.Name())
 	}
 }
 
-// queryA asks the embedded DNS server of the sandbox at path for the A
-// records of name and returns them in the answer's order (Go's resolver
-// would sort them).
-func queryA(t *testing.T, path, name string) []netip.Addr {
+// query asks the embedded DNS server of the sandbox at path for the A (or
+// AAAA) records of name and returns them in the answer's order (Go's
+// resolver would sort them).
+func query(t *testing.T, path, name string, v6 bool) []netip.Addr {
 	t.Helper()
+	qtype := dns.TypeA
+	if v6 {
+		qtype = dns.TypeAAAA
+	}
 	var in *dns.Msg
 	err := cnmtest.Do(context.Background(), path, func() error {
 		m := new(dns.Msg)
-		m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+		m.SetQuestion(dns.Fqdn(name), qtype)
 		var err error
 		in, _, err = (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, "127.0.0.11:53")
 		return err
@@ -1058,9 +1065,15 @@ func queryA(t *testing.T, path, name string) []netip.Addr {
 	require.NoError(t, err)
 	var out []netip.Addr
 	for _, rr := range in.Answer {
-		if a, ok := rr.(*dns.A); ok {
-			ip, _ := netip.AddrFromSlice(a.A)
-			out = append(out, ip.Unmap())
+		var ip net.IP
+		switch r := rr.(type) {
+		case *dns.A:
+			ip = r.A
+		case *dns.AAAA:
+			ip = r.AAAA
+		}
+		if a, ok := netip.AddrFromSlice(ip); ok {
+			out = append(out, a.Unmap())
 		}
 	}
 	return out

@@ -149,13 +149,14 @@ func (d *driver) createNetwork(ctx context.Context, req driverapi.NetworkRequest
 			n.gw6 = ipd.Gateway.Addr()
 		}
 	}
-	if n.gw6.IsValid() {
+	if n.gw6.IsValid() && !req.IPv6.Pool.Contains(bridgeLinkLocal.Addr()) {
 		// Forwarded IPv6 (a published port, a routed client) needs a
 		// neighbour solicitation from the bridge, and the kernel sends
 		// none before the bridge has a link-local address past DAD: the
 		// one it makes itself is ready 1-2 s after the first port comes
 		// up. A fixed one without DAD is ready at once, as Docker's
-		// fe80::1 on its bridges.
+		// fe80::1 on its bridges. (A link-local subnet's gateway is one
+		// already, and fe80::1 may be a container's there.)
 		if err := host.AddAddress(ctx, br, bridgeLinkLocal); err != nil && !(adopted && errors.Is(err, syscall.EEXIST)) {
 			return err
 		}

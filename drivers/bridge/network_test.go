@@ -317,6 +317,38 @@ func TestCreateNetworkIPv6MTU(t *testing.T) {
 		"an IPv4-only network takes it")
 }
 
+// An IPv6 bridge carries fe80::1/64 besides its gateway (ready without
+// DAD), unless its subnet is link-local: there the gateway is the bridge's
+// link-local address, and fe80::1 is the gateway's or a container's.
+func TestBridgeLinkLocal(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h := newTestHost(t)
+	d := h.driver(t, false)
+	addrsOf := func(br string) []netip.Prefix {
+		l, err := h.ns.LinkByName(ctx, br)
+		require.NoError(t, err)
+		addrs, err := h.ns.Addresses(ctx, l.Index)
+		require.NoError(t, err)
+		return addrs
+	}
+	require.NoError(t, d.CreateNetwork(ctx, request("n1", "br-1", 1, true, nil)))
+	assert.Contains(t, addrsOf("br-1"), bridgeLinkLocal)
+	assert.Contains(t, addrsOf("br-1"), netip.MustParsePrefix("fd00:1::1/64"))
+
+	for i, gw := range []string{"fe80::1/64", "fe80::fe/64"} {
+		req := request(fmt.Sprintf("ll%d", i), "br-ll", 2, false, nil)
+		req.IPv6 = &driverapi.IPAMData{Pool: netip.MustParsePrefix("fe80::/64"), Gateway: netip.MustParsePrefix(gw)}
+		require.NoError(t, d.CreateNetwork(ctx, req), "gateway %s", gw)
+		addrs := addrsOf("br-ll")
+		assert.Contains(t, addrs, netip.MustParsePrefix(gw))
+		if gw != "fe80::1/64" {
+			assert.NotContains(t, addrs, bridgeLinkLocal, "fe80::1 is left to the subnet's IPAM")
+		}
+		require.NoError(t, d.DeleteNetwork(ctx, req.ID))
+	}
+}
+
 // A cnm bridge takes no router advertisements: a container cannot give
 // the host a default route through it, whatever forwarding is.
 func TestBridgeRefusesRouterAdvertisements(t *testing.T) {
