@@ -101,18 +101,22 @@ func (s *Server) releasePool(ctx context.Context, decode func(any) error) (any, 
 	// The records go first: if they cannot be deleted, the pool is still
 	// held, whole. If the allocator then refuses, they are put back. (A
 	// server made again requests only the pools its records name, so a
-	// crash in between frees the pool.)
+	// crash in between frees the pool.) A record already gone (a failed
+	// put-back) is nothing to delete.
 	var ops, undo []store.Op
 	if s.cfg.Store != nil {
-		rec, err := s.cfg.Store.Get(ctx, prefixPool+req.PoolID)
-		if err != nil {
-			return nil, fmt.Errorf("read plugin state: %w", err)
-		}
 		kvs, err := s.cfg.Store.List(ctx, prefixAddress+req.PoolID+"/")
 		if err != nil {
 			return nil, fmt.Errorf("read plugin state: %w", err)
 		}
-		for _, kv := range append([]store.KV{rec}, kvs...) {
+		rec, err := s.cfg.Store.Get(ctx, prefixPool+req.PoolID)
+		switch {
+		case err == nil:
+			kvs = append(kvs, rec)
+		case !errors.Is(err, store.ErrNotFound):
+			return nil, fmt.Errorf("read plugin state: %w", err)
+		}
+		for _, kv := range kvs {
 			ops = append(ops, store.Del(kv.Key))
 			undo = append(undo, store.Put(kv.Key, kv.Value))
 		}
@@ -120,7 +124,9 @@ func (s *Server) releasePool(ctx context.Context, decode func(any) error) (any, 
 	if err := s.save(ctx, ops...); err != nil {
 		return nil, err
 	}
-	if err := s.cfg.Allocator.ReleasePool(ctx, p.allocID); err != nil {
+	// An allocator that no longer knows the pool (released by a request
+	// that raced this one) has nothing to give back: done.
+	if err := s.cfg.Allocator.ReleasePool(ctx, p.allocID); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 		if len(undo) > 0 {
 			err = errors.Join(err, s.save(context.WithoutCancel(ctx), undo...))
 		}
@@ -172,13 +178,28 @@ func (s *Server) releaseAddress(ctx context.Context, decode func(any) error) (an
 	if err != nil {
 		return nil, err
 	}
-	if err := s.cfg.Allocator.ReleaseAddress(ctx, p.allocID, a); err != nil {
+	// The record goes first, and comes back if the allocator refuses:
+	// once released, the address may be another request's at once, so a
+	// failed record delete must not follow the release. (A crash in
+	// between frees the address: a server made again holds only what its
+	// records name.)
+	key := prefixAddress + req.PoolID + "/" + a.String()
+	var undo []store.Op
+	if s.cfg.Store != nil {
+		if _, err := s.cfg.Store.Get(ctx, key); err == nil {
+			undo = append(undo, store.Put(key, nil))
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("read plugin state: %w", err)
+		}
+	}
+	if err := s.save(ctx, store.Del(key)); err != nil {
 		return nil, err
 	}
-	// A record that cannot be deleted leaves the address held.
-	if err := s.save(ctx, store.Del(prefixAddress+req.PoolID+"/"+a.String())); err != nil {
-		_, rerr := s.cfg.Allocator.RequestAddress(context.WithoutCancel(ctx), p.allocID, ipam.AddressRequest{Preferred: a})
-		return nil, errors.Join(err, rerr)
+	if err := s.cfg.Allocator.ReleaseAddress(ctx, p.allocID, a); err != nil {
+		if len(undo) > 0 {
+			err = errors.Join(err, s.save(context.WithoutCancel(ctx), undo...))
+		}
+		return nil, err
 	}
 	return nil, nil
 }

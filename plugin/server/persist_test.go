@@ -28,7 +28,7 @@ type bridgeServer struct {
 	st *store.Bolt
 }
 
-func startBridgeServer(t *testing.T, host *cnmtest.HostNS, owner mark.Owner, dir string) *bridgeServer {
+func startBridgeServer(t *testing.T, host *cnmtest.HostNS, owner mark.Owner, dir string, wrap ...func(*server.Config)) *bridgeServer {
 	t.Helper()
 	ctx := context.Background()
 	fw, err := firewall.New(ctx, host.FD(t), owner.Table())
@@ -39,7 +39,11 @@ func startBridgeServer(t *testing.T, host *cnmtest.HostNS, owner mark.Owner, dir
 	require.NoError(t, err)
 	st, err := store.Open(dir)
 	require.NoError(t, err)
-	s, err := server.New(ctx, server.Config{Driver: drv, Allocator: alloc, HostNS: host.NS, Store: st})
+	cfg := server.Config{Driver: drv, Allocator: alloc, HostNS: host.NS, Store: st}
+	for _, w := range wrap {
+		w(&cfg)
+	}
+	s, err := server.New(ctx, cfg)
 	require.NoError(t, err)
 	return &bridgeServer{Server: s, fw: fw, st: st}
 }

@@ -17,7 +17,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/seed53641549/cnm/cnmtest"
-	"github.com/seed53641549/cnm/drivers/bridge"
 	"github.com/seed53641549/cnm/firewall"
 	"github.com/seed53641549/cnm/internal/mark"
 	"github.com/seed53641549/cnm/ipam"
@@ -148,22 +147,12 @@ func newRBEnv(t *testing.T) *rbEnv {
 // start makes the server on the env's store, as startBridgeServer does, with
 // the store wrapped in a faultStore.
 func (e *rbEnv) start() {
-	t := e.t
-	t.Helper()
-	ctx := context.Background()
-	fw, err := firewall.New(ctx, e.hostFD, e.owner.Table())
-	require.NoError(t, err)
-	drv, err := bridge.New(bridge.Config{HostNS: e.host.NS, Firewall: fw, Owner: e.owner})
-	require.NoError(t, err)
-	alloc, err := ipam.New(ipam.Config{})
-	require.NoError(t, err)
-	st, err := store.Open(e.dir)
-	require.NoError(t, err)
-	e.fault = &faultStore{Store: st}
-	e.alloc = &flakyAllocator{Allocator: alloc}
-	s, err := server.New(ctx, server.Config{Driver: drv, Allocator: e.alloc, HostNS: e.host.NS, Store: e.fault})
-	require.NoError(t, err)
-	e.s = &bridgeServer{Server: s, fw: fw, st: st}
+	e.t.Helper()
+	e.s = startBridgeServer(e.t, e.host, e.owner, e.dir, func(c *server.Config) {
+		e.fault = &faultStore{Store: c.Store}
+		e.alloc = &flakyAllocator{Allocator: c.Allocator}
+		c.Store, c.Allocator = e.fault, e.alloc
+	})
 }
 
 // reopen drops the server as a crash would and makes it again on the same

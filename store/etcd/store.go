@@ -17,9 +17,10 @@ import (
 	"github.com/seed53641549/cnm/store"
 )
 
-// reconnectMax is the longest wait between two attempts to reach an
-// endpoint that does not answer: a client finds etcd back at most this
-// long after it returns.
+// reconnectMax caps the wait between two attempts to reach an endpoint
+// (gRPC adds up to 20% jitter): a client finds an endpoint that refused it
+// back within about 1.2 s of its return. An endpoint that drops packets
+// instead costs each attempt up to the dial timeout.
 const reconnectMax = time.Second
 
 // ErrClosed reports a call on a [Store] after [Store.Close].
@@ -61,6 +62,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		Logger: zap.NewNop(),
 		// gRPC's own reconnect backoff grows to 120 s: after a long
 		// outage a client would find etcd back only minutes later.
+		// (The minimum connect timeout stays the dial timeout: a slow
+		// TLS handshake must be able to finish.)
 		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMax},
 			MinConnectTimeout: cfg.DialTimeout,

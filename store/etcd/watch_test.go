@@ -304,8 +304,8 @@ func TestAdoptLease(t *testing.T) {
 
 // TestBackSoonAfterLongOutage: after 10 s without etcd (gRPC's own
 // reconnect backoff would have grown to 4-7 s between attempts by then),
-// a client writes again and its watch delivers again within 3 s of etcd's
-// return.
+// a client writes again and its watch delivers again within 4 s of etcd's
+// return (about 1.2 s here).
 func TestBackSoonAfterLongOutage(t *testing.T) {
 	t.Parallel()
 	srv := etcdtest.Start(t, etcdtest.Options{})
@@ -327,8 +327,8 @@ func TestBackSoonAfterLongOutage(t *testing.T) {
 		if err == nil {
 			break
 		}
-		if time.Since(back) > 3*time.Second {
-			t.Fatalf("no write within 3s of etcd's return: %v", err)
+		if time.Since(back) > 4*time.Second {
+			t.Fatalf("no write within 4s of etcd's return: %v", err)
 		}
 	}
 	for {
@@ -337,8 +337,8 @@ func TestBackSoonAfterLongOutage(t *testing.T) {
 			break
 		}
 	}
-	if d := time.Since(back); d > 3*time.Second {
-		t.Fatalf("watch delivered %s after etcd's return, want within 3s", d)
+	if d := time.Since(back); d > 4*time.Second {
+		t.Fatalf("watch delivered %s after etcd's return, want within 4s", d)
 	}
 	t.Logf("written and watched %s after etcd's return", time.Since(back).Round(time.Millisecond))
 }
