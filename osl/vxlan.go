@@ -12,7 +12,7 @@ type VXLANSpec struct {
 	// socket is bound to it in the namespace the request is sent on.
 	Local netip.Addr
 	Port  uint16     // UDP destination port; 0: the kernel's default (8472)
-	MTU   int        // 0: the kernel's default (underlay's less the overhead)
+	MTU   int        // 0: the kernel's default, 1500 less the overhead (no lower device is named)
 	NS    *Namespace // namespace the device is made in; nil: the receiving namespace
 	// Learning makes the device learn remote MACs from what it receives;
 	// off, it knows only the FDB entries it is given.
