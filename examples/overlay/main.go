@@ -2,8 +2,9 @@
 // controller of its own, share one overlay network (VXLAN over an
 // underlay) through an etcd embedded in the demo. It makes the network on
 // host 1, waits for it to appear on hosts 2 and 3, starts a container on
-// every host, proves TCP between every pair of containers and a name
-// lookup across hosts, prints what it built and removes everything again.
+// every host, proves TCP between every pair of containers, a name lookup
+// across hosts and a service whose name rotates over its backends on every
+// host, prints what it built and removes everything again.
 //
 //	switch     a namespace with bridge sw0 and one port per host: the underlay
 //	host1..3   namespaces, each with underlay link ul0 192.0.2.N/24 (its
@@ -26,6 +27,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -49,6 +51,7 @@ func main() {
 const (
 	hostCount = 3
 	netName   = "demo-ov"
+	service   = "web"           // every container is one of its backends
 	wait      = 5 * time.Second // bound of every wait for the cluster to converge
 )
 
@@ -210,6 +213,17 @@ func run(subnet netip.Prefix) (retErr error) {
 	} else {
 		fmt.Printf("\n%s resolves %q at 127.0.0.11: %s (on %s) in %v\n", from.name, to.name, to.addr, to.h.name, took)
 	}
+
+	// 7. A service across hosts: every container is a backend of "web".
+	// On an overlay network a service has no VIP: its name answers with
+	// every backend, the first one rotating (DNS round robin).
+	if firsts, err := roundRobin(ctx, r, cs); err != nil {
+		failed++
+		fmt.Printf("%s resolves service %q: FAILED: %v\n", from.name, service, err)
+	} else {
+		fmt.Printf("%s resolves service %q (%d backends on %d hosts) %d times: first %s\n",
+			from.name, service, len(cs), len(hosts), len(cs), strings.Join(firsts, ", "))
+	}
 	if failed > 0 {
 		return fmt.Errorf("%d checks failed", failed)
 	}
@@ -217,8 +231,47 @@ func run(subnet netip.Prefix) (retErr error) {
 	return nil
 }
 
+// roundRobin resolves the service's name as many times as there are
+// containers, once they all answer to it, and returns the container whose
+// address came first each time: each of them once, or an error.
+func roundRobin(ctx context.Context, r *net.Resolver, cs []*container) ([]string, error) {
+	byAddr := map[netip.Addr]string{}
+	for _, c := range cs {
+		byAddr[c.addr] = c.name
+	}
+	lookup := func() ([]netip.Addr, error) {
+		qctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		return r.LookupNetIP(qctx, "ip4", service+".") // A records only, in the server's order
+	}
+	if _, err := eventually(func() error {
+		addrs, err := lookup()
+		if err == nil && len(addrs) != len(cs) {
+			err = fmt.Errorf("answered %v, want the %d backends", addrs, len(cs))
+		}
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	var firsts []string
+	seen := map[string]bool{}
+	for range cs {
+		addrs, err := lookup()
+		if err != nil {
+			return nil, err
+		}
+		name := byAddr[addrs[0]]
+		if name == "" || seen[name] {
+			return nil, fmt.Errorf("first answers %v then %s: not each backend in turn", firsts, addrs[0])
+		}
+		seen[name] = true
+		firsts = append(firsts, name)
+	}
+	return firsts, nil
+}
+
 // startContainer makes a sandbox on h with an endpoint on the overlay
-// network, joined.
+// network, joined, as a backend of the service.
 func startContainer(ctx context.Context, h *host, name string, td *teardown) (*container, error) {
 	nw, err := h.ctrl.NetworkByName(netName)
 	if err != nil {
@@ -230,7 +283,7 @@ func startContainer(ctx context.Context, h *host, name string, td *teardown) (*c
 		return nil, fmt.Errorf("sandbox %s on %s: %w", name, h.name, err)
 	}
 	td.add("delete sandbox "+name, sb.Delete)
-	ep, err := nw.CreateEndpoint(ctx, name)
+	ep, err := nw.CreateEndpoint(ctx, name, cnm.WithService(service))
 	if err != nil {
 		return nil, fmt.Errorf("endpoint %s on %s: %w", name, h.name, err)
 	}
