@@ -8,7 +8,7 @@ import (
 
 // TestDemo runs the demo end to end: etcd, underlay, three hosts, the
 // overlay network, a container per host, TCP between every pair, a name
-// across hosts, teardown. Run it in a fresh namespace (etcd listens on
+// across hosts, the service's round robin, teardown. Run it in a fresh namespace (etcd listens on
 // 127.0.0.1 of the test's own):
 //
 //	sudo unshare --net --mount -- sh -c 'mount --make-rprivate / && go test ./examples/overlay/'
