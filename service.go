@@ -11,8 +11,9 @@ import (
 	"github.com/seed53641549/cnm/ipam"
 )
 
-// Services: endpoints made with [WithService] on one network share a
-// virtual IP per address family, drawn from the network's IPAM when the
+// Services: endpoints made with [WithService] on one local network share
+// a virtual IP per address family (on a global network a service is a
+// name only: see WithService), drawn from the network's IPAM when the
 // first of them is made and released when the last is deleted. DNS answers
 // the service's name with its VIPs, and tasks.<service> with the addresses
 // of its live backends (its joined endpoints).
