@@ -4,13 +4,10 @@ package cnm_test
 
 import (
 	"context"
-	"errors"
 	"net/netip"
 	"os"
-	"os/exec"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -42,35 +39,13 @@ func TestOverlayCrashChild(t *testing.T) {
 	if step == "" {
 		t.Skip("run by TestOverlayCrashRecovery")
 	}
-	ctx := context.Background()
 	host := &cnmtest.HostNS{Path: os.Getenv("CNM_OVCRASH_HOSTNS"), RunDir: os.Getenv("CNM_OVCRASH_RUNDIR"), DataDir: os.Getenv("CNM_OVCRASH_DATADIR")}
-	opts := append(host.Options(),
-		cnm.WithGlobalStore(cnm.GlobalStore{Endpoints: []string{os.Getenv("CNM_OVCRASH_ETCD")}, Prefix: os.Getenv("CNM_OVCRASH_PREFIX"),
-			LeaseTTL: 2 * time.Second, DialTimeout: 2 * time.Second, RequestTimeout: 2 * time.Second}),
-		cnm.WithAdvertiseAddress(netip.MustParseAddr(os.Getenv("CNM_OVCRASH_VTEP"))))
+	opts := append(host.Options(), cnmtest.GlobalOptions([]string{os.Getenv("CNM_OVCRASH_ETCD")}, os.Getenv("CNM_OVCRASH_PREFIX"),
+		2*time.Second, netip.MustParseAddr(os.Getenv("CNM_OVCRASH_VTEP")))...)
 	ctrl, err := cnm.New(opts...)
 	require.NoError(t, err)
-	cnm.SetFaultHook(ctrl, func(s string) error {
-		if s == step {
-			if me, err := os.FindProcess(os.Getpid()); err == nil {
-				_ = me.Kill() // SIGKILL
-			}
-			time.Sleep(time.Hour)
-		}
-		return nil
-	})
-	nw, err := ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.93.0.0/24")}))
-	require.NoError(t, err)
-	sb, err := ctrl.NewSandbox(ctx, "c1", cnm.WithHostname("c1"))
-	require.NoError(t, err)
-	ep, err := nw.CreateEndpoint(ctx, "e1")
-	require.NoError(t, err)
-	require.NoError(t, ep.Join(ctx, sb))
-	require.NoError(t, ep.Leave(ctx, sb))
-	require.NoError(t, ep.Join(ctx, sb))
-	require.NoError(t, sb.Delete(ctx))
-	require.NoError(t, nw.Delete(ctx))
-	t.Fatalf("step %s was never reached", step)
+	killAt(ctrl, step)
+	crashScenario(t, ctrl, step, "overlay", "ov", []cnm.NetworkOption{cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.93.0.0/24")})})
 }
 
 // TestOverlayCrashRecovery kills host 1's controller process (SIGKILL) at
@@ -96,15 +71,9 @@ func TestOverlayCrashRecovery(t *testing.T) {
 			baseline := globalKeys(t, kv)
 
 			h1.Kill(t) // the child is host 1 now
-			cmd := exec.Command(os.Args[0], "-test.run=^TestOverlayCrashChild$", "-test.count=1")
-			cmd.Env = append(os.Environ(), "CNM_OVCRASH_STEP="+step,
+			runCrashChild(t, "TestOverlayCrashChild", step, "CNM_OVCRASH_STEP="+step,
 				"CNM_OVCRASH_HOSTNS="+h1.Path, "CNM_OVCRASH_RUNDIR="+h1.RunDir, "CNM_OVCRASH_DATADIR="+h1.DataDir,
 				"CNM_OVCRASH_ETCD="+cl.Etcd.Endpoints()[0], "CNM_OVCRASH_PREFIX="+prefix, "CNM_OVCRASH_VTEP="+h1.VTEP.String())
-			out, err := cmd.CombinedOutput()
-			var exit *exec.ExitError
-			require.True(t, errors.As(err, &exit), "child: %v\n%s", err, out)
-			ws, _ := exit.Sys().(syscall.WaitStatus)
-			require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "child was not killed at %s:\n%s", step, out)
 
 			h1.Start(t)
 			c1, c2 := h1.Ctrl, h2.Ctrl

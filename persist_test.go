@@ -217,10 +217,16 @@ func TestCrashChild(t *testing.T) {
 	if step == "" {
 		t.Skip("run by TestCrashRecovery")
 	}
-	ctx := context.Background()
 	host := &cnmtest.HostNS{Path: os.Getenv("CNM_CRASH_HOSTNS"), RunDir: os.Getenv("CNM_CRASH_RUNDIR"), DataDir: os.Getenv("CNM_CRASH_DATADIR")}
 	ctrl, err := cnm.New(host.Options()...)
 	require.NoError(t, err)
+	killAt(ctrl, step)
+	crashScenario(t, ctrl, step, "bridge", "n", []cnm.NetworkOption{cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.90.0.0/24")})},
+		cnm.WithService("web"), cnm.WithPortMappings(cnm.PortMapping{Proto: "tcp", HostPort: 8080, ContainerPort: 80}))
+}
+
+// killAt makes ctrl's fault hook kill the process with SIGKILL at step.
+func killAt(ctrl *cnm.Controller, step string) {
 	cnm.SetFaultHook(ctrl, func(s string) error {
 		if s == step {
 			if me, err := os.FindProcess(os.Getpid()); err == nil {
@@ -230,12 +236,20 @@ func TestCrashChild(t *testing.T) {
 		}
 		return nil
 	})
-	nw, err := ctrl.NewNetwork(ctx, "bridge", "n", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.90.0.0/24")}))
+}
+
+// crashScenario is what the crash tests' children run until killAt ends
+// them: a network, a sandbox, an endpoint (with epOpts) joined, left and
+// joined again, then the sandbox and the network deleted. Reaching the end
+// fails the test: the step was never reached.
+func crashScenario(t *testing.T, ctrl *cnm.Controller, step, driver, name string, netOpts []cnm.NetworkOption, epOpts ...cnm.EndpointOption) {
+	t.Helper()
+	ctx := context.Background()
+	nw, err := ctrl.NewNetwork(ctx, driver, name, netOpts...)
 	require.NoError(t, err)
 	sb, err := ctrl.NewSandbox(ctx, "c1", cnm.WithHostname("c1"))
 	require.NoError(t, err)
-	ep, err := nw.CreateEndpoint(ctx, "e1", cnm.WithService("web"),
-		cnm.WithPortMappings(cnm.PortMapping{Proto: "tcp", HostPort: 8080, ContainerPort: 80}))
+	ep, err := nw.CreateEndpoint(ctx, "e1", epOpts...)
 	require.NoError(t, err)
 	require.NoError(t, ep.Join(ctx, sb))
 	require.NoError(t, ep.Leave(ctx, sb))
@@ -243,6 +257,19 @@ func TestCrashChild(t *testing.T) {
 	require.NoError(t, sb.Delete(ctx))
 	require.NoError(t, nw.Delete(ctx))
 	t.Fatalf("step %s was never reached", step)
+}
+
+// runCrashChild runs the test named child in a process of its own with env
+// added, and requires that it was killed with SIGKILL (at step).
+func runCrashChild(t *testing.T, child, step string, env ...string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+child+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	require.True(t, errors.As(err, &exit), "child: %v\n%s", err, out)
+	ws, _ := exit.Sys().(syscall.WaitStatus)
+	require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "child was not killed at %s:\n%s", step, out)
 }
 
 // TestCrashRecovery kills a controller process (SIGKILL) at each step of
@@ -256,14 +283,8 @@ func TestCrashRecovery(t *testing.T) {
 		t.Run(step, func(t *testing.T) {
 			ctx := context.Background()
 			host := cnmtest.NewHostNS(t)
-			cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
-			cmd.Env = append(os.Environ(), "CNM_CRASH_STEP="+step, "CNM_CRASH_HOSTNS="+host.Path,
+			runCrashChild(t, "TestCrashChild", step, "CNM_CRASH_STEP="+step, "CNM_CRASH_HOSTNS="+host.Path,
 				"CNM_CRASH_RUNDIR="+host.RunDir, "CNM_CRASH_DATADIR="+host.DataDir)
-			out, err := cmd.CombinedOutput()
-			var exit *exec.ExitError
-			require.True(t, errors.As(err, &exit), "child: %v\n%s", err, out)
-			ws, _ := exit.Sys().(syscall.WaitStatus)
-			require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "child was not killed at %s:\n%s", step, out)
 
 			ctrl := reopen(t, host)
 			for _, nw := range ctrl.Networks() {

@@ -146,11 +146,21 @@ func (h *ClusterHost) Options() []cnm.Option {
 	if h.Proxy != nil {
 		endpoints = []string{h.Proxy.Endpoint()}
 	}
-	opts := append(h.HostNS.Options(),
-		cnm.WithGlobalStore(cnm.GlobalStore{Endpoints: endpoints, Prefix: h.c.opts.Prefix, LeaseTTL: h.c.opts.LeaseTTL,
-			DialTimeout: 2 * time.Second, RequestTimeout: 2 * time.Second}),
-		cnm.WithAdvertiseAddress(h.VTEP))
+	opts := append(h.HostNS.Options(), GlobalOptions(endpoints, h.c.opts.Prefix, h.c.opts.LeaseTTL, h.VTEP)...)
 	return append(opts, h.c.opts.Options...)
+}
+
+// GlobalOptions are the options that make a controller a cluster host as
+// [ClusterHost.Options] does: the global store at etcd under prefix, with
+// leases of ttl and 2 s dial and request timeouts, and vtep advertised. A
+// test that runs a host's controller in a child process builds its
+// options with it.
+func GlobalOptions(etcd []string, prefix string, ttl time.Duration, vtep netip.Addr) []cnm.Option {
+	return []cnm.Option{
+		cnm.WithGlobalStore(cnm.GlobalStore{Endpoints: etcd, Prefix: prefix, LeaseTTL: ttl,
+			DialTimeout: 2 * time.Second, RequestTimeout: 2 * time.Second}),
+		cnm.WithAdvertiseAddress(vtep),
+	}
 }
 
 // Start starts the host's controller (again, after Kill): as after a
