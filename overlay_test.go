@@ -64,21 +64,7 @@ func ovRun(t *testing.T, h *cnmtest.ClusterHost, network, name string) ovContain
 // ends.
 func echoServer(t *testing.T, c ovContainer) {
 	t.Helper()
-	l, err := cnmtest.Listen(context.Background(), c.sb.Key(), netip.AddrPortFrom(netip.IPv4Unspecified(), 7))
-	require.NoError(t, err)
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				_, _ = io.Copy(conn, conn)
-			}()
-		}
-	}()
+	cnmtest.Serve(t, c.sb.Key(), netip.AddrPortFrom(netip.IPv4Unspecified(), 7), cnmtest.Echo)
 }
 
 // echo dials from one ovContainer to another's echo server and checks one
@@ -249,18 +235,7 @@ func TestOverlayAcrossHosts(t *testing.T) {
 		// any of them is refused by an ov2 container or finds nobody; it
 		// never reaches ov1.
 		for _, c := range cs {
-			l, err := cnmtest.Listen(ctx, c.sb.Key(), netip.AddrPortFrom(netip.IPv4Unspecified(), 8))
-			require.NoError(t, err)
-			defer l.Close()
-			go func() {
-				for {
-					conn, err := l.Accept()
-					if err != nil {
-						return
-					}
-					conn.Close()
-				}
-			}()
+			cnmtest.Serve(t, c.sb.Key(), netip.AddrPortFrom(netip.IPv4Unspecified(), 8), nil)
 		}
 		for _, c := range cs {
 			conn, err := cnmtest.Dial(ctx, d1.sb.Key(), netip.AddrPortFrom(c.addr, 8), 300*time.Millisecond)
@@ -565,20 +540,8 @@ func TestOverlayEgress(t *testing.T) {
 	// "The outside world": a server on the other host's underlay address,
 	// in its host namespace.
 	outside := netip.MustParseAddrPort("192.0.2.2:9000")
-	l, err := cnmtest.Listen(ctx, h2.Path, outside)
-	require.NoError(t, err)
-	defer l.Close()
 	peers := make(chan net.Addr, 4)
-	go func() {
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			peers <- conn.RemoteAddr()
-			conn.Close()
-		}
-	}()
+	cnmtest.Serve(t, h2.Path, outside, func(c net.Conn) { peers <- c.RemoteAddr() })
 
 	a := ovRun(t, h1, "ov", "a")
 	eps := a.sb.Endpoints()

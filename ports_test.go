@@ -101,21 +101,11 @@ func newOutside(t *testing.T, host *cnmtest.HostNS) *osl.Namespace {
 // tag back and its client's address is sent on the returned channel.
 func serveTCP(t *testing.T, path string, addr netip.AddrPort, tag string) <-chan netip.AddrPort {
 	t.Helper()
-	ln, err := cnmtest.Listen(context.Background(), path, addr)
-	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
 	peers := make(chan netip.AddrPort, 16)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			peers <- c.RemoteAddr().(*net.TCPAddr).AddrPort()
-			_, _ = c.Write([]byte(tag))
-			c.Close()
-		}
-	}()
+	cnmtest.Serve(t, path, addr, func(c net.Conn) {
+		peers <- c.RemoteAddr().(*net.TCPAddr).AddrPort()
+		_, _ = c.Write([]byte(tag))
+	})
 	return peers
 }
 

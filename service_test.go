@@ -29,22 +29,10 @@ const svcPort = 80
 // sends one line, "<name> <client address>", then echoes lines back.
 func serveTagged(t testing.TB, sb *cnm.Sandbox, name string) {
 	t.Helper()
-	l, err := cnmtest.Listen(context.Background(), sb.Key(), netip.AddrPortFrom(netip.IPv6Unspecified(), svcPort))
-	require.NoError(t, err)
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
+	cnmtest.Serve(t, sb.Key(), netip.AddrPortFrom(netip.IPv6Unspecified(), svcPort), func(c net.Conn) {
+		_, _ = fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
+		cnmtest.Echo(c)
+	})
 }
 
 // svcConn is a connection to a service and the backend that took it.

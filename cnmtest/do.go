@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"testing"
 	"time"
 
 	"github.com/seed53641549/cnm/osl"
@@ -47,6 +48,36 @@ func Dial(ctx context.Context, path string, addr netip.AddrPort, timeout time.Du
 	})
 	return c, err
 }
+
+// Serve listens on TCP addr inside the namespace file path until the test
+// ends, and hands each connection to handle in a goroutine of its own,
+// closing it afterwards (a nil handle only accepts and closes). It fails
+// the test if it cannot listen.
+func Serve(t testing.TB, path string, addr netip.AddrPort, handle func(net.Conn)) {
+	t.Helper()
+	l, err := Listen(context.Background(), path, addr)
+	if err != nil {
+		t.Fatalf("cnmtest: listen on %s in %s: %v", addr, path, err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if handle != nil {
+					handle(c)
+				}
+			}()
+		}
+	}()
+}
+
+// Echo is [Serve] with a handler that sends every byte back.
+func Echo(c net.Conn) { _, _ = io.Copy(c, c) }
 
 // TCPExchange proves TCP connectivity: it listens on to inside the namespace
 // serverNS, connects from clientNS, sends a message and reads it echoed back.
