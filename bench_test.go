@@ -109,18 +109,8 @@ func BenchmarkLeave(b *testing.B) {
 	}
 	b.StopTimer()
 	for i := range b.N {
-		name := fmt.Sprintf("c%d", i)
-		sb, err := ctrl.NewSandbox(ctx, name)
-		if err != nil {
-			b.Fatal(err)
-		}
-		ep, err := nw.CreateEndpoint(ctx, name)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := ep.Join(ctx, sb); err != nil {
-			b.Fatal(err)
-		}
+		sb := setupContainer(b, ctrl, nw, fmt.Sprintf("c%d", i))
+		ep := sb.Endpoints()[0]
 		b.StartTimer()
 		if err := ep.Leave(ctx, sb); err != nil {
 			b.Fatal(err)

@@ -156,6 +156,15 @@ func (ep *testEP) leave(t testing.TB) {
 // serve listens on port inside ns and answers every connection with name.
 func serve(t testing.TB, ns *osl.Namespace, port int, name string) {
 	t.Helper()
+	serveConns(t, ns, port, func(c net.Conn) { _, _ = c.Write([]byte(name)) })
+}
+
+// serveConns listens on port inside ns until the test ends and hands each
+// connection to handle in a goroutine of its own, closing it afterwards.
+// (cnmtest.Serve does this for the root package; it cannot be imported
+// here: cnmtest imports cnm, which imports this driver.)
+func serveConns(t testing.TB, ns *osl.Namespace, port int, handle func(net.Conn)) {
+	t.Helper()
 	var l net.Listener
 	require.NoError(t, ns.Do(func() (err error) {
 		l, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
@@ -168,8 +177,10 @@ func serve(t testing.TB, ns *osl.Namespace, port int, name string) {
 			if err != nil {
 				return
 			}
-			_, _ = c.Write([]byte(name))
-			c.Close()
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
 		}
 	}()
 }

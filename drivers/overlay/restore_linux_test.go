@@ -64,24 +64,7 @@ func rejoin(t *testing.T, ep *testEP) {
 // echo listens on port inside ns and echoes every connection.
 func echo(t *testing.T, ns *osl.Namespace, port int) {
 	t.Helper()
-	var l net.Listener
-	require.NoError(t, ns.Do(func() (err error) {
-		l, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
-		return err
-	}))
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
+	serveConns(t, ns, port, func(c net.Conn) { _, _ = io.Copy(c, c) })
 }
 
 // dialEcho opens a TCP connection from ns to to.
