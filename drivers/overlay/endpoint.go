@@ -150,11 +150,16 @@ func (d *Driver) Leave(ctx context.Context, req driverapi.LeaveRequest) error {
 	// last endpoint (whose leave drops the namespace), the deletion runs
 	// without n.mu, so that other endpoints of the network are made and
 	// joined meanwhile. The namespace stays: ep still counts as joined.
+	// A Leave of ep that ran meanwhile (a retry) has counted it out.
 	sb := n.sb
 	if n.joined > 1 {
+		hostIf := ep.hostIf
 		n.mu.Unlock()
-		err = sb.ns.DeleteLink(ctx, ep.hostIf)
+		err = sb.ns.DeleteLink(ctx, hostIf)
 		n.mu.Lock()
+		if ep.hostIf == "" {
+			return nil
+		}
 	} else {
 		err = sb.ns.DeleteLink(ctx, ep.hostIf)
 	}

@@ -388,3 +388,30 @@ func TestLeaveSandboxGoneAndPeerReplace(t *testing.T) {
 	require.NoError(t, h1.d.DeleteNetwork(ctx, nid))
 	assertClean(t, h1)
 }
+
+// TestLeaveTwiceAtOnce: two Leaves of one endpoint at the same time (a
+// runtime's and the controller's background retry) count it out once:
+// the network's namespace stays for the other joined endpoint.
+func TestLeaveTwiceAtOnce(t *testing.T) {
+	h1, _ := newHosts(t, 1500)
+	ctx := context.Background()
+	const nid = "1eafe1eafe1eafe1"
+	require.NoError(t, h1.d.CreateNetwork(ctx, testNet(nid, 4110, "10.61.0.0/24")))
+	a := join(t, h1, nid, "a", "10.61.0.2/24", "02:00:00:00:61:02")
+	b := join(t, h1, nid, "b", "10.61.0.3/24", "02:00:00:00:61:03")
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			errs <- h1.d.Leave(ctx, driverapi.LeaveRequest{NetworkID: nid, EndpointID: a.id, Sandbox: a.sb})
+		}()
+	}
+	require.NoError(t, <-errs)
+	require.NoError(t, <-errs)
+	_, err := os.Stat(h1.d.sandboxPath(nid))
+	require.NoError(t, err, "b is still joined: the network's namespace stays")
+	require.NoError(t, h1.d.DeleteEndpoint(ctx, nid, a.id))
+	require.NoError(t, a.sb.Delete())
+	b.leave(t)
+	require.NoError(t, h1.d.DeleteNetwork(ctx, nid))
+	assertClean(t, h1)
+}
