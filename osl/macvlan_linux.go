@@ -103,6 +103,7 @@ type lowerLink struct {
 	target *Namespace // nil: the receiving namespace
 	mac    net.HardwareAddr
 	mtu    int
+	master int // bridge in target (IFLA_MASTER); 0: none
 	up     bool
 	data   func(*nl.RtAttr) // fills IFLA_INFO_DATA
 }
@@ -113,7 +114,7 @@ func (ns *Namespace) addLowerLink(ctx context.Context, l lowerLink) error {
 		return err
 	}
 	where := ns.path
-	attrs := linkAttrs{name: l.name, parent: l.parent, mtu: l.mtu, mac: l.mac}
+	attrs := linkAttrs{name: l.name, parent: l.parent, mtu: l.mtu, mac: l.mac, master: l.master}
 	if l.target != nil && l.target != ns {
 		fd, err := l.target.FD()
 		if err != nil {

@@ -4,7 +4,7 @@ import "net/netip"
 
 // VXLANSpec describes a VXLAN device to make with [Namespace.AddVXLAN].
 // [Link.VXLAN] reports a listed device's settings in the same type (with
-// Name, MTU and NS left zero).
+// Name, MTU, NS and MasterIndex left zero).
 type VXLANSpec struct {
 	Name string
 	VNI  uint32 // VXLAN network identifier, 24 bits
@@ -14,6 +14,8 @@ type VXLANSpec struct {
 	Port  uint16     // UDP destination port; 0: the kernel's default (8472)
 	MTU   int        // 0: the kernel's default, 1500 less the overhead (no lower device is named)
 	NS    *Namespace // namespace the device is made in; nil: the receiving namespace
+	// MasterIndex is the bridge, in NS, the device is a port of; 0: none.
+	MasterIndex int
 	// Learning makes the device learn remote MACs from what it receives;
 	// off, it knows only the FDB entries it is given.
 	Learning bool

@@ -14,9 +14,9 @@ import (
 // RTM_NEWLINK request sent on ns's socket: the kernel opens the device's
 // UDP socket in ns (the underlay, where spec.Local is) and makes the device
 // in spec.NS, as [Namespace.AddMacvlan] does for its links. Nothing is made
-// and then moved (a move costs ~20 times a creation). The device is not
-// made a port of a bridge here: IFLA_MASTER would name a link of ns, not
-// of spec.NS ([Namespace.SetLinkMaster] in spec.NS does it).
+// and then moved (a move costs ~20 times a creation). With
+// spec.MasterIndex it is born a port of that bridge: the kernel looks
+// IFLA_MASTER up in the namespace the device is made in.
 //
 // The request is atomic: on error no device exists. A name taken in
 // spec.NS, or a device with the same VNI, local address and port in ns's
@@ -32,7 +32,7 @@ func (ns *Namespace) AddVXLAN(ctx context.Context, spec VXLANSpec) error {
 		return fmt.Errorf("add vxlan %s: no local address", spec.Name)
 	}
 	return ns.addLowerLink(ctx, lowerLink{
-		kind: "vxlan", name: spec.Name, target: spec.NS, mtu: spec.MTU, up: true,
+		kind: "vxlan", name: spec.Name, target: spec.NS, mtu: spec.MTU, master: spec.MasterIndex, up: true,
 		data: func(d *nl.RtAttr) {
 			d.AddRtAttr(nl.IFLA_VXLAN_ID, nl.Uint32Attr(spec.VNI))
 			local := nl.IFLA_VXLAN_LOCAL

@@ -62,6 +62,21 @@ func TestAddVXLAN(t *testing.T) {
 		})
 	}
 
+	t.Run("port of a bridge in the target", func(t *testing.T) {
+		sb := newTestNS(t)
+		// A bridge in the underlay's namespace too: the index is the
+		// target's (in the underlay's it names another link).
+		_, err := host.AddBridge(ctx, BridgeSpec{Name: "hbr"})
+		require.NoError(t, err)
+		br, err := sb.AddBridge(ctx, BridgeSpec{Name: "br0"})
+		require.NoError(t, err)
+		require.NoError(t, host.AddVXLAN(ctx, VXLANSpec{Name: "vxlan0", VNI: 4099, Local: v4, Port: 4790, NS: sb, MasterIndex: br}))
+		l, err := sb.LinkByName(ctx, "vxlan0")
+		require.NoError(t, err)
+		assert.Equal(t, br, l.MasterIndex)
+		require.NoError(t, host.DeleteLink(ctx, "hbr"))
+	})
+
 	t.Run("bad spec", func(t *testing.T) {
 		sb := newTestNS(t)
 		for _, spec := range []VXLANSpec{

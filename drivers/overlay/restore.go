@@ -228,11 +228,7 @@ func (d *Driver) adoptVXLAN(ctx context.Context, n *network, sb *sandbox) (int, 
 	case err != nil:
 		return 0, err
 	default:
-		ok, err := vxlanMatches(ctx, sb.ns, l.Index, spec)
-		if err != nil {
-			return 0, err
-		}
-		if ok {
+		if vxlanMatches(l, spec) {
 			if l.MasterIndex != sb.bridge {
 				if err := sb.ns.SetLinkMaster(ctx, l.Index, sb.bridge); err != nil {
 					return 0, err

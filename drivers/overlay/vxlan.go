@@ -23,18 +23,18 @@ type vxlanSpec struct {
 }
 
 // addVXLAN makes the VXLAN device spec describes directly inside target,
-// up, with its UDP socket in host (the underlay), and makes it a port of
-// spec.master. It is what libnetwork does by making the device in the host
+// up, a port of spec.master, with its UDP socket in host (the underlay),
+// in one request. It is what libnetwork does by making the device in the host
 // namespace and moving it, without the move. Learning is off (the peer
 // table gives every remote MAC) and the device answers ARP and neighbour
 // solicitations from its neighbour table (proxy). It returns the device's
 // index in target; on error no device is left.
 //
-// Equivalent to: `ip link add $name mtu $mtu netns $target up type vxlan
-// id $vni local $local dstport $port nolearning proxy` in host, then `ip
-// link set $name master $br` in target.
+// Equivalent to: `ip link add $name mtu $mtu netns $target master $br up
+// type vxlan id $vni local $local dstport $port nolearning proxy` in host.
 func addVXLAN(ctx context.Context, host, target *osl.Namespace, spec vxlanSpec) (int, error) {
-	err := host.AddVXLAN(ctx, osl.VXLANSpec{Name: spec.name, VNI: spec.vni, Local: spec.local, Port: spec.port, MTU: spec.mtu, NS: target, Proxy: true})
+	err := host.AddVXLAN(ctx, osl.VXLANSpec{Name: spec.name, VNI: spec.vni, Local: spec.local, Port: spec.port, MTU: spec.mtu,
+		NS: target, MasterIndex: spec.master, Proxy: true})
 	if errors.Is(err, syscall.EEXIST) {
 		return 0, fmt.Errorf("%w: vxlan device with VNI %d (or port %d) in host namespace %s: %w", driverapi.ErrExists, spec.vni, spec.port, host, err)
 	}
@@ -42,27 +42,18 @@ func addVXLAN(ctx context.Context, host, target *osl.Namespace, spec vxlanSpec) 
 		return 0, err
 	}
 	l, err := target.LinkByName(ctx, spec.name)
-	if err == nil {
-		err = target.SetLinkMaster(ctx, l.Index, spec.master)
-	}
 	if err != nil {
 		return 0, errors.Join(err, target.DeleteLink(context.WithoutCancel(ctx), spec.name))
 	}
 	return l.Index, nil
 }
 
-// vxlanMatches reports whether the link index of ns is a VXLAN device as
-// spec (and addVXLAN) describe it: VNI, local address, port, no learning,
+// vxlanMatches reports whether the listed link l is a VXLAN device as spec
+// (and addVXLAN) describe it: VNI, local address, port, no learning,
 // proxy. Its MTU and master are not compared: the caller handles those.
-//
-// Equivalent to: `ip -d link show $index` and a look at the vxlan line.
-func vxlanMatches(ctx context.Context, ns *osl.Namespace, index int, spec vxlanSpec) (bool, error) {
-	l, err := ns.LinkByIndex(ctx, index)
-	if err != nil {
-		return false, fmt.Errorf("get vxlan %d in %s: %w", index, ns, err)
-	}
+func vxlanMatches(l osl.Link, spec vxlanSpec) bool {
 	vx := l.VXLAN
-	return vx != nil && vx.VNI == spec.vni && vx.Local == spec.local && vx.Port == spec.port && !vx.Learning && vx.Proxy, nil
+	return vx != nil && vx.VNI == spec.vni && vx.Local == spec.local && vx.Port == spec.port && !vx.Learning && vx.Proxy
 }
 
 // fdbRecord is one FDB entry of a VXLAN device, as listed.
