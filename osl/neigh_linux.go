@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -113,7 +112,8 @@ func (ns *Namespace) SetFDB(ctx context.Context, e FDBEntry) error {
 }
 
 // DeleteFDB deletes a static FDB entry of a VXLAN device; one that is not
-// there is not an error.
+// there, or whose device is gone, is not an error (as for
+// [Namespace.DeleteNeighbour]).
 //
 // Equivalent to: `bridge fdb del $mac dev $vxlan dst $vtep self`.
 func (ns *Namespace) DeleteFDB(ctx context.Context, e FDBEntry) error {
@@ -124,7 +124,7 @@ func (ns *Namespace) DeleteFDB(ctx context.Context, e FDBEntry) error {
 	if err != nil {
 		return err
 	}
-	if err := h.NeighDel(e.nl()); err != nil && !errors.Is(err, unix.ENOENT) {
+	if err := h.NeighDel(e.nl()); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) {
 		return fmt.Errorf("delete fdb %s dst %s dev %d: %w", e.MAC, e.VTEP, e.LinkIndex, err)
 	}
 	return nil
@@ -152,8 +152,7 @@ func (ns *Namespace) FDB(ctx context.Context, index int) ([]FDBEntry, error) {
 		if n.State&netlink.NUD_PERMANENT == 0 || n.IP == nil || n.Flags&netlink.NTF_MASTER != 0 {
 			continue
 		}
-		a, _ := netip.AddrFromSlice(n.IP)
-		out = append(out, FDBEntry{LinkIndex: index, MAC: n.HardwareAddr, VTEP: a.Unmap()})
+		out = append(out, FDBEntry{LinkIndex: index, MAC: n.HardwareAddr, VTEP: addrFrom(n.IP)})
 	}
 	return out, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"net/netip"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -63,10 +62,9 @@ func vxlanOf(l netlink.Link) *VXLANSpec {
 	if !ok {
 		return nil
 	}
-	local, _ := netip.AddrFromSlice(vx.SrcAddr)
 	return &VXLANSpec{
 		VNI:      uint32(vx.VxlanId),
-		Local:    local.Unmap(),
+		Local:    addrFrom(vx.SrcAddr),
 		Port:     uint16(vx.Port),
 		Learning: vx.Learning,
 		Proxy:    vx.Proxy,

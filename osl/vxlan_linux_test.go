@@ -2,6 +2,7 @@ package osl
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"testing"
 
@@ -92,4 +93,33 @@ func TestAddVXLAN(t *testing.T) {
 	t.Run("not vxlan", func(t *testing.T) {
 		assert.Nil(t, ul.VXLAN, "a veth has no VXLAN settings")
 	})
+}
+
+// TestFDB: a static FDB entry of a VXLAN device is set, listed with its
+// VTEP and deleted; deleting it again, or after its device is gone, is no
+// error.
+func TestFDB(t *testing.T) {
+	ctx := context.Background()
+	host := newTestNS(t)
+	ul := lowerFixture(t, host)
+	require.NoError(t, host.SetLinkUp(ctx, ul.Index))
+	local := netip.MustParseAddr("192.0.2.1")
+	require.NoError(t, host.AddAddress(ctx, ul.Index, netip.PrefixFrom(local, 24)))
+	sb := newTestNS(t)
+	require.NoError(t, host.AddVXLAN(ctx, VXLANSpec{Name: "vxlan0", VNI: 4100, Local: local, NS: sb}))
+	vx, err := sb.LinkByName(ctx, "vxlan0")
+	require.NoError(t, err)
+
+	e := FDBEntry{LinkIndex: vx.Index, MAC: net.HardwareAddr{0x02, 0x42, 0x0a, 0, 0, 9}, VTEP: netip.MustParseAddr("192.0.2.2")}
+	require.NoError(t, sb.SetFDB(ctx, e))
+	got, err := sb.FDB(ctx, vx.Index)
+	require.NoError(t, err)
+	assert.Equal(t, []FDBEntry{e}, got)
+	require.NoError(t, sb.DeleteFDB(ctx, e))
+	got, err = sb.FDB(ctx, vx.Index)
+	require.NoError(t, err)
+	assert.Empty(t, got)
+	assert.NoError(t, sb.DeleteFDB(ctx, e), "an entry that is not there")
+	require.NoError(t, sb.DeleteLink(ctx, "vxlan0"))
+	assert.NoError(t, sb.DeleteFDB(ctx, e), "a device that is gone")
 }

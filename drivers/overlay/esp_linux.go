@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/seed53641549/cnm/drivers/overlay/keys"
 	"github.com/seed53641549/cnm/osl"
 )
 
@@ -30,11 +31,6 @@ var (
 // espPlainTimeout is how long the probe waits for its plaintext datagram,
 // which shows that its namespaces' veth pair carries anything.
 const espPlainTimeout = 5 * time.Second
-
-// espAEAD is the ESP transform the probe installs, as libnetwork's
-// encrypted overlay does: AES-GCM (RFC 4106) with a 128-bit key, a 32-bit
-// salt and a 128-bit ICV.
-const espAEAD = "rfc4106(gcm(aes))"
 
 // probeESP finds out whether this kernel carries ESP. In two throwaway
 // network namespaces joined by a veth pair it sends one UDP datagram in
@@ -143,14 +139,14 @@ func runESPProbe(ctx context.Context, dir string, timeout time.Duration, install
 	ok, err = sendOne(ctx, from, to, dst, timeout)
 	if err != nil && ctx.Err() == nil {
 		return espAnswer{why: fmt.Sprintf("the kernel drops ESP: xfrm states and policies (ESP, transport mode, %s) install, "+
-			"but sending a UDP datagram through them fails: %v", espAEAD, err)}, nil
+			"but sending a UDP datagram through them fails: %v", keys.AEAD, err)}, nil
 	}
 	if err != nil {
 		return a, fmt.Errorf("esp probe: datagram through ESP: %w", err)
 	}
 	if !ok {
 		return espAnswer{why: fmt.Sprintf("the kernel drops ESP: xfrm states and policies (ESP, transport mode, %s) install, "+
-			"but a UDP datagram sent through them from one namespace to another was not delivered within %v", espAEAD, timeout)}, nil
+			"but a UDP datagram sent through them from one namespace to another was not delivered within %v", keys.AEAD, timeout)}, nil
 	}
 	return espAnswer{works: true}, nil
 }
@@ -158,15 +154,15 @@ func runESPProbe(ctx context.Context, dir string, timeout time.Duration, install
 // installESP is the probe's espInstaller: the security association in both
 // namespaces, then the policies.
 func installESP(nss [2]*osl.Namespace, port uint16) (string, error) {
-	var secret [24]byte // 16 bytes of key, 4 of salt, 4 for the SPI
+	var secret [keys.KeySize + 4]byte // key and salt, then 4 bytes for the SPI
 	if _, err := rand.Read(secret[:]); err != nil {
 		return "", err
 	}
-	spi := int(binary.BigEndian.Uint32(secret[20:])>>1 | 0x100) // 256 and up; SPIs below are reserved
+	spi := int(binary.BigEndian.Uint32(secret[keys.KeySize:])>>1 | keys.MinSPI) // SPIs below are reserved
 	state := &netlink.XfrmState{
 		Src: espProbeA.Addr().AsSlice(), Dst: espProbeB.Addr().AsSlice(),
 		Proto: netlink.XFRM_PROTO_ESP, Mode: netlink.XFRM_MODE_TRANSPORT, Spi: spi, ReplayWindow: 32,
-		Aead: &netlink.XfrmStateAlgo{Name: espAEAD, Key: secret[:20], ICVLen: 128},
+		Aead: &netlink.XfrmStateAlgo{Name: keys.AEAD, Key: secret[:keys.KeySize], ICVLen: keys.ICVBits},
 	}
 	for _, ns := range nss {
 		h, err := xfrmHandleIn(ns)
@@ -176,7 +172,7 @@ func installESP(nss [2]*osl.Namespace, port uint16) (string, error) {
 		err = h.XfrmStateAdd(state)
 		h.Close()
 		if err != nil {
-			return fmt.Sprintf("the kernel has no ESP: it refuses an ESP xfrm state (transport mode, %s): %v", espAEAD, err), nil
+			return fmt.Sprintf("the kernel has no ESP: it refuses an ESP xfrm state (transport mode, %s): %v", keys.AEAD, err), nil
 		}
 	}
 	return installESPPolicies(nss, port, spi)
