@@ -49,7 +49,7 @@ func addrsOf(ps ...netip.Prefix) []netip.Addr {
 // service discovery: those of drivers that give them an interface, except
 // on the gateway bridge network (egress.go).
 func (n *Network) hasDiscovery() bool {
-	return !n.driver.Capability().NoInterface && n.labels[labelEgress] == ""
+	return !n.driver.Capability().NoInterface && !n.isEgress()
 }
 
 // sandboxNames is the resolver's view of one sandbox: the names on the

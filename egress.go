@@ -23,8 +23,12 @@ import (
 // overlay containers their way out.
 const GatewayBridgeNetwork = "cnm_gwbridge"
 
-// labelEgress marks the gateway bridge network.
+// labelEgress marks the gateway bridge network. [WithLabels] refuses it:
+// only cnm's own network carries it.
 const labelEgress = "cnm.egress"
+
+// isEgress reports whether n is the gateway bridge network.
+func (n *Network) isEgress() bool { return n.labels[labelEgress] != "" }
 
 // egressName is the name of a sandbox's endpoint on the gateway bridge.
 func (sb *Sandbox) egressName() string {
@@ -50,7 +54,7 @@ func (sb *Sandbox) needsEgress() bool {
 // if it has none.
 func (sb *Sandbox) egressEndpoint() *Endpoint {
 	for _, ep := range sb.Endpoints() {
-		if ep.nw.labels[labelEgress] != "" {
+		if ep.nw.isEgress() {
 			return ep
 		}
 	}
@@ -72,7 +76,7 @@ func (sb *Sandbox) attachEgress(ctx context.Context, ep *Endpoint) error {
 // its gateway bridge one, offers a default route.
 func (sb *Sandbox) offersGateway() bool {
 	for _, o := range sb.Endpoints() {
-		if o.nw.labels[labelEgress] != "" {
+		if o.nw.isEgress() {
 			continue
 		}
 		o.mu.Lock()
@@ -141,7 +145,7 @@ func (c *Controller) egressNetwork(ctx context.Context) (*Network, error) {
 	c.egressMu.Lock()
 	defer c.egressMu.Unlock()
 	if n, err := c.NetworkByName(GatewayBridgeNetwork); err == nil {
-		if n.labels[labelEgress] == "" {
+		if !n.isEgress() {
 			return nil, fmt.Errorf("%w: network name %q is taken by a network cnm did not make for egress", ErrExists, GatewayBridgeNetwork)
 		}
 		return n, nil

@@ -129,6 +129,7 @@ func (n *Network) deleteGlobal(ctx context.Context) error {
 		n.mu.Lock()
 		n.deleting = false
 		n.mu.Unlock()
+		g.dropIfOrphan(n) // another host deleted it meanwhile
 		return fmt.Errorf("delete network %q: %w", n.name, err)
 	}
 	// This host's deletions still on their way first: a container removed
@@ -342,22 +343,22 @@ func (g *globalPlane) removeNetwork(ctx context.Context, id string) {
 	if n == nil || !n.global {
 		return
 	}
+	// One critical section: an endpoint that goes meanwhile finds orphan
+	// set, and its dropIfOrphan drops the network.
 	n.mu.Lock()
-	busy := len(n.epNames) > 0 || n.deleting || n.reaping > 0
-	if !busy {
+	endpoints := len(n.epNames)
+	busy := endpoints > 0 || n.deleting || n.reaping > 0
+	if busy {
+		n.orphan = true
+	} else {
 		n.deleting = true
 	}
 	n.mu.Unlock()
-	if busy {
-		n.mu.Lock()
-		n.orphan = true
-		n.mu.Unlock()
-		if len(n.Endpoints()) > 0 {
-			c.log.Warn("cnm: global network deleted by another host while this host has endpoints on it: kept until they are deleted", "network", n.name)
-		}
-		return
+	if !busy {
+		c.dropGlobalNetwork(ctx, n)
+	} else if endpoints > 0 {
+		c.log.Warn("cnm: global network deleted by another host while this host has endpoints on it: kept until they are deleted", "network", n.name)
 	}
-	c.dropGlobalNetwork(ctx, n)
 }
 
 // dropIfOrphan drops a global network another host deleted while this

@@ -34,7 +34,6 @@ type Network struct {
 	// revision globalRev (records never change once written).
 	global    bool
 	globalRev uint64
-	orphan    bool // deleted by another host while this one had endpoints on it; guarded by mu
 
 	// mu guards the fields below.
 	mu        sync.Mutex
@@ -42,6 +41,7 @@ type Network struct {
 	endpoints map[string]*Endpoint // by ID, committed only
 	epNames   map[string]bool      // taken names, in-flight creations included
 	reaping   int                  // endpoint interfaces still being removed (reaper.go)
+	orphan    bool                 // deleted by another host while this one had endpoints on it
 
 	names nameIndex // joined endpoints' names, for service discovery
 	lb    lbState   // services and their backends (service.go); guarded by ctrl.lbMu

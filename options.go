@@ -245,12 +245,17 @@ func WithInternal() NetworkOption {
 	}
 }
 
-// WithLabels attaches free-form metadata to the network (copied).
+// WithLabels attaches free-form metadata to the network (copied). The key
+// "cnm.egress" is cnm's own (it marks the gateway bridge network) and is
+// refused.
 func WithLabels(labels map[string]string) NetworkOption {
 	return func(o *networkConfig) error {
 		for k := range labels {
 			if k == "" {
 				return fmt.Errorf("%w: label with an empty key", ErrInvalid)
+			}
+			if k == labelEgress {
+				return fmt.Errorf("%w: label %q: reserved for cnm's gateway bridge network", ErrInvalid, k)
 			}
 		}
 		o.labels = maps.Clone(labels)

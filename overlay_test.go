@@ -1041,3 +1041,32 @@ func query(t *testing.T, path, name string, v6 bool) []netip.Addr {
 	}
 	return out
 }
+
+// The gateway bridge network is cnm's: its label is refused to users, and
+// a user network that took its name makes a join that needs egress fail,
+// naming the name, with nothing left of the join.
+func TestOverlayEgressNameTaken(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 1, cnmtest.ClusterOptions{})
+	c := cl.Hosts[0].Ctrl
+	_, err := c.NewNetwork(ctx, "bridge", "mine", cnm.WithLabels(map[string]string{"cnm.egress": "true"}),
+		cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.58.0.0/24")}))
+	require.ErrorIs(t, err, cnm.ErrInvalid)
+	assert.ErrorContains(t, err, `label "cnm.egress"`)
+
+	_, err = c.NewNetwork(ctx, "bridge", cnm.GatewayBridgeNetwork, cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.58.0.0/24")}))
+	require.NoError(t, err)
+	ov, err := c.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.59.0.0/24")}))
+	require.NoError(t, err)
+	sb, err := c.NewSandbox(ctx, "c")
+	require.NoError(t, err)
+	ep, err := ov.CreateEndpoint(ctx, "c")
+	require.NoError(t, err)
+	err = ep.Join(ctx, sb)
+	require.ErrorIs(t, err, cnm.ErrExists)
+	assert.ErrorContains(t, err, cnm.GatewayBridgeNetwork)
+	assert.Empty(t, sb.Endpoints(), "the join is undone")
+	gw, err := c.NetworkByName(cnm.GatewayBridgeNetwork)
+	require.NoError(t, err)
+	assert.Empty(t, gw.Endpoints(), "the user's network is left alone")
+}
