@@ -322,11 +322,7 @@ func (n *Network) releaseAddress(ctx context.Context, fam *networkIPAM, a netip.
 	if fam == nil || fam.null || !a.IsValid() {
 		return
 	}
-	err := fam.alloc.ReleaseAddress(context.WithoutCancel(ctx), fam.poolID, a.Addr())
-	if err != nil && n.global && errors.Is(err, ErrNotFound) {
-		return // another host deleted the network, and its pool with it
-	}
-	if err != nil {
+	if err := fam.alloc.ReleaseAddress(context.WithoutCancel(ctx), fam.poolID, a.Addr()); err != nil {
 		n.ctrl.log.Warn("cnm: release address", "address", a, "err", err)
 	}
 }
@@ -401,7 +397,7 @@ func (ep *Endpoint) delete(ctx context.Context) error {
 			republish()
 			return err
 		}
-		ep.forget()
+		ep.forget(true)
 		return nil
 	}
 	// An interface of an earlier join may still exist: mark the record,
@@ -416,7 +412,7 @@ func (ep *Endpoint) delete(ctx context.Context) error {
 	ep.deleteWhenReaped = true
 	finishNow := ep.reaping == 0 && !ep.stuck
 	ep.mu.Unlock()
-	ep.forget()
+	ep.forget(true)
 	if finishNow { // the job ended between the check and the mark
 		return ep.finishDelete(ctx)
 	}
@@ -442,9 +438,11 @@ func (ep *Endpoint) removeFromDriver(ctx context.Context) error {
 }
 
 // forget drops a deleted endpoint from its network: its name is free at
-// once, and so is its service's VIP if it was the service's last endpoint. Its addresses are released separately (finishDelete), once no
-// interface holds them.
-func (ep *Endpoint) forget() {
+// once, and so is its service's VIP if it was the service's last endpoint.
+// Its addresses are released separately (finishDelete), once no interface
+// holds them. On a global network its record leaves the peer table in the
+// background, unless withdrawn says the caller removed it already.
+func (ep *Endpoint) forget(withdrawn bool) {
 	n := ep.nw
 	n.ctrl.emit(Event{Type: EventEndpointDeleted, NetworkID: n.id, EndpointID: ep.id, Detail: ep.name})
 	n.mu.Lock()
@@ -453,7 +451,9 @@ func (ep *Endpoint) forget() {
 	n.mu.Unlock()
 	n.removeMember(context.Background(), ep)
 	if n.global {
-		n.ctrl.global.postWithdraw(ep)
+		if !withdrawn {
+			n.ctrl.global.postWithdraw(ep)
+		}
 		n.ctrl.global.followIfUsed(n)
 		n.ctrl.global.dropIfOrphan(n)
 	}

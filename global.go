@@ -192,7 +192,7 @@ func (c *Controller) openGlobal(ctx context.Context) (_ *globalPlane, retErr err
 	if err := g.takeLease(ctx); err != nil {
 		return nil, err
 	}
-	g.addrs = &globalIPAM{g: g}
+	g.addrs = &globalIPAM{}
 	if err := g.newAllocators(); err != nil {
 		return nil, err
 	}

@@ -2,9 +2,11 @@ package cnm
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"sync"
 
+	"github.com/seed53641549/cnm/errdefs"
 	"github.com/seed53641549/cnm/ipam"
 	"github.com/seed53641549/cnm/ipam/global"
 )
@@ -16,7 +18,6 @@ const globalIPAMDriver = "global"
 // [global.Allocator], behind one pointer that a new lease replaces (the
 // networks keep this one).
 type globalIPAM struct {
-	g  *globalPlane
 	mu sync.RWMutex
 	a  *global.Allocator
 }
@@ -65,9 +66,14 @@ func (x *globalIPAM) RequestAddress(ctx context.Context, id string, req ipam.Add
 	return x.cur().RequestAddress(ctx, id, req)
 }
 
-// ReleaseAddress frees an address of this host's blocks.
+// ReleaseAddress frees an address of this host's blocks. A pool that is
+// gone (another host deleted the network, and its pool with it) has
+// nothing left to free: no error.
 func (x *globalIPAM) ReleaseAddress(ctx context.Context, id string, a netip.Addr) error {
-	return x.cur().ReleaseAddress(ctx, id, a)
+	if err := x.cur().ReleaseAddress(ctx, id, a); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+		return err
+	}
+	return nil
 }
 
 // ReserveAddress reserves a gateway or aux address for every host, for

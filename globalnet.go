@@ -31,9 +31,6 @@ func isGlobalDriver(drv driverapi.Driver) bool {
 // driver other than the global one, or a family without a subnet (the
 // global address space has no default pools).
 func (c *Controller) checkGlobalConfig(driverName, name string, cfg *networkConfig) error {
-	if c.global == nil {
-		return errNoGlobal(driverName, name)
-	}
 	if cfg.ipamDriver != "" && cfg.ipamDriver != globalIPAMDriver {
 		return fmt.Errorf("%w: network %q: ipam driver %q: %s networks take their addresses from the global address space (ipam driver %q)",
 			ErrInvalid, name, cfg.ipamDriver, driverName, globalIPAMDriver)
@@ -57,32 +54,32 @@ func (g *globalPlane) requestVNI(ctx context.Context, n *Network) error {
 	if opts == nil {
 		opts = map[string]string{}
 	}
+	var id uint32
 	if v, ok := opts[overlay.OptionVNI]; ok {
-		id, err := overlay.ParseVNI(v)
-		if err != nil {
+		var err error
+		if id, err = overlay.ParseVNI(v); err != nil {
 			return err
 		}
 		if err := g.vxlan().RequestID(ctx, id); err != nil {
 			return fmt.Errorf("option %s=%q: %w", overlay.OptionVNI, v, err)
 		}
-		opts[overlay.OptionVNI] = strconv.FormatUint(uint64(id), 10)
 	} else {
-		id, err := g.vxlan().Request(ctx)
-		if err != nil {
+		var err error
+		if id, err = g.vxlan().Request(ctx); err != nil {
 			return fmt.Errorf("vxlan id: %w", err)
 		}
-		opts[overlay.OptionVNI] = strconv.FormatUint(uint64(id), 10)
 	}
+	opts[overlay.OptionVNI] = strconv.FormatUint(uint64(id), 10)
 	n.options = opts
 	return nil
 }
 
 func (g *globalPlane) releaseVNI(ctx context.Context, n *Network) {
-	id, err := strconv.ParseUint(n.options[overlay.OptionVNI], 10, 32)
+	id, err := overlay.ParseVNI(n.options[overlay.OptionVNI])
 	if err != nil {
 		return
 	}
-	if err := g.vxlan().Release(context.WithoutCancel(ctx), uint32(id)); err != nil {
+	if err := g.vxlan().Release(context.WithoutCancel(ctx), id); err != nil {
 		g.c.log.Warn("cnm: release vxlan id", "network", n.name, "vni", id, "err", err)
 	}
 }
@@ -194,12 +191,7 @@ func (c *Controller) dropGlobalNetwork(ctx context.Context, n *Network) {
 	if err := n.driver.DeleteNetwork(ctx, n.id); err != nil && !errors.Is(err, ErrNotFound) {
 		c.log.Warn("cnm: delete global network in driver", "network", n.name, "err", err)
 	}
-	c.mu.Lock()
-	delete(c.networks, n.id)
-	delete(c.networkNames, n.name)
-	c.mu.Unlock()
-	c.emit(Event{Type: EventNetworkDeleted, NetworkID: n.id, Detail: n.name})
-	c.global.retryPending()
+	c.forgetNetwork(n)
 }
 
 // adoptGlobalNetwork makes this host's Network of a global network from
@@ -485,7 +477,7 @@ func (g *globalPlane) sweepReservations(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("global store: list networks: %w", err)
 	}
-	pools, vnis := map[string]bool{}, map[uint64]bool{}
+	pools, vnis := map[string]bool{}, map[uint32]bool{}
 	for _, kv := range kvs {
 		var r networkRecord
 		if json.Unmarshal(kv.Value, &r) != nil {
@@ -496,7 +488,7 @@ func (g *globalPlane) sweepReservations(ctx context.Context) error {
 				pools[fam.PoolID] = true
 			}
 		}
-		if id, err := strconv.ParseUint(r.Options[overlay.OptionVNI], 10, 32); err == nil {
+		if id, err := overlay.ParseVNI(r.Options[overlay.OptionVNI]); err == nil {
 			vnis[id] = true
 		}
 	}
@@ -516,7 +508,7 @@ func (g *globalPlane) sweepReservations(ctx context.Context) error {
 		return errors.Join(append(errs, err)...)
 	}
 	for _, id := range ids {
-		if !vnis[uint64(id)] {
+		if !vnis[id] {
 			g.c.log.Info("cnm: release a VXLAN ID no global network names (left by a crash)", "vni", id)
 			errs = append(errs, g.vxlan().Release(ctx, id))
 		}

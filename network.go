@@ -501,15 +501,22 @@ func (n *Network) Delete(ctx context.Context) (retErr error) {
 	}
 	c.releaseNetworkIPAM(ctx, n.ipv4)
 	c.releaseNetworkIPAM(ctx, n.ipv6)
+	c.forgetNetwork(n)
+	return nil
+}
+
+// forgetNetwork drops a deleted network from the controller: its ID and
+// name are free, EventNetworkDeleted is sent, and a global network that
+// waited for the name is taken now.
+func (c *Controller) forgetNetwork(n *Network) {
 	c.mu.Lock()
 	delete(c.networks, n.id)
 	delete(c.networkNames, n.name)
 	c.mu.Unlock()
 	c.emit(Event{Type: EventNetworkDeleted, NetworkID: n.id, Detail: n.name})
 	if c.global != nil {
-		c.global.retryPending() // a global network may have waited for the name
+		c.global.retryPending()
 	}
-	return nil
 }
 
 // Controller returns the controller that owns the network.

@@ -322,7 +322,7 @@ func (sb *Sandbox) Delete(ctx context.Context) (retErr error) {
 			if err := ep.finishDelete(ctx); err != nil {
 				errs = append(errs, err)
 			}
-			ep.forget()
+			ep.forget(false)
 			continue
 		}
 		var hold *Sandbox
@@ -335,7 +335,7 @@ func (sb *Sandbox) Delete(ctx context.Context) (retErr error) {
 		ep.deleteWhenReaped = true
 		ep.mu.Unlock()
 		ep.reap(req, hold)
-		ep.forget()
+		ep.forget(false)
 	}
 
 	sb.mu.Lock()
