@@ -97,10 +97,11 @@ func (g *globalPlane) commitNetwork(ctx context.Context, n *Network) error {
 	rev, err := g.kv.TxnIf(ctx, []etcdstore.Cond{{Key: gNameKey(n.name)}, {Key: gNetworkKey(n.id)}},
 		etcdstore.Op{Key: gNameKey(n.name), Value: []byte(n.id)},
 		etcdstore.Op{Key: gNetworkKey(n.id), Value: val})
-	if errors.Is(err, store.ErrConflict) {
-		return fmt.Errorf("%w: network name %q is taken in the cluster", ErrExists, n.name)
-	}
 	if err != nil {
+		g.making.Delete(n.id) // the step failed: its undo does not run
+		if errors.Is(err, store.ErrConflict) {
+			return fmt.Errorf("%w: network name %q is taken in the cluster", ErrExists, n.name)
+		}
 		return fmt.Errorf("record global network: %w", err)
 	}
 	n.globalRev = rev

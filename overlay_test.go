@@ -712,6 +712,18 @@ func TestOverlayRollback(t *testing.T) {
 		}
 	}
 	cnm.SetFaultHook(h1.Ctrl, nil)
+	// A name another host took a moment ago (its network not seen here
+	// yet): the transaction's conflict, ErrExists, and nothing reserved.
+	_, err = kv.CompareAndSwap(ctx, "network-names/taken", 0, []byte("elsewhere"))
+	require.NoError(t, err)
+	_, err = h1.Ctrl.NewNetwork(ctx, "overlay", "taken", subnet)
+	require.ErrorIs(t, err, cnm.ErrExists)
+	assert.ErrorContains(t, err, `"taken" is taken in the cluster`)
+	assert.Empty(t, keys("networks/"))
+	assert.Empty(t, keys("ipam/global/pools/"))
+	assert.Empty(t, keys("vxlan/ids/"))
+	require.NoError(t, kv.Txn(ctx, store.Del("network-names/taken")))
+
 	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "rb", subnet)
 	require.NoError(t, err)
 

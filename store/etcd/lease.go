@@ -77,22 +77,17 @@ func (s *Store) AdoptLease(ctx context.Context, id int64) (*Lease, error) {
 		return nil, fmt.Errorf("adopt lease %x: %w", id, err)
 	}
 	defer cancel()
-	ttl, err := s.lease.TimeToLive(c, lid)
-	switch {
-	case err != nil && !isLeaseNotFound(err):
-		return nil, fmt.Errorf("adopt lease %x: %w", id, err)
-	case err != nil || ttl.TTL < 0: // etcd answers a TTL of -1 for a lease it does not have
-		return nil, fmt.Errorf("adopt lease %x: expired or revoked: %w", id, ErrLeaseLost)
-	}
-	// Renew it now: it may have had well under a second left, and a lease
-	// that ended since is reported here rather than on Lost.
-	if _, err := s.lease.KeepAliveOnce(c, lid); err != nil {
+	// Renew it now: it may have had well under a second left. A lease that
+	// ended is reported here (the client turns etcd's TTL of -1 into "not
+	// found"), and a renewed one answers with its granted TTL.
+	ka, err := s.lease.KeepAliveOnce(c, lid)
+	if err != nil {
 		if isLeaseNotFound(err) {
 			return nil, fmt.Errorf("adopt lease %x: expired or revoked: %w", id, ErrLeaseLost)
 		}
 		return nil, fmt.Errorf("adopt lease %x: renew: %w", id, err)
 	}
-	return s.keepAlive(lid, time.Duration(ttl.GrantedTTL)*time.Second)
+	return s.keepAlive(lid, time.Duration(ka.TTL)*time.Second)
 }
 
 // keepAlive starts keeping lease id alive in the background and returns its
