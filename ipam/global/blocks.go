@@ -241,11 +241,7 @@ func (sp *space) recordLocked(ctx context.Context, b *block, ord uint64) error {
 	if errors.Is(err, store.ErrConflict) {
 		if kv, gerr := sp.kv.Get(ctx, key); gerr == nil {
 			if b != nil && !b.isSet(sp, ord) {
-				b.set(sp, ord, true) // taken, but not by us: not counted in n
-				if b.other == nil {
-					b.other = make(map[uint64]bool)
-				}
-				b.other[ord] = true
+				b.setOther(sp, ord) // taken, but not by us: not counted in n
 			}
 			return fmt.Errorf("%w: %s: %s is already allocated (by host %q): %w",
 				errdefs.ErrExists, sp.name, sp.format(ord), kv.Value, errRecordedElsewhere)
@@ -486,34 +482,41 @@ func (sp *space) newBlock(ctx context.Context, idx, rev uint64) (*block, error) 
 		}
 	}
 	if sp.recordPrefix != "" { // entries recorded before we held the block
-		kvs, _, err := sp.kv.Snapshot(ctx, sp.recordPrefix)
+		ords, err := sp.ordsIn(ctx, sp.recordPrefix, 10, idx)
 		if err != nil {
 			return nil, fmt.Errorf("%s: list records: %w", sp.name, err)
 		}
-		for _, kv := range kvs {
-			ord, err := strconv.ParseUint(strings.TrimPrefix(kv.Key, sp.recordPrefix), 10, 64)
-			if err == nil && ord>>sp.bits == idx && sp.usable(ord) {
-				b.set(sp, ord, true)
-				if b.other == nil {
-					b.other = make(map[uint64]bool)
-				}
-				b.other[ord] = true
-			}
+		for _, ord := range ords {
+			b.setOther(sp, ord)
 		}
 	}
 	if sp.reservedPrefix != "" {
-		kvs, _, err := sp.kv.Snapshot(ctx, sp.reservedPrefix)
+		ords, err := sp.ordsIn(ctx, sp.reservedPrefix, 16, idx)
 		if err != nil {
 			return nil, fmt.Errorf("%s: list reserved addresses: %w", sp.name, err)
 		}
-		for _, kv := range kvs {
-			ord, err := strconv.ParseUint(strings.TrimPrefix(kv.Key, sp.reservedPrefix), 16, 64)
-			if err == nil && ord>>sp.bits == idx && sp.usable(ord) {
-				b.setReserved(sp, ord)
-			}
+		for _, ord := range ords {
+			b.setReserved(sp, ord)
 		}
 	}
 	return b, nil
+}
+
+// ordsIn lists the usable ordinals of block idx that keys under prefix
+// name (<prefix><ordinal in base>).
+func (sp *space) ordsIn(ctx context.Context, prefix string, base int, idx uint64) ([]uint64, error) {
+	kvs, _, err := sp.kv.Snapshot(ctx, prefix)
+	if err != nil {
+		return nil, err
+	}
+	var ords []uint64
+	for _, kv := range kvs {
+		ord, err := strconv.ParseUint(strings.TrimPrefix(kv.Key, prefix), base, 64)
+		if err == nil && ord>>sp.bits == idx && sp.usable(ord) {
+			ords = append(ords, ord)
+		}
+	}
+	return ords, nil
 }
 
 func (sp *space) addLocked(b *block) {
@@ -614,6 +617,15 @@ func (b *block) free(sp *space) (uint64, bool) {
 }
 
 // setReserved marks ord, free in b, as reserved.
+// setOther marks ord taken by another host's record.
+func (b *block) setOther(sp *space, ord uint64) {
+	b.set(sp, ord, true)
+	if b.other == nil {
+		b.other = make(map[uint64]bool)
+	}
+	b.other[ord] = true
+}
+
 func (b *block) setReserved(sp *space, ord uint64) {
 	b.set(sp, ord, true)
 	if b.reserved == nil {
