@@ -370,26 +370,16 @@ func (g *globalPlane) dropIfOrphan(n *Network) {
 
 // watchNetworks follows networks/ from the revision restore listed.
 func (g *globalPlane) watchNetworks() {
-	rev := g.netsRev
-	for g.ctx.Err() == nil {
-		for b := range g.kv.Watch(g.ctx, gNetworks, rev) {
-			if b.Err != nil {
-				g.c.log.Warn("cnm: watch of global networks ended: restarting", "err", b.Err)
-				break
-			}
-			end, err := g.c.begin()
-			if err != nil {
-				return
-			}
-			g.applyNetworks(b)
-			end()
-			rev = b.Revision
+	failed := func(err error) { g.c.log.Warn("cnm: watch of global networks ended: restarting", "err", err) }
+	etcdstore.Follow(g.ctx, g.kv, gNetworks, g.netsRev, time.Second, failed, func(b etcdstore.WatchBatch) bool {
+		end, err := g.c.begin()
+		if err != nil {
+			return false // the controller is closing
 		}
-		select {
-		case <-g.ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
+		g.applyNetworks(b)
+		end()
+		return true
+	})
 }
 
 // applyNetworks applies one batch of the networks watch.

@@ -453,42 +453,35 @@ func (t *peerTable) apply(g *globalPlane, kv store.KV, program bool) {
 // them first) until ctx ends.
 func (g *globalPlane) watchPeers(ctx context.Context, nid string, rev uint64) {
 	prefix := gEndpoints + nid + "/"
-	for ctx.Err() == nil {
-		if rev == 0 {
-			kvs, r, err := g.kv.Snapshot(ctx, prefix)
-			if err != nil {
-				if ctx.Err() == nil {
-					g.c.log.Warn("cnm: global store: list peers: retrying", "prefix", prefix, "err", err)
-				}
-				select {
-				case <-ctx.Done():
-				case <-time.After(time.Second):
-				}
-				continue
+	for rev == 0 && ctx.Err() == nil {
+		kvs, r, err := g.kv.Snapshot(ctx, prefix)
+		if err != nil {
+			if ctx.Err() == nil {
+				g.c.log.Warn("cnm: global store: list peers: retrying", "prefix", prefix, "err", err)
 			}
-			g.peers.resync(g, nid, kvs)
-			rev = r
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
 		}
-		for b := range g.kv.Watch(ctx, prefix, rev) {
-			if b.Err != nil {
-				g.c.log.Warn("cnm: watch of the peer table ended: restarting", "prefix", prefix, "err", b.Err)
-				break
-			}
-			if b.Resync {
-				g.peers.resync(g, nid, b.Snapshot)
-			}
-			for _, ev := range b.Events {
-				if ev.Type == etcdstore.EventPut {
-					g.peers.apply(g, ev.KV, true)
-				} else {
-					g.peers.set(g, ev.KV.Key, nil, true)
-				}
-			}
-			rev = b.Revision
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
+		g.peers.resync(g, nid, kvs)
+		rev = r
 	}
+	failed := func(err error) {
+		g.c.log.Warn("cnm: watch of the peer table ended: restarting", "prefix", prefix, "err", err)
+	}
+	etcdstore.Follow(ctx, g.kv, prefix, rev, time.Second, failed, func(b etcdstore.WatchBatch) bool {
+		if b.Resync {
+			g.peers.resync(g, nid, b.Snapshot)
+		}
+		for _, ev := range b.Events {
+			if ev.Type == etcdstore.EventPut {
+				g.peers.apply(g, ev.KV, true)
+			} else {
+				g.peers.set(g, ev.KV.Key, nil, true)
+			}
+		}
+		return true
+	})
 }

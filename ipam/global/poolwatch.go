@@ -27,38 +27,23 @@ func (a *Allocator) startWatch(after uint64) {
 // ends or the store closes.
 func (a *Allocator) watchPools(ctx context.Context, after uint64) {
 	defer close(a.watchDone)
-	for {
-		failed := false
-		for b := range a.cfg.Store.Watch(ctx, poolPrefix, after) {
-			if b.Err != nil {
-				failed = true
-				break
+	etcdstore.Follow(ctx, a.cfg.Store, poolPrefix, after, 100*time.Millisecond, nil, func(b etcdstore.WatchBatch) bool {
+		if b.Resync {
+			live := make(map[string]bool, len(b.Snapshot))
+			for _, kv := range b.Snapshot {
+				live[strings.TrimPrefix(kv.Key, poolPrefix)] = true
 			}
-			after = b.Revision
-			if b.Resync {
-				live := make(map[string]bool, len(b.Snapshot))
-				for _, kv := range b.Snapshot {
-					live[strings.TrimPrefix(kv.Key, poolPrefix)] = true
-				}
-				a.dropPools(b.Revision, func(key string) bool { return !live[key] })
-				continue
-			}
-			for _, ev := range b.Events {
-				if ev.Type == etcdstore.EventDelete {
-					gone := strings.TrimPrefix(ev.KV.Key, poolPrefix)
-					a.dropPools(ev.KV.Revision, func(key string) bool { return key == gone })
-				}
+			a.dropPools(b.Revision, func(key string) bool { return !live[key] })
+			return true
+		}
+		for _, ev := range b.Events {
+			if ev.Type == etcdstore.EventDelete {
+				gone := strings.TrimPrefix(ev.KV.Key, poolPrefix)
+				a.dropPools(ev.KV.Revision, func(key string) bool { return key == gone })
 			}
 		}
-		if !failed || ctx.Err() != nil {
-			return // cancelled, or the store closed
-		}
-		select {
-		case <-time.After(100 * time.Millisecond):
-		case <-ctx.Done():
-			return
-		}
-	}
+		return true
+	})
 }
 
 // dropPools forgets the cached pools whose pool key gone selects and whose

@@ -80,6 +80,43 @@ func (s *Store) Watch(ctx context.Context, prefix string, after uint64) <-chan W
 	return out
 }
 
+// Watcher is what [Follow] needs of a store: [Store.Watch].
+type Watcher interface {
+	Watch(ctx context.Context, prefix string, after uint64) <-chan WatchBatch
+}
+
+// Follow hands the batches of a watch of prefix after revision after to
+// apply, in order, until ctx ends, the store closes or apply returns
+// false. A watch that ends with an error is reported to failed (when not
+// nil) and, retry later, started again from the revision of the last batch
+// applied: nothing is missed, nothing applied twice.
+func Follow(ctx context.Context, w Watcher, prefix string, after uint64, retry time.Duration, failed func(error), apply func(WatchBatch) bool) {
+	for {
+		var err error
+		for b := range w.Watch(ctx, prefix, after) {
+			if b.Err != nil {
+				err = b.Err
+				break
+			}
+			if !apply(b) {
+				return
+			}
+			after = b.Revision
+		}
+		if err == nil || ctx.Err() != nil {
+			return // cancelled, or the store closed
+		}
+		if failed != nil {
+			failed(err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(retry):
+		}
+	}
+}
+
 func (s *Store) watch(ctx context.Context, prefix string, after uint64, out chan<- WatchBatch) {
 	defer close(out)
 	ctx, cancel := context.WithCancel(ctx)

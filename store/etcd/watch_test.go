@@ -342,3 +342,46 @@ func TestBackSoonAfterLongOutage(t *testing.T) {
 	}
 	t.Logf("written and watched %s after etcd's return", time.Since(back).Round(time.Millisecond))
 }
+
+// scriptedWatcher delivers, for its nth Watch, the batches of script[n],
+// and records each Watch's after.
+type scriptedWatcher struct {
+	script [][]WatchBatch
+	afters []uint64
+}
+
+func (w *scriptedWatcher) Watch(ctx context.Context, prefix string, after uint64) <-chan WatchBatch {
+	out := make(chan WatchBatch, 8)
+	if n := len(w.afters); n < len(w.script) {
+		for _, b := range w.script[n] {
+			out <- b
+		}
+	}
+	w.afters = append(w.afters, after)
+	close(out)
+	return out
+}
+
+// TestFollow: a watch that ends with an error is reported and started
+// again from the last revision applied; one that ends without (the store
+// closed) ends Follow, as apply returning false does.
+func TestFollow(t *testing.T) {
+	w := &scriptedWatcher{script: [][]WatchBatch{
+		{{Revision: 5}, {Revision: 6}, {Err: errors.New("lost")}},
+		{{Revision: 7}},
+	}}
+	var applied []uint64
+	var failures []error
+	Follow(t.Context(), w, "p/", 4, time.Millisecond, func(err error) { failures = append(failures, err) },
+		func(b WatchBatch) bool { applied = append(applied, b.Revision); return true })
+	if fmt.Sprint(applied) != "[5 6 7]" || fmt.Sprint(w.afters) != "[4 6]" || len(failures) != 1 {
+		t.Fatalf("applied %v, watches after %v, failures %v; want [5 6 7], [4 6], one", applied, w.afters, failures)
+	}
+
+	w = &scriptedWatcher{script: [][]WatchBatch{{{Revision: 5}, {Revision: 6}}}}
+	applied = nil
+	Follow(t.Context(), w, "p/", 4, time.Millisecond, nil, func(b WatchBatch) bool { applied = append(applied, b.Revision); return false })
+	if fmt.Sprint(applied) != "[5]" || len(w.afters) != 1 {
+		t.Fatalf("apply said stop: applied %v, watches %d", applied, len(w.afters))
+	}
+}
