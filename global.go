@@ -158,6 +158,7 @@ type globalPlane struct {
 	pending   map[string]store.KV // global networks not taken yet, by ID
 	outbox    outbox              // this host's endpoint records still to write (peers.go)
 	netsRev   uint64              // revision of the networks/ listing restore used
+	nets      []store.KV          // that listing, until sweepReservations has used it
 }
 
 // openGlobal connects to etcd, takes back the host's lease or grants a new

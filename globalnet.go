@@ -228,7 +228,7 @@ func (g *globalPlane) restoreNetworks(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("global store: list networks: %w", err)
 	}
-	g.netsRev = rev
+	g.netsRev, g.nets = rev, kvs
 	for _, kv := range kvs {
 		if err := g.addNetwork(ctx, kv, true); err != nil {
 			return err
@@ -464,10 +464,10 @@ func (g *globalPlane) sweepOwn(ctx context.Context) error {
 // releasing them, left them behind, with no lease to end them. It runs in
 // New, when nothing of this host's is in flight.
 func (g *globalPlane) sweepReservations(ctx context.Context) error {
-	kvs, _, err := g.kv.Snapshot(ctx, gNetworks)
-	if err != nil {
-		return fmt.Errorf("global store: list networks: %w", err)
-	}
+	// Restore's listing is enough: only this host reserves its own pools
+	// and VXLAN IDs, and it makes no network before New returns.
+	kvs := g.nets
+	g.nets = nil
 	pools, vnis := map[string]bool{}, map[uint32]bool{}
 	for _, kv := range kvs {
 		var r networkRecord
