@@ -256,9 +256,10 @@ func (g *globalPlane) put(ctx context.Context, key string, val []byte, conds []e
 // watch of its own (a host on one network of a hundred hears of that one
 // only; see docs/overlay-scale.md).
 //
-// Lock order: watchMu, then Network.mu; mu is taken alone (and held
-// while the overlay driver programs a peer, so that the kernel follows the
-// table in the table's order).
+// Lock order: watchMu, then Network.mu; mu is taken with no other lock of
+// the controller's held, and held while the overlay driver programs a peer
+// (so that the kernel follows the table in the table's order) and while a
+// network's name index (its own lock, taken last) changes.
 type peerTable struct {
 	mu    sync.Mutex
 	byKey map[string]peerRecord // endpoints/<network>/<endpoint> of other hosts
@@ -338,6 +339,7 @@ func (t *peerTable) set(g *globalPlane, key string, rec *peerRecord, program boo
 	if rec != nil && rec.Host == string(g.c.owner) {
 		rec = nil // this host's own: reached through the bridge
 	}
+	n := g.network(nid) // before t.mu: it takes the controller's lock
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.byKey == nil {
@@ -350,7 +352,6 @@ func (t *peerTable) set(g *globalPlane, key string, rec *peerRecord, program boo
 	}
 	samePeer := had && rec != nil && old.VTEP == rec.VTEP && old.MAC == rec.MAC && old.IPv4 == rec.IPv4 && old.IPv6 == rec.IPv6
 	sameNames := had && rec != nil && old.Joined == rec.Joined && slices.Equal(old.Names, rec.Names)
-	n := g.network(nid)
 	if had && !samePeer && program {
 		for _, a := range old.addrs() {
 			if err := g.ov.RemovePeer(g.ctx, overlay.Peer{NetworkID: nid, IP: a, MAC: parseMAC(old.MAC), VTEP: old.VTEP}); err != nil {
