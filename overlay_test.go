@@ -1082,3 +1082,25 @@ func TestOverlayEgressNameTaken(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, gw.Endpoints(), "the user's network is left alone")
 }
+
+// A global network whose name a local network of this host holds is not
+// taken here until that network goes; then it is, without a restart.
+func TestOverlayNameTakenLocally(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{})
+	h1, h2 := cl.Hosts[0], cl.Hosts[1]
+	local, err := h2.Ctrl.NewNetwork(ctx, "bridge", "shared", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.62.0.0/24")}))
+	require.NoError(t, err)
+	ov, err := h1.Ctrl.NewNetwork(ctx, "overlay", "shared", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.63.0.0/24")}))
+	require.NoError(t, err, "the name is free in the cluster: host 2's network is local")
+	time.Sleep(200 * time.Millisecond) // the watch has seen it by now
+	n, err := h2.Ctrl.NetworkByName("shared")
+	require.NoError(t, err)
+	assert.Equal(t, local.ID(), n.ID(), "host 2 keeps its own network under the name")
+
+	require.NoError(t, local.Delete(ctx))
+	n = waitNetwork(t, h2.Ctrl, "shared")
+	assert.Equal(t, ov.ID(), n.ID(), "the overlay network is taken once the name is free")
+	c := ovRun(t, h2, "shared", "c")
+	assert.True(t, netip.MustParsePrefix("10.63.0.0/24").Contains(c.addr))
+}
