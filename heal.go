@@ -124,7 +124,12 @@ func (h *healer) seen(ch watch.Change) {
 	h.mu.Lock()
 	switch ch.Kind {
 	case watch.Link:
-		h.links[ch.Index] = driverapi.LinkChange{Index: ch.Index, Name: ch.Name, Master: ch.Master, Up: ch.Up, Deleted: ch.Deleted}
+		// The link's latest state replaces the one gathered so far, but
+		// an address deleted meanwhile stays reported: the kernel often
+		// announces the link right after the address.
+		gone := h.links[ch.Index].AddressGone
+		h.links[ch.Index] = driverapi.LinkChange{Index: ch.Index, Name: ch.Name, Master: ch.Master, Up: ch.Up, Deleted: ch.Deleted,
+			AddressGone: gone}
 	case watch.Address:
 		l, ok := h.links[ch.Index]
 		if !ok {
@@ -171,9 +176,11 @@ func (h *healer) putBack(req driverapi.HealRequest) {
 	h.pending.Firewall = h.pending.Firewall || req.Firewall
 	h.pending.Forwarding = h.pending.Forwarding || req.Forwarding
 	for _, l := range req.Links {
-		if _, ok := h.links[l.Index]; !ok {
-			h.links[l.Index] = l
+		if newer, ok := h.links[l.Index]; ok {
+			newer.AddressGone = newer.AddressGone || l.AddressGone
+			l = newer
 		}
+		h.links[l.Index] = l
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -97,18 +98,24 @@ func (l *healLab) requireWorks(t *testing.T, when string) {
 }
 
 // waitEvent returns the first event of type typ whose object has the
-// prefix, failing after a second.
+// prefix, failing after a second with the events it saw meanwhile.
 func waitEvent(t *testing.T, evs <-chan cnm.Event, typ cnm.EventType, object string) cnm.Event {
 	t.Helper()
+	start := time.Now()
 	deadline := time.After(time.Second)
+	var seen []string
 	for {
 		select {
 		case e := <-evs:
-			if e.Type == typ && (object == "" || len(e.Object) >= len(object) && e.Object[:len(object)] == object) {
+			if e.Type == typ && strings.HasPrefix(e.Object, object) {
+				fmt.Printf("HEALWAIT %s %s %s %q\n", object, time.Since(start), e.Time.Format("05.000000"), e.Detail)
 				return e
 			}
+			fmt.Printf("OTHER %s %s %q %q\n", e.Time.Format("05.000000"), e.Type, e.Object, e.Detail)
+			seen = append(seen, fmt.Sprintf("%s %s %q %q", e.Time.Format("15:04:05.000"), e.Type, e.Object, e.Detail))
 		case <-deadline:
-			t.Fatalf("no %s event for %q", typ, object)
+			t.Fatalf("no %s event for %q within a second (at %s); saw %d others:\n%s",
+				typ, object, time.Now().Format("15:04:05.000"), len(seen), strings.Join(seen, "\n"))
 		}
 	}
 }
@@ -219,6 +226,56 @@ func TestHeal(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, slices.ContainsFunc(tables, func(tb *nftables.Table) bool { return tb.Name == "theirs" }),
 		"the user's flush deleted their table; cnm put back only its own")
+	deleteAll(t, l.ctrl)
+	require.NoError(t, l.host.NS.DeleteLink(ctx, "up0"))
+	cnmtest.AssertNoLeaks(t, l.host)
+}
+
+// TestHealAddressThenLink: a gateway address deleted, then the bridge
+// announced again within the healer's debounce (the kernel does so on
+// its own, for one when a link's state settles after it came up; here the
+// test sets the bridge's alias to what it is): the address is put back.
+// The link's announcement used to replace the pending change, and the
+// address deletion with it.
+func TestHealAddressThenLink(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	l := newHealLab(t, cnm.WithHealLimit(100, time.Minute))
+	evs := l.ctrl.Events(ctx)
+	br, err := l.host.NS.LinkByName(ctx, l.bridgeA)
+	require.NoError(t, err)
+	gw, ok := l.nwA.IPv4()
+	require.True(t, ok)
+	gwAddr := netip.PrefixFrom(gw.Gateway, gw.Subnet.Bits())
+	for i := range 5 {
+		require.NoError(t, l.host.NS.DeleteAddress(ctx, br.Index, gwAddr))
+		require.NoError(t, l.host.NS.SetLinkAlias(ctx, br.Index, br.Alias))
+		e := waitEvent(t, evs, cnm.EventHealed, "bridge "+l.bridgeA)
+		require.Contains(t, e.Detail, gwAddr.String(), "round %d", i)
+		addrs, err := l.host.NS.Addresses(ctx, br.Index)
+		require.NoError(t, err)
+		require.Contains(t, addrs, gwAddr, "round %d", i)
+	}
+
+	// The same when the heal fails and the bridge is announced while it
+	// runs: the announcement waits in the pending changes, and the failed
+	// heal's changes are put back beside it, the deletion kept.
+	var calls atomic.Int32
+	cnm.SetHealFault(l.ctrl, func() error {
+		if calls.Add(1) > 1 {
+			return nil
+		}
+		if err := l.host.NS.SetLinkAlias(ctx, br.Index, br.Alias); err != nil {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond) // the watcher takes the announcement
+		return errors.New("injected heal fault")
+	})
+	require.NoError(t, l.host.NS.DeleteAddress(ctx, br.Index, gwAddr))
+	waitEvent(t, evs, cnm.EventHealFailed, "")
+	e := waitEvent(t, evs, cnm.EventHealed, "bridge "+l.bridgeA)
+	require.Contains(t, e.Detail, gwAddr.String())
+	l.requireWorks(t, "after the address was put back")
 	deleteAll(t, l.ctrl)
 	require.NoError(t, l.host.NS.DeleteLink(ctx, "up0"))
 	cnmtest.AssertNoLeaks(t, l.host)
