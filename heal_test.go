@@ -204,6 +204,15 @@ func TestHeal(t *testing.T) {
 	require.True(t, lk.Up)
 	l.requireWorks(t, "after a port set down")
 
+	// A port taken off its bridge: plugged back in.
+	require.NoError(t, l.host.NS.SetLinkMaster(ctx, port.Index, 0))
+	e = waitEvent(t, evs, cnm.EventHealed, "link "+port.Name)
+	assert.Contains(t, e.Detail, "plugged back into")
+	lk, err = l.host.NS.LinkByIndex(ctx, port.Index)
+	require.NoError(t, err)
+	require.Equal(t, br.Index, lk.MasterIndex)
+	l.requireWorks(t, "after a port was taken off its bridge")
+
 	// The bridge set down: up again.
 	require.NoError(t, l.host.NS.SetLinkDown(ctx, br.Index))
 	waitEvent(t, evs, cnm.EventHealed, "bridge "+l.bridgeA)

@@ -193,6 +193,12 @@ func parseRoute(typ uint16, data []byte) (Change, bool) {
 		if len(data) < ifinfomsgLen {
 			return Change{}, false
 		}
+		if data[0] == unix.AF_BRIDGE {
+			// The bridge's view of a port (its STP state; a deletion
+			// when the port leaves its bridge, though the link stays):
+			// the link's own announcement says what matters.
+			return Change{}, false
+		}
 		ch := Change{
 			Kind:    Link,
 			Index:   int(int32(binary.NativeEndian.Uint32(data[4:8]))),

@@ -108,6 +108,27 @@ func TestWatch(t *testing.T) {
 	require.NoError(t, h.LinkDel(br))
 	c.wait(t, "br0 deleted", func(ch Change) bool { return ch.Kind == Link && ch.Index == idx && ch.Deleted })
 
+	// A port taken off its bridge is not reported deleted (the kernel
+	// announces the port's removal in the bridge family as a deletion).
+	require.NoError(t, h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br1"}}))
+	br1, err := h.LinkByName("br1")
+	require.NoError(t, err)
+	require.NoError(t, h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "port0"}, PeerName: "peer0"}))
+	port, err := h.LinkByName("port0")
+	require.NoError(t, err)
+	pidx := port.Attrs().Index
+	require.NoError(t, h.LinkSetMaster(port, br1))
+	c.wait(t, "port0 on br1", func(ch Change) bool { return ch.Kind == Link && ch.Index == pidx && ch.Master == br1.Attrs().Index })
+	require.NoError(t, h.LinkSetNoMaster(port))
+	c.wait(t, "port0 off br1", func(ch Change) bool { return ch.Kind == Link && ch.Index == pidx && ch.Master == 0 })
+	require.NoError(t, h.LinkDel(br1))
+	c.wait(t, "br1 deleted", func(ch Change) bool { return ch.Kind == Link && ch.Index == br1.Attrs().Index && ch.Deleted })
+	c.mu.Lock()
+	for _, ch := range c.got {
+		require.False(t, ch.Kind == Link && ch.Index == pidx && ch.Deleted, "port0 reported deleted: %+v", ch)
+	}
+	c.mu.Unlock()
+
 	// Forwarding, both families.
 	writeSysctl(t, fd, "net/ipv4/ip_forward", "1")
 	c.wait(t, "ipv4 forwarding on", func(ch Change) bool { return ch.Kind == Forwarding && !ch.IPv6 && ch.On })
