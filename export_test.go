@@ -23,6 +23,10 @@ var Steps = map[string][]string{
 	"delete":   {stepNetworkDelete, stepSandboxDetach},
 }
 
+// Retracting returns how many global networks whose creation was not
+// answered the controller is still retracting. Tests only.
+func Retracting(c *Controller) int { return int(c.global.retracting.Load()) }
+
 // WrapStores replaces the controller's stores with wrap(store). Tests only.
 func WrapStores(c *Controller, wrap func(store.Store) store.Store) {
 	c.store, c.runtime = wrap(c.store), wrap(c.runtime)

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/seed53641549/cnm/drivers/overlay"
@@ -153,6 +154,8 @@ type globalPlane struct {
 
 	peers  peerTable // other hosts' endpoints, as watched (peers.go)
 	making sync.Map  // IDs of global networks this host is making
+
+	retracting atomic.Int32 // retract calls running (tests watch it)
 
 	pendingMu sync.Mutex
 	pending   map[string]store.KV // global networks not taken yet, by ID

@@ -2,6 +2,7 @@ package cnm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -214,7 +215,11 @@ func (c *Controller) newNetwork(ctx context.Context, drv driverapi.Driver, name 
 				if !isGlobal {
 					return nil
 				}
-				return c.global.commitNetwork(ctx, n)
+				err := c.global.commitNetwork(ctx, n)
+				if errors.Is(err, errCommitUnknown) {
+					keepPools = true // other hosts may take the network meanwhile
+				}
+				return err
 			},
 			undo: func(ctx context.Context) error {
 				if !isGlobal {

@@ -863,6 +863,103 @@ func TestOverlayLeaseLost(t *testing.T) {
 	require.ErrorIs(t, err, cnm.ErrExists)
 }
 
+// TestOverlayCommitAnswerLost: etcd applies a new network's transaction
+// but its answer is lost. With etcd still there, the network is read back
+// and made (it used to fail and release the subnet and VXLAN ID of a
+// network every host then took). With etcd gone too, NewNetwork fails,
+// saying the outcome is not known; the record and the name go once etcd is
+// back, and the subnet and VXLAN ID stay reserved until the host's next
+// start.
+func TestOverlayCommitAnswerLost(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{Proxied: true, LeaseTTL: 10 * time.Second})
+	h1, h2 := cl.Hosts[0], cl.Hosts[1]
+	kv, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: cl.Etcd.Endpoints(), Prefix: "cnmtest-" + t.Name() + "/"})
+	require.NoError(t, err)
+	defer kv.Close()
+	count := func(prefix string) int {
+		kvs, _, err := kv.Snapshot(ctx, prefix)
+		require.NoError(t, err)
+		return len(kvs)
+	}
+	loseAnswer := func(cut bool) {
+		cnm.SetFaultHook(h1.Ctrl, func(s string) error {
+			if s != "network:global-answer" {
+				return nil
+			}
+			if cut {
+				h1.Proxy.Pause()
+			}
+			return errors.New("injected: answer lost")
+		})
+	}
+	subnet := func(p string) cnm.NetworkOption {
+		return cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix(p)})
+	}
+
+	loseAnswer(false)
+	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "landed", subnet("10.141.0.0/24"))
+	require.NoError(t, err, "the record is read back")
+	cnm.SetFaultHook(h1.Ctrl, nil)
+	a, b := ovRun(t, h1, "landed", "a"), ovRun(t, h2, "landed", "b")
+	echoServer(t, b)
+	requireReach(t, a, b)
+	require.Equal(t, 1, count("vxlan/ids/"))
+	require.Equal(t, 1, count("ipam/global/pools/"))
+	require.NoError(t, a.sb.Delete(ctx))
+	require.NoError(t, b.sb.Delete(ctx))
+	require.NoError(t, nw.Delete(ctx))
+
+	loseAnswer(true)
+	_, err = h1.Ctrl.NewNetwork(ctx, "overlay", "unknown", subnet("10.142.0.0/24"))
+	require.ErrorContains(t, err, "whether it was recorded is not known")
+	cnm.SetFaultHook(h1.Ctrl, nil)
+	_, err = h1.Ctrl.NetworkByName("unknown")
+	require.ErrorIs(t, err, cnm.ErrNotFound)
+	require.Equal(t, 1, count("networks/"), "the record landed")
+	h1.Proxy.Resume()
+	require.Eventually(t, func() bool { return count("networks/") == 0 && count("network-names/") == 0 }, 10*time.Second, 10*time.Millisecond,
+		"the record and the name are deleted once etcd answers")
+	require.Eventually(t, func() bool {
+		_, err := h2.Ctrl.NetworkByName("unknown")
+		return errors.Is(err, cnm.ErrNotFound)
+	}, 5*time.Second, 10*time.Millisecond, "host 2 drops the network it took")
+	assert.Equal(t, 1, count("vxlan/ids/"), "the VXLAN ID stays reserved")
+	assert.Equal(t, 1, count("ipam/global/pools/"), "the subnet stays reserved")
+
+	require.Zero(t, cnm.Retracting(h1.Ctrl))
+
+	// Unknown again, and while host 1 is cut off, host 2 takes the network
+	// and runs a container on it: it stays, on every host, host 1 too.
+	loseAnswer(true)
+	_, err = h1.Ctrl.NewNetwork(ctx, "overlay", "used", subnet("10.144.0.0/24"))
+	require.ErrorContains(t, err, "whether it was recorded is not known")
+	cnm.SetFaultHook(h1.Ctrl, nil)
+	c := ovRun(t, h2, "used", "c")
+	h1.Proxy.Resume()
+	require.Eventually(t, func() bool { return cnm.Retracting(h1.Ctrl) == 0 }, 15*time.Second, 10*time.Millisecond)
+	used := waitNetwork(t, h1.Ctrl, "used")
+	d := ovRun(t, h1, "used", "d")
+	echoServer(t, c)
+	requireReach(t, d, c)
+	require.NoError(t, c.sb.Delete(ctx))
+	require.NoError(t, d.sb.Delete(ctx))
+	require.NoError(t, used.Delete(ctx))
+	assert.Equal(t, 1, count("vxlan/ids/"), "only the first unknown network's VXLAN ID")
+
+	// The name is free again; host 1's next start releases what it kept.
+	again, err := h2.Ctrl.NewNetwork(ctx, "overlay", "unknown", subnet("10.143.0.0/24"))
+	require.NoError(t, err)
+	h1.Kill(t)
+	h1.Start(t)
+	assert.Equal(t, 1, count("vxlan/ids/"), "only the new network's VXLAN ID")
+	assert.Equal(t, 1, count("ipam/global/pools/"), "only the new network's subnet")
+	require.NoError(t, again.Delete(ctx))
+	for _, p := range []string{"networks/", "network-names/", "vxlan/ids/", "ipam/global/"} {
+		assert.Zero(t, count(p), p)
+	}
+}
+
 // TestOverlayVNIReusedAtOnce: a network deleted and another made at once
 // get the same VXLAN ID. A host still removing the first (its container's
 // interface is still going) takes the second as soon as the first is gone.

@@ -12,7 +12,10 @@ const (
 	stepNetworkIPAM   = "network:ipam"
 	stepNetworkDriver = "network:driver"
 	stepNetworkGlobal = "network:global" // a global network's record in etcd
-	stepNetworkCommit = "network:commit"
+	// After the record's transaction was applied, fails as a lost answer
+	// would (a timeout, a cut connection).
+	stepNetworkGlobalAnswer = "network:global-answer"
+	stepNetworkCommit       = "network:commit"
 
 	stepEndpointIPv4    = "endpoint:ipv4"
 	stepEndpointIPv6    = "endpoint:ipv6"
