@@ -51,6 +51,10 @@ func NewHostNS(t testing.TB) *HostNS {
 		if err := ns.Delete(); err != nil {
 			t.Errorf("cnmtest: delete host namespace: %v", err)
 		}
+		// A test that failed before deleting its sandboxes leaves their
+		// namespaces mounted: detached here, its temporary directory goes,
+		// and its failure is the only one reported.
+		unmountUnder(h.RunDir)
 	})
 	return h
 }
