@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/seed53641549/cnm/driverapi"
 	"github.com/seed53641549/cnm/firewall"
@@ -59,8 +60,9 @@ type Controller struct {
 	// (service.go).
 	lbMu sync.Mutex
 
-	// faultHook fails a chosen step; set only by tests (export_test.go).
-	faultHook func(step string) error
+	// faultHook fails a chosen step; set only by tests (export_test.go),
+	// while background work (the reaper) may read it.
+	faultHook atomic.Pointer[func(step string) error]
 
 	// reaper removes left and deleted endpoints' interfaces in the
 	// background, and releases addresses once their interfaces are gone.

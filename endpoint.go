@@ -196,6 +196,9 @@ func (n *Network) createEndpoint(ctx context.Context, name string, cfg endpointC
 			n.mu.Lock()
 			delete(n.epNames, name)
 			n.mu.Unlock()
+			if n.global {
+				c.global.dropIfOrphan(n) // deleted by another host meanwhile
+			}
 		}
 	}()
 

@@ -11,7 +11,13 @@ import (
 
 // SetFaultHook makes step fail the named steps of multi-step operations.
 // Tests only.
-func SetFaultHook(c *Controller, fn func(step string) error) { c.faultHook = fn }
+func SetFaultHook(c *Controller, fn func(step string) error) {
+	if fn == nil {
+		c.faultHook.Store(nil)
+		return
+	}
+	c.faultHook.Store(&fn)
+}
 
 // Steps lists the names of the steps a fault hook can fail, by operation.
 var Steps = map[string][]string{

@@ -443,7 +443,9 @@ func (t *peerTable) syncKernel(g *globalPlane, nid string) {
 func (t *peerTable) apply(g *globalPlane, kv store.KV, program bool) {
 	var r peerRecord
 	if err := json.Unmarshal(kv.Value, &r); err != nil || parseMAC(r.MAC) == nil {
-		g.c.log.Warn("cnm: peer record unreadable: skipped", "key", kv.Key, "err", err)
+		// What it said before is not true any more: the peer goes.
+		g.c.log.Warn("cnm: peer record unreadable: taken as deleted", "key", kv.Key, "err", err)
+		t.set(g, kv.Key, nil, program)
 		return
 	}
 	r.rev = kv.Revision

@@ -54,8 +54,8 @@ func (c *Controller) step(ctx context.Context, name string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if c.faultHook != nil {
-		return c.faultHook(name)
+	if hook := c.faultHook.Load(); hook != nil {
+		return (*hook)(name)
 	}
 	return nil
 }
@@ -66,8 +66,8 @@ func (c *Controller) step(ctx context.Context, name string) error {
 // error it returns is ignored, as the context is: failing here would leave
 // the kernel changed and the controller's state not.
 func (c *Controller) crashPoint(name string) {
-	if c.faultHook != nil {
-		_ = c.faultHook(name)
+	if hook := c.faultHook.Load(); hook != nil {
+		_ = (*hook)(name)
 	}
 }
 
