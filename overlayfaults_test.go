@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,13 +15,15 @@ import (
 
 	"github.com/seed53641549/cnm"
 	"github.com/seed53641549/cnm/cnmtest"
+	"github.com/seed53641549/cnm/osl"
 	etcdstore "github.com/seed53641549/cnm/store/etcd"
 )
 
 // Failure paths of overlay networks that the rollback and crash tests do
 // not reach: the gateway bridge endpoint failing to be made or removed, a
 // network deleted by another host while an endpoint is being made here,
-// and a peer record nobody can read.
+// a peer record nobody can read, and a join the driver lost while its
+// controller was down.
 
 // TestOverlayEgressFaults: the gateway bridge endpoint of a join cannot be
 // made: the join fails and leaves nothing. Its removal at a leave fails:
@@ -187,5 +190,60 @@ func TestOverlayPeerRecordUnreadable(t *testing.T) {
 	for _, x := range []ovContainer{a, b, c} {
 		require.NoError(t, x.sb.Delete(ctx))
 	}
+	require.NoError(t, nw.Delete(ctx))
+}
+
+// TestOverlayRestoreLostJoin: while host 1's controller is down, someone
+// moves a container's veth peer out of the overlay network's namespace.
+// At restart the driver cannot take the join back: the endpoint comes
+// back left (its interface gone from the sandbox), and joins again.
+func TestOverlayRestoreLostJoin(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{LeaseTTL: 10 * time.Second})
+	h1, h2 := cl.Hosts[0], cl.Hosts[1]
+	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "lost", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.148.0.0/24")}))
+	require.NoError(t, err)
+	a, b := ovRun(t, h1, "lost", "a"), ovRun(t, h2, "lost", "b")
+	echoServer(t, b)
+	requireReach(t, a, b)
+
+	h1.Kill(t)
+	paths, err := filepath.Glob(filepath.Join(h1.RunDir, "*", "overlay", "ov-*"))
+	require.NoError(t, err)
+	require.Len(t, paths, 1, "one overlay network namespace")
+	ovns, err := osl.OpenNamespace(ctx, paths[0])
+	require.NoError(t, err)
+	defer ovns.Close()
+	links, err := ovns.Links(ctx)
+	require.NoError(t, err)
+	br, err := ovns.LinkByName(ctx, "br0")
+	require.NoError(t, err)
+	moved := ""
+	for _, l := range links {
+		if l.MasterIndex == br.Index && l.Kind == "veth" {
+			moved = l.Name
+		}
+	}
+	require.NotEmpty(t, moved, "the container's port on br0")
+	require.NoError(t, ovns.MoveLink(ctx, moved, h1.NS, "stray0"))
+
+	h1.Start(t)
+	sb, err := h1.Ctrl.SandboxByID(a.sb.ID())
+	require.NoError(t, err)
+	assert.Empty(t, sb.Endpoints(), "the endpoint comes back left")
+	require.NoError(t, h1.Ctrl.Settle(ctx))
+	names, err := cnmtestLinks(ctx, sb.Key())
+	require.NoError(t, err)
+	assert.Equal(t, []string{"lo"}, names, "its interface is removed from the sandbox")
+	nw, err := h1.Ctrl.NetworkByName("lost")
+	require.NoError(t, err)
+	ep, err := nw.EndpointByName("a")
+	require.NoError(t, err)
+	assert.Equal(t, a.addr, ep.Info().IPv4.Addr(), "it keeps its address")
+	require.NoError(t, ep.Join(ctx, sb))
+	requireReach(t, ovContainer{sb: sb, ep: ep, addr: a.addr}, b)
+
+	require.NoError(t, sb.Delete(ctx))
+	require.NoError(t, b.sb.Delete(ctx))
 	require.NoError(t, nw.Delete(ctx))
 }

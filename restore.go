@@ -126,7 +126,18 @@ func (c *Controller) restore(ctx context.Context) error {
 			return err
 		}
 	}
-	return c.removeOrphans(ctx)
+	if err := c.removeOrphans(ctx); err != nil {
+		return err
+	}
+	// An overlay endpoint that came back left (its driver lost the join)
+	// leaves its sandbox a gateway bridge endpoint nothing needs.
+	for _, f := range alive {
+		sb := c.sandboxes[f.rec.ID]
+		sb.joinMu.Lock()
+		sb.detachEgress(ctx)
+		sb.joinMu.Unlock()
+	}
+	return nil
 }
 
 // foundSandbox is what restore found of a recorded sandbox: its namespace,
