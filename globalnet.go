@@ -514,18 +514,21 @@ func (c *Controller) requestGlobalPools(ctx context.Context, n *Network, cfg net
 // sweepOwn deletes, in the background, the records of this host's
 // endpoints that no endpoint explains any more: deletions a crash or a
 // Close kept from reaching etcd (the lease, taken back, would keep them
-// forever).
+// forever). They are the keys etcd keeps with the lease: no listing of
+// every host's endpoints.
 func (g *globalPlane) sweepOwn(ctx context.Context) error {
-	kvs, _, err := g.kv.Snapshot(ctx, gEndpoints)
-	if err != nil {
-		return fmt.Errorf("global store: list this host's endpoints: %w", err)
+	g.leaseMu.RLock()
+	l := g.lease
+	g.leaseMu.RUnlock()
+	keys, err := l.Keys(ctx, gEndpoints)
+	if errors.Is(err, etcdstore.ErrLeaseLost) {
+		return nil // its records went with it
 	}
-	for _, kv := range kvs {
-		var r peerRecord
-		if json.Unmarshal(kv.Value, &r) != nil || r.Host != string(g.c.owner) {
-			continue
-		}
-		nid, eid, ok := splitEndpointKey(kv.Key)
+	if err != nil {
+		return fmt.Errorf("global store: this host's endpoint records: %w", err)
+	}
+	for _, key := range keys {
+		nid, eid, ok := splitEndpointKey(key)
 		if !ok {
 			continue
 		}
@@ -534,7 +537,7 @@ func (g *globalPlane) sweepOwn(ctx context.Context) error {
 				continue
 			}
 		}
-		g.outbox.post(kv.Key, nil)
+		g.outbox.post(key, nil)
 	}
 	return nil
 }

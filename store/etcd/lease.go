@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -163,6 +165,35 @@ func (l *Lease) Revoke(ctx context.Context) error {
 	l.end(fmt.Errorf("lease %x: revoked: %w", int64(l.id), ErrLeaseLost))
 	l.cancel()
 	return nil
+}
+
+// Keys returns, sorted, the keys under prefix put under the lease, as
+// etcd keeps them with it: a host's own records without a listing of
+// everyone's. A lease that ended is an error wrapping [ErrLeaseLost].
+func (l *Lease) Keys(ctx context.Context, prefix string) ([]string, error) {
+	if err := l.Err(); err != nil {
+		return nil, err
+	}
+	c, cancel, err := l.s.reqCtx(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("keys of lease %x: %w", int64(l.id), err)
+	}
+	defer cancel()
+	resp, err := l.s.lease.TimeToLive(c, l.id, clientv3.WithAttachedKeys())
+	if err != nil {
+		return nil, fmt.Errorf("keys of lease %x: %w", int64(l.id), err)
+	}
+	if resp.TTL < 0 {
+		return nil, fmt.Errorf("keys of lease %x: expired or revoked: %w", int64(l.id), ErrLeaseLost)
+	}
+	var keys []string
+	for _, k := range resp.Keys {
+		if strings.HasPrefix(string(k), prefix) {
+			keys = append(keys, string(k))
+		}
+	}
+	slices.Sort(keys)
+	return keys, nil
 }
 
 // PutWithLease writes value at key under the lease and returns the new

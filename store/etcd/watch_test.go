@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -384,4 +385,54 @@ func TestFollow(t *testing.T) {
 	if fmt.Sprint(applied) != "[5]" || len(w.afters) != 1 {
 		t.Fatalf("apply said stop: applied %v, watches %d", applied, len(w.afters))
 	}
+}
+
+// TestLeaseKeys: a lease's keys under a prefix, without the store's prefix,
+// whatever other keys and other leases' keys there are; none once deleted;
+// an ended lease is ErrLeaseLost.
+func TestLeaseKeys(t *testing.T) {
+	srv := etcdtest.Start(t, etcdtest.Options{})
+	s := open(t, srv, "lk/")
+	other := open(t, srv, "other/")
+	ctx := t.Context()
+	l, err := s.GrantLease(ctx, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2, err := s.GrantLease(ctx, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"eps/b", "eps/a", "blocks/x"} {
+		if _, err := s.PutWithLease(ctx, k, []byte(k), l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.PutWithLease(ctx, "eps/c", nil, l2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CompareAndSwap(ctx, "eps/d", 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.CompareAndSwap(ctx, "eps/e", 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	got, err := l.Keys(ctx, "eps/")
+	if err != nil || !slices.Equal(got, []string{"eps/a", "eps/b"}) {
+		t.Fatalf("keys of the lease under eps/: %q, %v", got, err)
+	}
+	if got, err := l.Keys(ctx, ""); err != nil || len(got) != 3 {
+		t.Fatalf("every key of the lease: %q, %v", got, err)
+	}
+	if err := s.Txn(ctx, store.Del("eps/a"), store.Del("eps/b")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := l.Keys(ctx, "eps/"); err != nil || len(got) != 0 {
+		t.Fatalf("keys of the lease after their deletion: %q, %v", got, err)
+	}
+	if err := l.Revoke(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, err = l.Keys(ctx, "eps/")
+	wantErr(t, err, ErrLeaseLost)
 }
