@@ -261,8 +261,8 @@ func (g *globalPlane) put(ctx context.Context, key string, val []byte, conds []e
 // (so that the kernel follows the table in the table's order) and while a
 // network's name index (its own lock, taken last) changes.
 type peerTable struct {
-	mu    sync.Mutex
-	byKey map[string]peerRecord // endpoints/<network>/<endpoint> of other hosts
+	mu   sync.Mutex
+	nets map[string]map[string]peerRecord // network ID → endpoint ID → other hosts' records
 
 	watchMu sync.Mutex
 	watches map[string]*peerWatch // by network ID
@@ -342,13 +342,20 @@ func (t *peerTable) set(g *globalPlane, key string, rec *peerRecord, program boo
 	n := g.network(nid) // before t.mu: it takes the controller's lock
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.byKey == nil {
-		t.byKey = map[string]peerRecord{}
+	if t.nets == nil {
+		t.nets = map[string]map[string]peerRecord{}
 	}
-	old, had := t.byKey[key]
-	delete(t.byKey, key)
+	recs := t.nets[nid]
+	old, had := recs[eid]
+	delete(recs, eid)
 	if rec != nil {
-		t.byKey[key] = *rec
+		if recs == nil {
+			recs = map[string]peerRecord{}
+			t.nets[nid] = recs
+		}
+		recs[eid] = *rec
+	} else if len(recs) == 0 {
+		delete(t.nets, nid)
 	}
 	samePeer := had && rec != nil && old.VTEP == rec.VTEP && old.MAC == rec.MAC && old.IPv4 == rec.IPv4 && old.IPv6 == rec.IPv6
 	sameNames := had && rec != nil && old.Joined == rec.Joined && slices.Equal(old.Names, rec.Names)
@@ -391,7 +398,6 @@ func (g *globalPlane) network(id string) *Network {
 // resync replaces network nid's part of the table by a listing, then
 // makes the overlay driver's peers of nid exactly the table's, in one go.
 func (t *peerTable) resync(g *globalPlane, nid string, kvs []store.KV) {
-	prefix := gEndpoints + nid + "/"
 	seen := map[string]bool{}
 	for _, kv := range kvs {
 		seen[kv.Key] = true
@@ -399,8 +405,8 @@ func (t *peerTable) resync(g *globalPlane, nid string, kvs []store.KV) {
 	}
 	t.mu.Lock()
 	var gone []string
-	for k := range t.byKey {
-		if strings.HasPrefix(k, prefix) && !seen[k] {
+	for eid := range t.nets[nid] {
+		if k := gEndpointKey(nid, eid); !seen[k] {
 			gone = append(gone, k)
 		}
 	}
@@ -418,12 +424,8 @@ func (t *peerTable) resync(g *globalPlane, nid string, kvs []store.KV) {
 func (t *peerTable) syncKernel(g *globalPlane, nid string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	prefix := gEndpoints + nid + "/"
 	newest := map[netip.Addr]peerRecord{}
-	for key, r := range t.byKey {
-		if !strings.HasPrefix(key, prefix) {
-			continue
-		}
+	for _, r := range t.nets[nid] {
 		for _, a := range r.addrs() {
 			if o, ok := newest[a]; !ok || r.rev > o.rev {
 				newest[a] = r
