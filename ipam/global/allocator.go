@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"math/bits"
 	"net/netip"
-	"strconv"
 	"strings"
 	"sync"
 
@@ -445,18 +444,19 @@ func (a *Allocator) ReturnEmptyBlocks(ctx context.Context) error {
 	if a.cfg.Lease.Err() != nil {
 		return nil // etcd drops every block with the lease
 	}
-	// Load the pools where the previous run left blocks.
-	kvs, _, err := a.cfg.Store.Snapshot(ctx, blocksPrefix)
-	if err != nil {
-		return fmt.Errorf("return empty blocks: list blocks: %w", err)
+	// Load the pools where the previous run left blocks: the blocks are
+	// the keys etcd keeps with the lease (no listing of every host's).
+	blocks, err := a.cfg.Lease.Keys(ctx, blocksPrefix)
+	if errors.Is(err, etcdstore.ErrLeaseLost) {
+		return nil
 	}
-	lease := strconv.FormatInt(a.cfg.Lease.ID(), 16)
+	if err != nil {
+		return fmt.Errorf("return empty blocks: this host's blocks: %w", err)
+	}
 	keys := map[string]bool{} // of the pools
-	for _, kv := range kvs {
-		if rec := parseBlock(kv.Value); rec.Host == a.cfg.Host && rec.Lease == lease {
-			key, _, _ := strings.Cut(strings.TrimPrefix(kv.Key, blocksPrefix), "/")
-			keys[key] = true
-		}
+	for _, b := range blocks {
+		key, _, _ := strings.Cut(strings.TrimPrefix(b, blocksPrefix), "/")
+		keys[key] = true
 	}
 	var errs []error
 	for key := range keys {
