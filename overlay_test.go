@@ -39,6 +39,14 @@ func waitNetwork(t *testing.T, c *cnm.Controller, name string) *cnm.Network {
 	return n
 }
 
+// countKeys returns how many keys of kv have the prefix.
+func countKeys(t *testing.T, kv *etcdstore.Store, prefix string) int {
+	t.Helper()
+	kvs, _, err := kv.Snapshot(context.Background(), prefix)
+	require.NoError(t, err)
+	return len(kvs)
+}
+
 // ovContainer is a sandbox with one endpoint on an overlay network.
 type ovContainer struct {
 	sb   *cnm.Sandbox
@@ -671,9 +679,7 @@ func TestOverlayRollback(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{LeaseTTL: 10 * time.Second})
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
-	kv, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: cl.Etcd.Endpoints(), Prefix: "cnmtest-" + t.Name() + "/"})
-	require.NoError(t, err)
-	defer kv.Close()
+	kv := cl.Store(t)
 	keys := func(prefix string) []string {
 		kvs, _, err := kv.Snapshot(ctx, prefix)
 		require.NoError(t, err)
@@ -714,7 +720,7 @@ func TestOverlayRollback(t *testing.T) {
 	cnm.SetFaultHook(h1.Ctrl, nil)
 	// A name another host took a moment ago (its network not seen here
 	// yet): the transaction's conflict, ErrExists, and nothing reserved.
-	_, err = kv.CompareAndSwap(ctx, "network-names/taken", 0, []byte("elsewhere"))
+	_, err := kv.CompareAndSwap(ctx, "network-names/taken", 0, []byte("elsewhere"))
 	require.NoError(t, err)
 	_, err = h1.Ctrl.NewNetwork(ctx, "overlay", "taken", subnet)
 	require.ErrorIs(t, err, cnm.ErrExists)
@@ -874,14 +880,8 @@ func TestOverlayCommitAnswerLost(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{Proxied: true, LeaseTTL: 10 * time.Second})
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
-	kv, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: cl.Etcd.Endpoints(), Prefix: "cnmtest-" + t.Name() + "/"})
-	require.NoError(t, err)
-	defer kv.Close()
-	count := func(prefix string) int {
-		kvs, _, err := kv.Snapshot(ctx, prefix)
-		require.NoError(t, err)
-		return len(kvs)
-	}
+	kv := cl.Store(t)
+	count := func(prefix string) int { return countKeys(t, kv, prefix) }
 	loseAnswer := func(cut bool) {
 		cnm.SetFaultHook(h1.Ctrl, func(s string) error {
 			if s != "network:global-answer" {
@@ -1009,15 +1009,9 @@ func TestOverlayCrashLeftReservations(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 1, cnmtest.ClusterOptions{})
 	h := cl.Hosts[0]
-	kv, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: cl.Etcd.Endpoints(), Prefix: "cnmtest-" + t.Name() + "/"})
-	require.NoError(t, err)
-	defer kv.Close()
-	count := func(prefix string) int {
-		kvs, _, err := kv.Snapshot(ctx, prefix)
-		require.NoError(t, err)
-		return len(kvs)
-	}
-	_, err = h.Ctrl.NewNetwork(ctx, "overlay", "kept", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.190.0.0/24")}))
+	kv := cl.Store(t)
+	count := func(prefix string) int { return countKeys(t, kv, prefix) }
+	_, err := h.Ctrl.NewNetwork(ctx, "overlay", "kept", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.190.0.0/24")}))
 	require.NoError(t, err)
 	require.NoError(t, cnm.LeakGlobalReservations(h.Ctrl, netip.MustParsePrefix("10.191.0.0/24")))
 	require.Equal(t, 2, count("ipam/global/pools/"))

@@ -111,9 +111,7 @@ func TestOverlayDeletedWhileCreatingEndpoint(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{})
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
-	kv, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: cl.Etcd.Endpoints(), Prefix: "cnmtest-" + t.Name() + "/"})
-	require.NoError(t, err)
-	defer kv.Close()
+	kv := cl.Store(t)
 	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "gone", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.146.0.0/24")}))
 	require.NoError(t, err)
 	other := waitNetwork(t, h2.Ctrl, "gone")
@@ -137,9 +135,7 @@ func TestOverlayDeletedWhileCreatingEndpoint(t *testing.T) {
 		return errors.Is(err, cnm.ErrNotFound)
 	}, 5*time.Second, 10*time.Millisecond, "the network goes from host 1")
 	for _, p := range []string{"networks/", "network-names/", "endpoints/", "vxlan/ids/", "ipam/global/"} {
-		kvs, _, err := kv.Snapshot(ctx, p)
-		require.NoError(t, err)
-		assert.Empty(t, kvs, p)
+		assert.Zero(t, countKeys(t, kv, p), p)
 	}
 	// The name and the subnet are free again.
 	_, err = h1.Ctrl.NewNetwork(ctx, "overlay", "gone", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.146.0.0/24")}))
@@ -154,10 +150,7 @@ func TestOverlayPeerRecordUnreadable(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{})
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
-	prefix := "cnmtest-" + t.Name() + "/"
-	kv, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: cl.Etcd.Endpoints(), Prefix: prefix})
-	require.NoError(t, err)
-	defer kv.Close()
+	kv := cl.Store(t)
 	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "pr", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.147.0.0/24")}))
 	require.NoError(t, err)
 	a, b := ovRun(t, h1, "pr", "a"), ovRun(t, h2, "pr", "b")

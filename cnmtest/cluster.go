@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/seed53641549/cnm"
 	"github.com/seed53641549/cnm/osl"
+	etcdstore "github.com/seed53641549/cnm/store/etcd"
 	"github.com/seed53641549/cnm/store/etcd/etcdtest"
 )
 
@@ -161,6 +163,19 @@ func GlobalOptions(etcd []string, prefix string, ttl time.Duration, vtep netip.A
 			DialTimeout: 2 * time.Second, RequestTimeout: 2 * time.Second}),
 		cnm.WithAdvertiseAddress(vtep),
 	}
+}
+
+// Store opens a client of the cluster's etcd under the prefix its
+// controllers use, so that keys read as they name them ("networks/…"),
+// to check what they wrote. It is closed when the test ends.
+func (cl *Cluster) Store(t testing.TB) *etcdstore.Store {
+	t.Helper()
+	kv, err := etcdstore.Open(context.Background(), etcdstore.Config{Endpoints: cl.Etcd.Endpoints(), Prefix: strings.TrimSuffix(cl.opts.Prefix, "/") + "/"})
+	if err != nil {
+		t.Fatalf("cnmtest: open the cluster's store: %v", err)
+	}
+	t.Cleanup(func() { _ = kv.Close() })
+	return kv
 }
 
 // Start starts the host's controller (again, after Kill): as after a
