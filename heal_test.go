@@ -97,6 +97,15 @@ func (l *healLab) requireWorks(t *testing.T, when string) {
 	require.Error(t, err, "%s: a1 -> a2 with ICC off", when)
 }
 
+// removeAll deletes every sandbox and network and the uplink, and checks
+// that nothing of cnm's is left in the host namespace.
+func (l *healLab) removeAll(t *testing.T) {
+	t.Helper()
+	deleteAll(t, l.ctrl)
+	require.NoError(t, l.host.NS.DeleteLink(context.Background(), "up0"))
+	cnmtest.AssertNoLeaks(t, l.host)
+}
+
 // waitEvent returns the first event of type typ whose object has the
 // prefix, failing after a second with the events it saw meanwhile.
 func waitEvent(t *testing.T, evs <-chan cnm.Event, typ cnm.EventType, object string) cnm.Event {
@@ -235,9 +244,7 @@ func TestHeal(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, slices.ContainsFunc(tables, func(tb *nftables.Table) bool { return tb.Name == "theirs" }),
 		"the user's flush deleted their table; cnm put back only its own")
-	deleteAll(t, l.ctrl)
-	require.NoError(t, l.host.NS.DeleteLink(ctx, "up0"))
-	cnmtest.AssertNoLeaks(t, l.host)
+	l.removeAll(t)
 }
 
 // TestHealAddressThenLink: a gateway address deleted, then the bridge
@@ -285,9 +292,7 @@ func TestHealAddressThenLink(t *testing.T) {
 	e := waitEvent(t, evs, cnm.EventHealed, "bridge "+l.bridgeA)
 	require.Contains(t, e.Detail, gwAddr.String())
 	l.requireWorks(t, "after the address was put back")
-	deleteAll(t, l.ctrl)
-	require.NoError(t, l.host.NS.DeleteLink(ctx, "up0"))
-	cnmtest.AssertNoLeaks(t, l.host)
+	l.removeAll(t)
 }
 
 // TestHealConflict: a user who keeps deleting cnm's table gets a conflict
@@ -319,9 +324,7 @@ func TestHealConflict(t *testing.T) {
 
 	require.NoError(t, l.ctrl.Heal(ctx))
 	l.requireWorks(t, "after Heal")
-	deleteAll(t, l.ctrl)
-	require.NoError(t, l.host.NS.DeleteLink(ctx, "up0"))
-	cnmtest.AssertNoLeaks(t, l.host)
+	l.removeAll(t)
 }
 
 // TestHealAfterOverrun: with a tiny watcher buffer, a storm of link
@@ -356,9 +359,7 @@ func TestHealAfterOverrun(t *testing.T) {
 		require.NoError(t, l.host.NS.DeleteLink(ctx, fmt.Sprintf("storm%d", i)))
 	}
 	l.requireWorks(t, "after the storm")
-	deleteAll(t, l.ctrl)
-	require.NoError(t, l.host.NS.DeleteLink(ctx, "up0"))
-	cnmtest.AssertNoLeaks(t, l.host)
+	l.removeAll(t)
 }
 
 // TestHealCloseWhileHealing: Close during a stream of damage returns and
@@ -532,7 +533,5 @@ func TestHealRetries(t *testing.T) {
 		require.GreaterOrEqual(t, gap, want, "retry %d came after %v, before its backoff of %v", i, gap, want)
 	}
 	l.requireWorks(t, "after the retried heal")
-	deleteAll(t, l.ctrl)
-	require.NoError(t, l.host.NS.DeleteLink(ctx, "up0"))
-	cnmtest.AssertNoLeaks(t, l.host)
+	l.removeAll(t)
 }
