@@ -101,7 +101,7 @@ func TestEncryptedRefused(t *testing.T) {
 	assert.Contains(t, err.Error(), `option encrypted=""`)
 	assert.Contains(t, err.Error(), "ESP")
 	assert.Contains(t, err.Error(), req.ID)
-	assert.False(t, h1.d.HasNetwork(req.ID))
+	assert.False(t, h1.d.hasNetwork(req.ID))
 	assert.Equal(t, 1, h1.d.esp.runs)
 
 	// Any value asks; the answer is kept.
@@ -112,7 +112,7 @@ func TestEncryptedRefused(t *testing.T) {
 	err = h1.d.RestoreNetwork(ctx, req)
 	require.ErrorIs(t, err, driverapi.ErrNotSupported)
 	assert.Equal(t, 1, h1.d.esp.runs, "one probe per driver")
-	assert.False(t, h1.d.HasNetwork(req.ID))
+	assert.False(t, h1.d.hasNetwork(req.ID))
 
 	assertClean(t, h1)
 	assertKernelBack(t, before, h1.ns)

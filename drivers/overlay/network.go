@@ -23,15 +23,6 @@ func (d *Driver) CreateNetwork(ctx context.Context, req driverapi.NetworkRequest
 	return d.addNetwork(n)
 }
 
-// HasNetwork reports whether network id is recorded (created or restored,
-// not deleted). It makes no kernel call.
-func (d *Driver) HasNetwork(id string) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	_, ok := d.networks[id]
-	return ok
-}
-
 // newNetwork validates a network's request and returns its state; it
 // records nothing. The ESP probe of an encrypted network comes last, once
 // everything else is known to be good.

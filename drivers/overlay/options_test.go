@@ -99,7 +99,7 @@ func TestNetworkIDRefused(t *testing.T) {
 			require.ErrorIs(t, err, driverapi.ErrInvalid, id)
 			assert.Contains(t, err.Error(), fmt.Sprintf("%q", id))
 		}
-		assert.False(t, d.HasNetwork(id))
+		assert.False(t, d.hasNetwork(id))
 	}
 }
 
@@ -131,19 +131,19 @@ func TestPeerRefusesBadInput(t *testing.T) {
 			assert.Contains(t, err.Error(), s)
 		}
 	}
-	assert.Empty(t, d.Peers("n"))
+	assert.Empty(t, d.knownPeers("n"))
 
 	// A network this host does not have: remembered, not an error.
 	require.NoError(t, d.AddPeer(ctx, good))
 	require.NoError(t, d.AddPeer(ctx, good))
-	assert.Len(t, d.Peers("n"), 1)
+	assert.Len(t, d.knownPeers("n"), 1)
 	require.ErrorIs(t, d.RemovePeer(ctx, Peer{IP: good.IP}), driverapi.ErrInvalid)
 	require.ErrorIs(t, d.RemovePeer(ctx, Peer{NetworkID: "n"}), driverapi.ErrInvalid)
 	// A stale removal (another MAC) leaves the peer.
 	require.NoError(t, d.RemovePeer(ctx, Peer{NetworkID: "n", IP: good.IP, MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}}))
-	assert.Len(t, d.Peers("n"), 1)
+	assert.Len(t, d.knownPeers("n"), 1)
 	require.NoError(t, d.RemovePeer(ctx, good))
-	assert.Empty(t, d.Peers("n"))
+	assert.Empty(t, d.knownPeers("n"))
 	require.NoError(t, d.RemovePeer(ctx, good))
 
 	// Unknown networks and endpoints.

@@ -131,7 +131,7 @@ func TestTCPOverVXLAN(t *testing.T) {
 
 	lab.finish(t, ep3, ep2)
 	// The peer table outlives the network: the control plane owns it.
-	assert.Len(t, h1.d.Peers(nid), 1)
+	assert.Len(t, h1.d.knownPeers(nid), 1)
 }
 
 // TestOverlappingSubnets: two overlay networks with the same subnet and the
@@ -332,7 +332,7 @@ func TestConcurrentJoinsAndPeers(t *testing.T) {
 		fdbs, neighs := programmed(t, sb)
 		assert.Len(t, fdbs, perNet/2, nid)
 		assert.Len(t, neighs, perNet/2, nid)
-		assert.Len(t, h1.d.Peers(nid), perNet/2, nid)
+		assert.Len(t, h1.d.knownPeers(nid), perNet/2, nid)
 	}
 	for _, ep := range eps {
 		go func() { errs <- ep.leaveE() }()
@@ -380,7 +380,7 @@ func TestLeaveSandboxGoneAndPeerReplace(t *testing.T) {
 	assert.Equal(t, "02:00:00:00:60:99", neighs[0].MAC.String())
 	// The old peer's removal is stale: the new one stays.
 	require.NoError(t, h1.d.RemovePeer(ctx, p))
-	assert.Len(t, h1.d.Peers(nid), 1)
+	assert.Len(t, h1.d.knownPeers(nid), 1)
 
 	require.NoError(t, ep.sb.Delete())
 	require.NoError(t, h1.d.Leave(ctx, driverapi.LeaveRequest{NetworkID: nid, EndpointID: "e", SandboxGone: true}))

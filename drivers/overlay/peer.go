@@ -146,18 +146,6 @@ func (d *Driver) RemovePeer(ctx context.Context, p Peer) error {
 	return nil
 }
 
-// Peers returns the peers the driver knows of network id, programmed or
-// remembered.
-func (d *Driver) Peers(id string) []Peer {
-	d.peerMu.Lock()
-	defer d.peerMu.Unlock()
-	var out []Peer
-	for ip, e := range d.peers[id] {
-		out = append(out, Peer{NetworkID: id, IP: ip, MAC: net.HardwareAddr(e.mac), VTEP: e.vtep})
-	}
-	return out
-}
-
 // liveSandbox returns network id's namespace, nil if it has none. The
 // caller holds peerMu.
 func (d *Driver) liveSandbox(id string) *sandbox {

@@ -34,7 +34,7 @@ func kernelPeers(t *testing.T, sb *sandbox) (fdbs, neighs []string) {
 // sorted.
 func peerList(d *Driver, nid string) []string {
 	var out []string
-	for _, p := range d.Peers(nid) {
+	for _, p := range d.knownPeers(nid) {
 		out = append(out, fmt.Sprintf("%s %s %s", p.IP, p.MAC, p.VTEP))
 	}
 	slices.Sort(out)
@@ -201,7 +201,7 @@ func TestSyncPeersLive(t *testing.T) {
 	fdbs, neighs = kernelPeers(t, sb)
 	assert.Empty(t, fdbs)
 	assert.Empty(t, neighs)
-	assert.Empty(t, h1.d.Peers(nid))
+	assert.Empty(t, h1.d.knownPeers(nid))
 
 	ep.leave(t)
 	require.NoError(t, h1.d.DeleteNetwork(ctx, nid))
@@ -228,7 +228,7 @@ func TestSyncPeersUnknownNetwork(t *testing.T) {
 	assert.Equal(t, []string{"10.93.0.9>02:00:00:00:93:09"}, neighs)
 	ep.leave(t)
 	require.NoError(t, h1.d.SyncPeers(ctx, nid, nil))
-	assert.Empty(t, h1.d.Peers(nid))
+	assert.Empty(t, h1.d.knownPeers(nid))
 	require.NoError(t, h1.d.DeleteNetwork(ctx, nid))
 	assertClean(t, h1)
 }
@@ -292,7 +292,7 @@ func TestSyncPeersRefusals(t *testing.T) {
 	// A refused list for a network not known yet remembers nothing.
 	err := h1.d.SyncPeers(ctx, "unknown", []Peer{testPeer("unknown", "10.92.0.7", "01:00:00:00:92:07", h2.vtep)})
 	require.ErrorIs(t, err, driverapi.ErrInvalid)
-	assert.Empty(t, h1.d.Peers("unknown"))
+	assert.Empty(t, h1.d.knownPeers("unknown"))
 
 	// The good list alone is taken.
 	require.NoError(t, h1.d.SyncPeers(ctx, nid, good()))

@@ -270,7 +270,7 @@ func TestRestoreDropsUnexplained(t *testing.T) {
 	require.NoError(t, h1.d.FinishRestore(ctx))
 	assert.False(t, exists(h1.d.sandboxPath(netA)))
 	assert.False(t, exists(h1.d.sandboxPath(netB)))
-	assert.False(t, h1.d.HasNetwork(netB))
+	assert.False(t, h1.d.hasNetwork(netB))
 	// VNI 4211 is free at once: vxlan0 went before the namespace.
 	require.NoError(t, h1.d.CreateNetwork(ctx, testNet(netB, 4211, "10.82.0.0/24")))
 	b9 := join(t, h1, netB, "b9", "10.82.0.9/24", "02:00:00:00:82:09")
@@ -490,9 +490,9 @@ func TestInternalNetworkAndNoGateway(t *testing.T) {
 	internal.Internal = true
 	require.NoError(t, h1.d.CreateNetwork(ctx, internal))
 	require.NoError(t, h1.d.CreateNetwork(ctx, testNet("2b2b2b2b2b2b-public", 4251, "10.87.0.0/24")))
-	assert.True(t, h1.d.HasNetwork(internal.ID))
-	assert.True(t, h1.d.HasNetwork("2b2b2b2b2b2b-public"))
-	assert.False(t, h1.d.HasNetwork("nope"))
+	assert.True(t, h1.d.hasNetwork(internal.ID))
+	assert.True(t, h1.d.hasNetwork("2b2b2b2b2b2b-public"))
+	assert.False(t, h1.d.hasNetwork("nope"))
 	n, err := h1.d.network(internal.ID)
 	require.NoError(t, err)
 	assert.True(t, n.internal)
@@ -510,7 +510,7 @@ func TestInternalNetworkAndNoGateway(t *testing.T) {
 		require.NoError(t, sb.Delete())
 		require.NoError(t, h1.d.DeleteNetwork(ctx, nid))
 	}
-	assert.False(t, h1.d.HasNetwork(internal.ID))
+	assert.False(t, h1.d.hasNetwork(internal.ID))
 
 	// Two IDs that would share a namespace are refused, naming both.
 	require.NoError(t, h1.d.CreateNetwork(ctx, testNet("0123456789ab-one", 4252, "10.88.0.0/24")))

@@ -100,6 +100,69 @@ func (g *gatedKV) Watch(ctx context.Context, prefix string, after uint64) <-chan
 	return out
 }
 
+// breakableKV counts the listings, ends the running watch with an error
+// when told to, and holds back every watch after the first until resume is
+// closed, so that the test can change the sets while the watch is broken.
+type breakableKV struct {
+	KV
+	snapshots atomic.Int64
+	watches   atomic.Int64
+	watching  chan uint64   // receives each watch's after revision as it is asked for
+	fail      chan struct{} // a send ends the running watch with an error
+	resume    chan struct{} // closed: the watches after the first start
+}
+
+func (b *breakableKV) Snapshot(ctx context.Context, prefix string) ([]store.KV, uint64, error) {
+	b.snapshots.Add(1)
+	return b.KV.Snapshot(ctx, prefix)
+}
+
+func (b *breakableKV) Watch(ctx context.Context, prefix string, after uint64) <-chan etcdstore.WatchBatch {
+	n := b.watches.Add(1)
+	out := make(chan etcdstore.WatchBatch)
+	select {
+	case b.watching <- after:
+	case <-ctx.Done():
+		close(out)
+		return out
+	}
+	go func() {
+		defer close(out)
+		if n > 1 {
+			select {
+			case <-b.resume:
+			case <-ctx.Done():
+				return
+			}
+		}
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel() // ends the inner watch when this one ends
+		in := b.KV.Watch(ctx, prefix, after)
+		for {
+			select {
+			case batch, ok := <-in:
+				if !ok {
+					return
+				}
+				select {
+				case out <- batch:
+				case <-ctx.Done():
+					return
+				}
+			case <-b.fail:
+				select {
+				case out <- etcdstore.WatchBatch{Err: errors.New("injected watch failure")}:
+				case <-ctx.Done():
+				}
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
+}
+
 // clock is a settable clock.
 type clock struct {
 	mu sync.Mutex
@@ -126,19 +189,21 @@ type view struct {
 	mu   sync.Mutex
 	sets map[string]Set
 	errs []error
+	log  []Update      // every update, in order
 	ch   chan struct{} // receives after each update
+	done chan struct{} // closed when the watch's channel is
 }
 
 // watchView applies every update of r's watch to a view until the test ends.
 func watchView(t testing.TB, r *Ring) *view {
 	ctx, cancel := context.WithCancel(context.Background())
-	v := &view{t: t, sets: map[string]Set{}, ch: make(chan struct{}, 1)}
-	done := make(chan struct{})
-	t.Cleanup(func() { cancel(); <-done })
+	v := &view{t: t, sets: map[string]Set{}, ch: make(chan struct{}, 1), done: make(chan struct{})}
+	t.Cleanup(func() { cancel(); <-v.done })
 	go func() {
-		defer close(done)
+		defer close(v.done)
 		for u := range r.Watch(ctx) {
 			v.mu.Lock()
+			v.log = append(v.log, u)
 			switch {
 			case u.Err != nil:
 				v.errs = append(v.errs, u.Err)

@@ -400,6 +400,126 @@ func TestWatchResyncAfterCompaction(t *testing.T) {
 	v.waitFor("n3 rotated", func(sets map[string]Set) bool { return sets["n3"].Revision == s3.Revision })
 }
 
+// TestWatchResumesAfterFailure: when the watch fails, Watch starts it again
+// from the last change it delivered, without listing the sets again: every
+// change made while the watch was broken is delivered exactly once, in
+// order, intermediate ones included. Then, when the store closes, the
+// channel closes.
+func TestWatchResumesAfterFailure(t *testing.T) {
+	_, hs := twoHosts(t, Config{}, nil)
+	ctx := t.Context()
+	var created [2]Set
+	for i, id := range []string{"n1", "n2"} {
+		s, err := hs[1].ring.Create(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		created[i] = s
+	}
+
+	kv := &breakableKV{KV: hs[0].st, watching: make(chan uint64, 4), fail: make(chan struct{}), resume: make(chan struct{})}
+	var logs logBuffer
+	r, err := New(Config{Store: kv, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := watchView(t, r)
+	v.waitFor("n1 and n2", func(sets map[string]Set) bool { return len(sets) == 2 })
+	recv := func(what string) uint64 {
+		t.Helper()
+		select {
+		case after := <-kv.watching:
+			return after
+		case <-time.After(10 * time.Second):
+			t.Fatalf("waited 10s for %s", what)
+			return 0
+		}
+	}
+	recv("the first watch")
+	s1, err := hs[1].ring.Rotate(ctx, "n1", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.waitFor("n1 rotated", func(sets map[string]Set) bool { return sets["n1"].Revision == s1.Revision })
+
+	// Break the watch, and while it is broken (before it is started again,
+	// watchRetry later, and held back): n1 rotated twice, n2 deleted, n3
+	// created.
+	select {
+	case kv.fail <- struct{}{}:
+	case <-time.After(10 * time.Second):
+		t.Fatal("waited 10s to break the watch")
+	}
+	s2, err := hs[1].ring.Rotate(ctx, "n1", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3, err := hs[1].ring.Rotate(ctx, "n1", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hs[1].ring.Delete(ctx, "n2"); err != nil {
+		t.Fatal(err)
+	}
+	s4, err := hs[1].ring.Create(ctx, "n3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after := recv("the watch started again"); after != s1.Revision {
+		t.Fatalf("watch started again after revision %d, want %d (the last change delivered)", after, s1.Revision)
+	}
+	close(kv.resume)
+	v.waitFor("n1 rotated twice, n2 gone, n3", func(sets map[string]Set) bool {
+		_, has2 := sets["n2"]
+		return sets["n1"].Revision == s3.Revision && !has2 && sets["n3"].Revision == s4.Revision
+	})
+	got1, _ := v.get("n1")
+	sameSet(t, s3, got1)
+
+	if n := kv.snapshots.Load(); n != 1 {
+		t.Fatalf("the sets were listed %d times, want once", n)
+	}
+	if !strings.Contains(logs.String(), "watch failed") || !strings.Contains(logs.String(), "injected watch failure") {
+		t.Fatalf("the failure was not logged; log:\n%s", logs.String())
+	}
+	v.mu.Lock()
+	var got []string
+	for _, u := range v.log {
+		switch {
+		case u.Err != nil:
+			got = append(got, fmt.Sprintf("%s: %v", u.NetworkID, u.Err))
+		case u.Deleted:
+			got = append(got, u.NetworkID+" deleted")
+		default:
+			got = append(got, fmt.Sprintf("%s@%d", u.NetworkID, u.Set.Revision))
+		}
+	}
+	v.mu.Unlock()
+	want := []string{
+		fmt.Sprintf("n1@%d", created[0].Revision), fmt.Sprintf("n2@%d", created[1].Revision),
+		fmt.Sprintf("n1@%d", s1.Revision),
+		fmt.Sprintf("n1@%d", s2.Revision), fmt.Sprintf("n1@%d", s3.Revision), "n2 deleted", fmt.Sprintf("n3@%d", s4.Revision),
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("updates:\n%v\nwant (each change once, in order):\n%v", got, want)
+	}
+
+	// It goes on watching.
+	s5, err := hs[1].ring.Rotate(ctx, "n3", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.waitFor("n3 rotated", func(sets map[string]Set) bool { return sets["n3"].Revision == s5.Revision })
+
+	// The store closes: the channel closes.
+	_ = hs[0].st.Close()
+	select {
+	case <-v.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the watch's channel is still open 10s after the store closed")
+	}
+}
+
 // leaks returns the forms of material that text must not contain.
 func leaks(material []byte) []string {
 	dec := strings.Trim(fmt.Sprint(material), "[]")

@@ -12,8 +12,9 @@ import (
 	etcdstore "github.com/seed53641549/cnm/store/etcd"
 )
 
-// watchRetry is how long Watch waits before it lists the sets again after
-// its watch failed.
+// watchRetry is how long Watch waits before it tries again after listing
+// the sets failed, or after its watch failed (it then resumes the watch
+// where it was).
 const watchRetry = 500 * time.Millisecond
 
 // Update is a change of one network's key set, delivered by [Ring.Watch].
@@ -33,11 +34,14 @@ type Update struct {
 
 // Watch delivers every key set on the returned channel, then every change
 // of one, until ctx ends (or the store closes); then it closes the
-// channel. It starts with the sets that exist, one Update each; when etcd
-// has compacted changes the watch missed, or the watch failed and was
-// started again, it delivers what changed meanwhile (sets whose record
-// changed, and deletions), so a consumer that applies every Update holds
-// the same sets as the store, as every other host's consumer does.
+// channel. It starts with the sets that exist, one Update each (listing
+// them again until it works); then it watches the changes made after that
+// listing. When the watch fails, it is started again from the last change
+// delivered, so nothing is missed or delivered twice; when etcd has
+// compacted changes the watch missed, it delivers what changed meanwhile
+// (sets whose record changed, and deletions) from a fresh listing. So a
+// consumer that applies every Update holds the same sets as the store, as
+// every other host's consumer does.
 //
 // Each Set delivered for a network has a higher Revision than the one
 // before. Failures it retries are logged to Config.Logger.
@@ -86,42 +90,20 @@ func (r *Ring) watch(ctx context.Context, out chan<- Update) {
 		return true
 	}
 
-	for {
-		kvs, rev, err := r.cfg.Store.Snapshot(ctx, Prefix)
-		if err == nil {
-			if !sync(kvs) {
-				return
-			}
-			err = r.follow(ctx, rev, known, sync, send)
-		}
-		if ctx.Err() != nil || err == nil || errors.Is(err, etcdstore.ErrClosed) || errors.Is(err, errdefs.ErrClosed) {
-			return
-		}
-		r.cfg.Logger.Warn("encryption keys: watch failed; listing again", "prefix", Prefix, "retry", watchRetry, "error", err)
-		select {
-		case <-time.After(watchRetry):
-		case <-ctx.Done():
-			return
-		}
+	kvs, rev, ok := r.list(ctx)
+	if !ok || !sync(kvs) {
+		return
 	}
-}
-
-// follow watches the sets after revision rev and delivers their changes,
-// until the watch ends: with nil when ctx ended or the store closed, with
-// the watch's error when it failed.
-func (r *Ring) follow(ctx context.Context, rev uint64, known map[string]uint64,
-	sync func([]store.KV) bool, send func(Update) bool) error {
-	for b := range r.cfg.Store.Watch(ctx, Prefix, rev) {
-		if b.Err != nil {
-			return b.Err
-		}
+	failed := func(err error) {
+		r.cfg.Logger.Warn("encryption keys: watch failed; resuming it", "prefix", Prefix, "retry", watchRetry, "error", err)
+	}
+	// Follow ends when ctx ends, the store closes (its watch then ends
+	// without an error) or apply returns false (ctx ended while sending).
+	etcdstore.Follow(ctx, r.cfg.Store, Prefix, rev, watchRetry, failed, func(b etcdstore.WatchBatch) bool {
 		if b.Resync {
 			r.cfg.Logger.Info("encryption keys: watch resynced after compaction",
 				"compacted", b.CompactRevision, "revision", b.Revision)
-			if !sync(b.Snapshot) {
-				return nil
-			}
-			continue
+			return sync(b.Snapshot)
 		}
 		for _, ev := range b.Events {
 			id, ok := networkOf(ev.KV.Key)
@@ -136,11 +118,32 @@ func (r *Ring) follow(ctx context.Context, rev uint64, known map[string]uint64,
 				u = r.update(id, ev.KV)
 			}
 			if !send(u) {
-				return nil
+				return false
 			}
 		}
+		return true
+	})
+}
+
+// list lists the sets and returns them with the store revision of the
+// listing, retrying every watchRetry while it fails; false when ctx ended
+// or the store closed first.
+func (r *Ring) list(ctx context.Context) ([]store.KV, uint64, bool) {
+	for {
+		kvs, rev, err := r.cfg.Store.Snapshot(ctx, Prefix)
+		if err == nil {
+			return kvs, rev, true
+		}
+		if ctx.Err() != nil || errors.Is(err, etcdstore.ErrClosed) || errors.Is(err, errdefs.ErrClosed) {
+			return nil, 0, false
+		}
+		r.cfg.Logger.Warn("encryption keys: listing the sets failed; listing again", "prefix", Prefix, "retry", watchRetry, "error", err)
+		select {
+		case <-time.After(watchRetry):
+		case <-ctx.Done():
+			return nil, 0, false
+		}
 	}
-	return nil
 }
 
 // update is the Update of a record read from the store.
