@@ -517,10 +517,7 @@ func (c *Controller) requestGlobalPools(ctx context.Context, n *Network, cfg net
 // forever). They are the keys etcd keeps with the lease: no listing of
 // every host's endpoints.
 func (g *globalPlane) sweepOwn(ctx context.Context) error {
-	g.leaseMu.RLock()
-	l := g.lease
-	g.leaseMu.RUnlock()
-	keys, err := l.Keys(ctx, gEndpoints)
+	keys, err := g.currentLease().Keys(ctx, gEndpoints)
 	if errors.Is(err, etcdstore.ErrLeaseLost) {
 		return nil // its records went with it
 	}
