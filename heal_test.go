@@ -110,17 +110,14 @@ func (l *healLab) removeAll(t *testing.T) {
 // prefix, failing after a second with the events it saw meanwhile.
 func waitEvent(t *testing.T, evs <-chan cnm.Event, typ cnm.EventType, object string) cnm.Event {
 	t.Helper()
-	start := time.Now()
 	deadline := time.After(time.Second)
 	var seen []string
 	for {
 		select {
 		case e := <-evs:
 			if e.Type == typ && strings.HasPrefix(e.Object, object) {
-				fmt.Printf("HEALWAIT %s %s %s %q\n", object, time.Since(start), e.Time.Format("05.000000"), e.Detail)
 				return e
 			}
-			fmt.Printf("OTHER %s %s %q %q\n", e.Time.Format("05.000000"), e.Type, e.Object, e.Detail)
 			seen = append(seen, fmt.Sprintf("%s %s %q %q", e.Time.Format("15:04:05.000"), e.Type, e.Object, e.Detail))
 		case <-deadline:
 			t.Fatalf("no %s event for %q within a second (at %s); saw %d others:\n%s",
