@@ -33,6 +33,22 @@ var Steps = map[string][]string{
 // answered the controller is still retracting. Tests only.
 func Retracting(c *Controller) int { return int(c.global.retracting.Load()) }
 
+// HealPendingLinks returns how many links' changes the healer has
+// gathered and not yet handed to a heal. Tests only.
+func HealPendingLinks(c *Controller) int {
+	c.healer.mu.Lock()
+	defer c.healer.mu.Unlock()
+	return len(c.healer.links)
+}
+
+// IsOrphan reports whether another host deleted global network n while
+// this host had endpoints on it (being made included). Tests only.
+func IsOrphan(n *Network) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.orphan
+}
+
 // WrapStores replaces the controller's stores with wrap(store). Tests only.
 func WrapStores(c *Controller, wrap func(store.Store) store.Store) {
 	c.store, c.runtime = wrap(c.store), wrap(c.runtime)

@@ -128,12 +128,14 @@ const (
 	gNetworks  = "networks/"
 	gNames     = "network-names/"
 	gEndpoints = "endpoints/"
+	gFences    = "network-fences/"   // networks whose commit can no longer land (unanswered.go)
 	keyLease   = "meta/global-lease" // in the data dir: the lease to take back
 )
 
 func gNetworkKey(id string) string        { return gNetworks + id }
 func gNameKey(name string) string         { return gNames + name }
 func gEndpointKey(nid, eid string) string { return gEndpoints + nid + "/" + eid }
+func gFenceKey(id string) string          { return gFences + id }
 
 // globalPlane is a controller's part in the cluster.
 type globalPlane struct {
@@ -155,6 +157,7 @@ type globalPlane struct {
 	peers  peerTable // other hosts' endpoints, as watched (peers.go)
 	making sync.Map  // IDs of global networks this host is making
 
+	bgMu       sync.Mutex   // orders retractLater's wg.Add before stop's wg.Wait
 	retracting atomic.Int32 // retract calls running (tests watch it)
 
 	pendingMu sync.Mutex
@@ -364,10 +367,13 @@ func (g *globalPlane) renewLease() error {
 // Safe to call twice.
 func (g *globalPlane) stop() {
 	g.cancel()
-	// A follow that began before the cancel has added its goroutine by the
-	// time this lock is taken; any later one sees the cancel.
+	// A follow or a retraction that began before the cancel has added its
+	// goroutine by the time these locks are taken; any later one sees the
+	// cancel.
 	g.peers.watchMu.Lock()
 	g.peers.watchMu.Unlock()
+	g.bgMu.Lock()
+	g.bgMu.Unlock()
 	g.wg.Wait()
 	g.ov.Close()
 }

@@ -94,11 +94,15 @@ func (g *globalPlane) commitNetwork(ctx context.Context, n *Network) error {
 	// This host's own watch sees the record before NewNetwork publishes
 	// the network: it skips what is being made here.
 	g.making.Store(n.id, true)
-	rev, err := g.kv.TxnIf(ctx, []etcdstore.Cond{{Key: gNameKey(n.name)}, {Key: gNetworkKey(n.id)}},
-		etcdstore.Op{Key: gNameKey(n.name), Value: []byte(n.id)},
-		etcdstore.Op{Key: gNetworkKey(n.id), Value: val})
+	var rev uint64
+	err = g.c.step(ctx, stepNetworkGlobalSend)
 	if err == nil {
-		err = g.c.step(ctx, stepNetworkGlobalAnswer)
+		rev, err = g.kv.TxnIf(ctx, []etcdstore.Cond{{Key: gNameKey(n.name)}, {Key: gNetworkKey(n.id)}, {Key: gFenceKey(n.id)}},
+			etcdstore.Op{Key: gNameKey(n.name), Value: []byte(n.id)},
+			etcdstore.Op{Key: gNetworkKey(n.id), Value: val})
+		if err == nil {
+			err = g.c.step(ctx, stepNetworkGlobalAnswer)
+		}
 	}
 	if err == nil {
 		n.globalRev = rev
@@ -108,85 +112,7 @@ func (g *globalPlane) commitNetwork(ctx context.Context, n *Network) error {
 		g.making.Delete(n.id) // the step failed: its undo does not run
 		return fmt.Errorf("%w: network name %q is taken in the cluster", ErrExists, n.name)
 	}
-	// No answer (a timeout, a cut connection): the transaction may have
-	// been applied all the same. Read back whether it was (a linearizable
-	// read, after it if it was).
-	kv, gerr := g.kv.Get(context.WithoutCancel(ctx), gNetworkKey(n.id))
-	switch {
-	case gerr == nil:
-		n.globalRev = kv.Revision // it was: the network is made
-		return nil
-	case errors.Is(gerr, store.ErrNotFound):
-		g.making.Delete(n.id)
-		return fmt.Errorf("record global network: %w", err)
-	}
-	// Not known: the record and name go once etcd answers, unless some
-	// host has an endpoint on the network by then.
-	g.making.Delete(n.id)
-	g.wg.Add(1)
-	g.retracting.Add(1)
-	go func() {
-		defer g.wg.Done()
-		defer g.retracting.Add(-1)
-		g.retract(n.name, n.id)
-	}()
-	return fmt.Errorf("%w: record global network: %w (whether it was recorded is not known: %v)", errCommitUnknown, err, gerr)
-}
-
-// errCommitUnknown: a global network's record may or may not be in etcd.
-// Its subnets and VXLAN ID stay reserved until this host's next start.
-var errCommitUnknown = errors.New("global store did not answer")
-
-// retract deletes the record and the name of a network whose commit was
-// not answered, if they are there, retrying until etcd answers or the
-// controller closes. A network that has an endpoint by then (every host
-// takes it from its record, this one too) is left alone, a network like
-// any other.
-func (g *globalPlane) retract(name, id string) {
-	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
-		err := g.retractOnce(g.ctx, name, id)
-		if err == nil {
-			return
-		}
-		if errors.Is(err, store.ErrConflict) {
-			kv, gerr := g.kv.Get(g.ctx, gNetworkKey(id))
-			if errors.Is(gerr, store.ErrNotFound) {
-				return // deleted meanwhile
-			}
-			eps, lerr := g.kv.List(g.ctx, gEndpoints+id+"/")
-			if gerr == nil && lerr == nil && len(eps) > 0 {
-				// This host's watch may have skipped the record while
-				// the network was being made here: take it now.
-				g.c.log.Warn("cnm: a global network whose creation was not answered is in use: it stays", "network", name, "id", id)
-				if err := g.addNetwork(g.ctx, kv, false); err != nil {
-					g.c.log.Warn("cnm: take global network", "network", name, "err", err)
-				}
-				return
-			}
-		}
-		select {
-		case <-g.ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-	}
-}
-
-// retractOnce deletes network id's record and its name, if the name is
-// still its, in one transaction conditioned on no endpoint on it.
-func (g *globalPlane) retractOnce(ctx context.Context, name, id string) error {
-	conds := []etcdstore.Cond{{Key: gEndpoints + id + "/", Prefix: true}}
-	ops := []etcdstore.Op{{Key: gNetworkKey(id), Delete: true}}
-	kv, err := g.kv.Get(ctx, gNameKey(name))
-	switch {
-	case err == nil && string(kv.Value) == id:
-		conds = append(conds, etcdstore.Cond{Key: gNameKey(name), Revision: kv.Revision})
-		ops = append(ops, etcdstore.Op{Key: gNameKey(name), Delete: true})
-	case err != nil && !errors.Is(err, store.ErrNotFound):
-		return err
-	}
-	_, err = g.kv.TxnIf(ctx, conds, ops...)
-	return err
+	return g.settleCommit(ctx, n, err)
 }
 
 // uncommitNetwork undoes commitNetwork.

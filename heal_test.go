@@ -281,7 +281,11 @@ func TestHealAddressThenLink(t *testing.T) {
 		if err := l.host.NS.SetLinkAlias(ctx, br.Index, br.Alias); err != nil {
 			return err
 		}
-		time.Sleep(50 * time.Millisecond) // the watcher takes the announcement
+		for start := time.Now(); cnm.HealPendingLinks(l.ctrl) == 0; time.Sleep(time.Millisecond) {
+			if time.Since(start) > 2*time.Second {
+				return errors.New("the healer never took the announcement")
+			}
+		}
 		return errors.New("injected heal fault")
 	})
 	require.NoError(t, l.host.NS.DeleteAddress(ctx, br.Index, gwAddr))

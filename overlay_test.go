@@ -869,13 +869,14 @@ func TestOverlayLeaseLost(t *testing.T) {
 	require.ErrorIs(t, err, cnm.ErrExists)
 }
 
-// TestOverlayCommitAnswerLost: etcd applies a new network's transaction
-// but its answer is lost. With etcd still there, the network is read back
-// and made (it used to fail and release the subnet and VXLAN ID of a
-// network every host then took). With etcd gone too, NewNetwork fails,
-// saying the outcome is not known; the record and the name go once etcd is
-// back, and the subnet and VXLAN ID stay reserved until the host's next
-// start.
+// TestOverlayCommitAnswerLost: a new network's transaction gets no answer.
+// Lost on its way, it is fenced off and NewNetwork fails. Applied, with
+// etcd still there, the fence finds the record and the network is made (it
+// used to fail and release the subnet and VXLAN ID of a network every host
+// then took). With etcd gone too, NewNetwork fails, saying the outcome is
+// not known; the record and the name go once etcd is back (unless a host
+// has an endpoint on the network by then), and the subnet and VXLAN ID
+// stay reserved until the host's next start, which also drops its fences.
 func TestOverlayCommitAnswerLost(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{Proxied: true, LeaseTTL: 10 * time.Second})
@@ -896,6 +897,23 @@ func TestOverlayCommitAnswerLost(t *testing.T) {
 	subnet := func(p string) cnm.NetworkOption {
 		return cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix(p)})
 	}
+
+	// The request is lost on its way: the fence goes in, so it can never
+	// be applied, and the network fails for good, leaving nothing but the
+	// fence (under the lease).
+	cnm.SetFaultHook(h1.Ctrl, func(s string) error {
+		if s == "network:global-send" {
+			return errors.New("injected: request lost")
+		}
+		return nil
+	})
+	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "lost", subnet("10.140.0.0/24"))
+	require.ErrorContains(t, err, "request lost")
+	require.NotContains(t, err.Error(), "not known")
+	for _, p := range []string{"networks/", "network-names/", "vxlan/ids/", "ipam/global/"} {
+		assert.Zero(t, count(p), p)
+	}
+	assert.Equal(t, 1, count("network-fences/"))
 
 	loseAnswer(false)
 	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "landed", subnet("10.141.0.0/24"))
@@ -927,7 +945,7 @@ func TestOverlayCommitAnswerLost(t *testing.T) {
 	assert.Equal(t, 1, count("vxlan/ids/"), "the VXLAN ID stays reserved")
 	assert.Equal(t, 1, count("ipam/global/pools/"), "the subnet stays reserved")
 
-	require.Zero(t, cnm.Retracting(h1.Ctrl))
+	require.Eventually(t, func() bool { return cnm.Retracting(h1.Ctrl) == 0 }, 5*time.Second, 10*time.Millisecond)
 
 	// Unknown again, and while host 1 is cut off, host 2 takes the network
 	// and runs a container on it: it stays, on every host, host 1 too.
@@ -954,6 +972,8 @@ func TestOverlayCommitAnswerLost(t *testing.T) {
 	h1.Start(t)
 	assert.Equal(t, 1, count("vxlan/ids/"), "only the new network's VXLAN ID")
 	assert.Equal(t, 1, count("ipam/global/pools/"), "only the new network's subnet")
+	require.Eventually(t, func() bool { return count("network-fences/") == 0 }, 5*time.Second, 10*time.Millisecond,
+		"the last run's fences go")
 	require.NoError(t, again.Delete(ctx))
 	for _, p := range []string{"networks/", "network-names/", "vxlan/ids/", "ipam/global/"} {
 		assert.Zero(t, count(p), p)

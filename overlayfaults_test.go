@@ -118,9 +118,18 @@ func TestOverlayDeletedWhileCreatingEndpoint(t *testing.T) {
 
 	deleted := false
 	cnm.SetFaultHook(h1.Ctrl, func(s string) error {
-		if s == "endpoint:global" && !deleted {
-			deleted = true
-			return other.Delete(ctx) // host 2 sees no endpoint yet
+		if s != "endpoint:global" || deleted {
+			return nil
+		}
+		deleted = true
+		if err := other.Delete(ctx); err != nil { // host 2 sees no endpoint yet
+			return err
+		}
+		// Host 1 sees the deletion while its endpoint is being made.
+		for start := time.Now(); !cnm.IsOrphan(nw); time.Sleep(time.Millisecond) {
+			if time.Since(start) > 5*time.Second {
+				return errors.New("host 1 never saw the deletion")
+			}
 		}
 		return nil
 	})

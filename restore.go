@@ -130,12 +130,17 @@ func (c *Controller) restore(ctx context.Context) error {
 		return err
 	}
 	// An overlay endpoint that came back left (its driver lost the join)
-	// leaves its sandbox a gateway bridge endpoint nothing needs.
+	// leaves its sandbox a gateway bridge endpoint nothing needs; one that
+	// came back joined while the endpoint offering its way out did not
+	// needs one.
 	for _, f := range alive {
 		sb := c.sandboxes[f.rec.ID]
 		sb.joinMu.Lock()
-		sb.detachEgress(ctx)
+		err := sb.updateEgress(ctx)
 		sb.joinMu.Unlock()
+		if err != nil {
+			c.log.Warn("cnm: restore: update the gateway bridge endpoint", "sandbox", sb.containerID, "err", err)
+		}
 	}
 	return nil
 }

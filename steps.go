@@ -12,8 +12,9 @@ const (
 	stepNetworkIPAM   = "network:ipam"
 	stepNetworkDriver = "network:driver"
 	stepNetworkGlobal = "network:global" // a global network's record in etcd
-	// After the record's transaction was applied, fails as a lost answer
-	// would (a timeout, a cut connection).
+	// Around the record's transaction: fail as a request lost on its way
+	// (never applied) and as a lost answer (applied) would.
+	stepNetworkGlobalSend   = "network:global-send"
 	stepNetworkGlobalAnswer = "network:global-answer"
 	stepNetworkCommit       = "network:commit"
 

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"context"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -27,7 +28,7 @@ type kernelState struct {
 	links                []string
 	states, policies     int
 	hostStates, hostPols int
-	nsFiles, sockets     int
+	open                 map[string]bool // the process's open namespaces and sockets ("net:[…]", "socket:[…]")
 }
 
 func snapshotKernel(t *testing.T, host *osl.Namespace) kernelState {
@@ -46,41 +47,40 @@ func snapshotKernel(t *testing.T, host *osl.Namespace) kernelState {
 	s.states, s.policies = len(states), len(policies)
 	h, err := xfrmHandleIn(host)
 	require.NoError(t, err)
-	defer h.Close()
 	states, err = h.XfrmStateList(netlink.FAMILY_ALL)
 	require.NoError(t, err)
 	policies, err = h.XfrmPolicyList(netlink.FAMILY_ALL)
+	h.Close() // before the sockets are listed: it is no probe's
 	require.NoError(t, err)
 	s.hostStates, s.hostPols = len(states), len(policies)
 	fds, err := os.ReadDir("/proc/self/fd")
 	require.NoError(t, err)
+	s.open = map[string]bool{}
 	for _, fd := range fds {
 		target, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name()))
 		if err != nil {
 			continue // the directory's own fd, closed by now
 		}
-		switch {
-		case strings.HasPrefix(target, "net:["):
-			s.nsFiles++
-		case strings.HasPrefix(target, "socket:["):
-			s.sockets++
+		if strings.HasPrefix(target, "net:[") || strings.HasPrefix(target, "socket:[") {
+			s.open[target] = true
 		}
 	}
 	return s
 }
 
-// assertKernelBack checks that the kernel state is as before. The file
-// and socket counts are the whole process's: another test's namespace or
-// socket may still be closing, so a difference must last 2 s to count,
-// and fewer than before is no leak (an earlier test's driver may close a
-// namespace it kept idle meanwhile).
+// assertKernelBack checks that the kernel state is as before, and that
+// the process has no namespace or socket open that it did not have before.
+// Those are the whole process's: another test's may still be closing, so
+// a difference must last 2 s to count; one closed meanwhile is no leak (an
+// earlier test's driver may drop a namespace it kept idle).
 func assertKernelBack(t *testing.T, before kernelState, host *osl.Namespace) {
 	t.Helper()
 	var now kernelState
 	for start := time.Now(); time.Since(start) < 2*time.Second; time.Sleep(20 * time.Millisecond) {
 		now = snapshotKernel(t, host)
-		if now.nsFiles <= before.nsFiles && now.sockets <= before.sockets {
-			now.nsFiles, now.sockets = before.nsFiles, before.sockets // none more: no leak
+		maps.DeleteFunc(now.open, func(target string, _ bool) bool { return before.open[target] })
+		if len(now.open) == 0 {
+			now.open = before.open
 		}
 		if reflect.DeepEqual(before, now) {
 			return

@@ -55,10 +55,16 @@ func (c *collector) add(ch Change) {
 // wait returns once a change matching ok arrived, failing after a second.
 func (c *collector) wait(t *testing.T, what string, ok func(Change) bool) Change {
 	t.Helper()
+	return c.waitFrom(t, 0, what, ok)
+}
+
+// waitFrom is wait among the changes after the first from.
+func (c *collector) waitFrom(t *testing.T, from int, what string, ok func(Change) bool) Change {
+	t.Helper()
 	deadline := time.Now().Add(time.Second)
 	for time.Now().Before(deadline) {
 		c.mu.Lock()
-		for _, ch := range c.got {
+		for _, ch := range c.got[from:] {
 			if ok(ch) {
 				c.mu.Unlock()
 				return ch
@@ -69,6 +75,13 @@ func (c *collector) wait(t *testing.T, what string, ok func(Change) bool) Change
 	}
 	t.Fatalf("no change: %s", what)
 	return Change{}
+}
+
+// len returns how many changes arrived so far.
+func (c *collector) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.got)
 }
 
 func (c *collector) count(k Kind) int {
@@ -101,8 +114,9 @@ func TestWatch(t *testing.T) {
 	idx := br.Attrs().Index
 	require.NoError(t, h.LinkSetUp(br))
 	c.wait(t, "br0 up", func(ch Change) bool { return ch.Kind == Link && ch.Index == idx && ch.Name == "br0" && ch.Up })
+	from := c.len()
 	require.NoError(t, h.LinkSetDown(br))
-	c.wait(t, "br0 down", func(ch Change) bool {
+	c.waitFrom(t, from, "br0 down", func(ch Change) bool {
 		return ch.Kind == Link && ch.Index == idx && !ch.Up && !ch.Deleted
 	})
 	require.NoError(t, h.LinkDel(br))
@@ -119,8 +133,9 @@ func TestWatch(t *testing.T) {
 	pidx := port.Attrs().Index
 	require.NoError(t, h.LinkSetMaster(port, br1))
 	c.wait(t, "port0 on br1", func(ch Change) bool { return ch.Kind == Link && ch.Index == pidx && ch.Master == br1.Attrs().Index })
+	from = c.len()
 	require.NoError(t, h.LinkSetNoMaster(port))
-	c.wait(t, "port0 off br1", func(ch Change) bool { return ch.Kind == Link && ch.Index == pidx && ch.Master == 0 })
+	c.waitFrom(t, from, "port0 off br1", func(ch Change) bool { return ch.Kind == Link && ch.Index == pidx && ch.Master == 0 })
 	require.NoError(t, h.LinkDel(br1))
 	c.wait(t, "br1 deleted", func(ch Change) bool { return ch.Kind == Link && ch.Index == br1.Attrs().Index && ch.Deleted })
 	c.mu.Lock()

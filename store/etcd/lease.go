@@ -184,7 +184,9 @@ func (l *Lease) Keys(ctx context.Context, prefix string) ([]string, error) {
 		return nil, fmt.Errorf("keys of lease %x: %w", int64(l.id), err)
 	}
 	if resp.TTL < 0 {
-		return nil, fmt.Errorf("keys of lease %x: expired or revoked: %w", int64(l.id), ErrLeaseLost)
+		err := fmt.Errorf("lease %x: expired or revoked: %w", int64(l.id), ErrLeaseLost)
+		l.end(err)
+		return nil, fmt.Errorf("keys of %w", err)
 	}
 	var keys []string
 	for _, k := range resp.Keys {
