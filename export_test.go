@@ -49,6 +49,10 @@ func IsOrphan(n *Network) bool {
 	return n.orphan
 }
 
+// RetiredPrefix starts the name of an interface a leave took out of use,
+// until the background removal deletes it. Tests only.
+const RetiredPrefix = retiredPrefix
+
 // WrapStores replaces the controller's stores with wrap(store). Tests only.
 func WrapStores(c *Controller, wrap func(store.Store) store.Store) {
 	c.store, c.runtime = wrap(c.store), wrap(c.runtime)

@@ -297,8 +297,11 @@ func (ep *Endpoint) finishDelete(ctx context.Context) error {
 func retiredName() string {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
-	return "cnmgone" + hex.EncodeToString(b[:])
+	return retiredPrefix + hex.EncodeToString(b[:])
 }
+
+// retiredPrefix starts the name of every interface a leave took out of use.
+const retiredPrefix = "cnmgone"
 
 // hold keeps the sandbox's namespace open for a background job.
 func (sb *Sandbox) hold() {

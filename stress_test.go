@@ -337,7 +337,7 @@ func TestRaceStress(t *testing.T) {
 
 	// The closed controller still answers lookups: what it reports must
 	// match the kernel (no IPAM probe: it is closed).
-	for _, p := range hardInvariants(ctx, ctrl, host, hardAsyncWait) {
+	for _, p := range hardClosedInvariants(ctx, ctrl, host) {
 		t.Errorf("after the stress, the closed controller against the kernel: %s", p)
 	}
 
