@@ -53,6 +53,15 @@ func IsOrphan(n *Network) bool {
 // until the background removal deletes it. Tests only.
 const RetiredPrefix = retiredPrefix
 
+// PeerWatches returns how many watches of global networks' peers the
+// controller runs and has started in all. Tests only.
+func PeerWatches(c *Controller) (running int, started int64) {
+	t := &c.global.peers
+	t.watchMu.Lock()
+	defer t.watchMu.Unlock()
+	return len(t.watches), t.started.Load()
+}
+
 // WrapStores replaces the controller's stores with wrap(store). Tests only.
 func WrapStores(c *Controller, wrap func(store.Store) store.Store) {
 	c.store, c.runtime = wrap(c.store), wrap(c.runtime)

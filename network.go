@@ -526,6 +526,9 @@ func (c *Controller) forgetNetwork(n *Network) {
 	c.mu.Unlock()
 	c.emit(Event{Type: EventNetworkDeleted, NetworkID: n.id, Detail: n.name})
 	if c.global != nil {
+		if n.global {
+			c.global.unfollow(n.id)
+		}
 		c.global.retryPending()
 	}
 }

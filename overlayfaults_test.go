@@ -249,3 +249,52 @@ func TestOverlayRestoreLostJoin(t *testing.T) {
 	require.NoError(t, b.sb.Delete(ctx))
 	require.NoError(t, nw.Delete(ctx))
 }
+
+// TestOverlayPeerWatchIdle: the watch of a network's peers outlives the
+// host's last container on it for a while, so that a container restarted
+// (deleted and made again) does not stop and start it (a listing of the
+// network's peers); it stops once the host has had no endpoint on the
+// network for that while, and at once when the network is deleted.
+func TestOverlayPeerWatchIdle(t *testing.T) {
+	ctx := context.Background()
+	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{})
+	h1, h2 := cl.Hosts[0], cl.Hosts[1]
+	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "pw", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.149.0.0/24")}))
+	require.NoError(t, err)
+	b := ovRun(t, h2, "pw", "b")
+	echoServer(t, b)
+	a := ovRun(t, h1, "pw", "a")
+	requireReach(t, a, b)
+	running, started := cnm.PeerWatches(h1.Ctrl)
+	require.Equal(t, 1, running)
+
+	// Restarted: the same watch serves the new container.
+	require.NoError(t, a.sb.Delete(ctx))
+	a = ovRun(t, h1, "pw", "a")
+	requireReach(t, a, b)
+	running, again := cnm.PeerWatches(h1.Ctrl)
+	assert.Equal(t, 1, running)
+	assert.Equal(t, started, again, "no watch started for the restarted container")
+
+	// Gone for good: the watch stops after its idle time, and a new
+	// container starts one again.
+	require.NoError(t, a.sb.Delete(ctx))
+	require.Eventually(t, func() bool { n, _ := cnm.PeerWatches(h1.Ctrl); return n == 0 }, 15*time.Second, 50*time.Millisecond)
+	a = ovRun(t, h1, "pw", "a")
+	requireReach(t, a, b)
+	_, after := cnm.PeerWatches(h1.Ctrl)
+	assert.Equal(t, started+1, after)
+
+	// The network deleted: its watch stops at once on both hosts.
+	require.NoError(t, a.sb.Delete(ctx))
+	require.NoError(t, b.sb.Delete(ctx))
+	require.NoError(t, h1.Ctrl.Settle(ctx))
+	require.NoError(t, nw.Delete(ctx))
+	for _, h := range cl.Hosts {
+		require.Eventually(t, func() bool {
+			_, err := h.Ctrl.NetworkByName("pw")
+			n, _ := cnm.PeerWatches(h.Ctrl)
+			return errors.Is(err, cnm.ErrNotFound) && n == 0
+		}, 2*time.Second, 10*time.Millisecond, "host %s", h.VTEP)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/seed53641549/cnm/drivers/overlay"
@@ -266,17 +267,27 @@ type peerTable struct {
 
 	watchMu sync.Mutex
 	watches map[string]*peerWatch // by network ID
+	started atomic.Int64          // watches started (tests count them)
 }
 
 // peerWatch is the watch of one network's peers.
 type peerWatch struct {
 	cancel context.CancelFunc
 	done   chan struct{} // closed when its goroutine has returned
+	idle   *time.Timer   // set while this host has no endpoint on the network
 }
 
-// followIfUsed starts or stops the watch of n's peers as this host has
-// endpoints on it or not. A stopped watch's goroutine has returned and its
-// peers are gone when it returns.
+// peerWatchIdle is how long the watch of a network's peers outlives this
+// host's last endpoint on it. A container's restart deletes its endpoints
+// and makes new ones: without it, the watch of a network where it was the
+// host's only container would stop and start again (a listing of the
+// network's peers, two kernel syncs). The same as the network namespace's
+// idle time, so that a namespace that stays has its peers.
+const peerWatchIdle = overlayIdle
+
+// followIfUsed starts the watch of n's peers when this host has an
+// endpoint on it, and stops it peerWatchIdle after it has none any more
+// (unfollow stops it at once).
 func (g *globalPlane) followIfUsed(n *Network) {
 	if !n.global {
 		return
@@ -304,18 +315,51 @@ func (g *globalPlane) followIfUsed(n *Network) {
 		ctx, cancel := context.WithCancel(g.ctx)
 		w = &peerWatch{cancel: cancel, done: make(chan struct{})}
 		t.watches[n.id] = w
+		t.started.Add(1)
 		g.wg.Add(1)
 		go func() {
 			defer g.wg.Done()
 			defer close(w.done)
 			g.watchPeers(ctx, n.id, rev)
 		}()
-	case !used && w != nil:
-		delete(t.watches, n.id)
-		w.cancel()
-		<-w.done // no batch of it is applied after the peers go
-		t.resync(g, n.id, nil)
+	case used && w != nil && w.idle != nil:
+		w.idle.Stop()
+		w.idle = nil
+	case !used && w != nil && w.idle == nil:
+		w.idle = time.AfterFunc(peerWatchIdle, func() {
+			t.watchMu.Lock()
+			defer t.watchMu.Unlock()
+			if t.watches[n.id] != w || w.idle == nil || g.ctx.Err() != nil {
+				return // used again, unfollowed, or stopping
+			}
+			t.stopLocked(g, n.id, w)
+		})
 	}
+}
+
+// unfollow stops the watch of network id's peers now and forgets them
+// (the network is gone from this host).
+func (g *globalPlane) unfollow(id string) {
+	t := &g.peers
+	t.watchMu.Lock()
+	defer t.watchMu.Unlock()
+	if w := t.watches[id]; w != nil {
+		t.stopLocked(g, id, w)
+	}
+}
+
+// stopLocked stops w, network id's watch, and forgets its peers; its
+// goroutine has returned and no batch of it is applied after. The caller
+// holds watchMu.
+func (t *peerTable) stopLocked(g *globalPlane, id string, w *peerWatch) {
+	if w.idle != nil {
+		w.idle.Stop()
+		w.idle = nil
+	}
+	delete(t.watches, id)
+	w.cancel()
+	<-w.done
+	t.resync(g, id, nil)
 }
 
 // splitEndpointKey returns the network and endpoint IDs of an endpoint key.
