@@ -227,10 +227,7 @@ func New(opts ...Option) (_ *Controller, retErr error) {
 			c.log.Warn("cnm: global store: give back empty address blocks", "err", err)
 		}
 		if err := c.global.sweepOwn(ctx); err != nil {
-			c.log.Warn("cnm: global store: remove records of deleted endpoints", "err", err)
-		}
-		if err := c.global.sweepFences(ctx); err != nil {
-			c.log.Warn("cnm: global store: remove the last run's fences", "err", err)
+			c.log.Warn("cnm: global store: remove records of deleted endpoints and fences", "err", err)
 		}
 		if err := c.global.sweepReservations(ctx); err != nil {
 			c.log.Warn("cnm: global store: release pools and VXLAN IDs left by a crash", "err", err)

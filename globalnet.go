@@ -437,32 +437,42 @@ func (c *Controller) requestGlobalPools(ctx context.Context, n *Network, cfg net
 	return nil
 }
 
-// sweepOwn deletes, in the background, the records of this host's
-// endpoints that no endpoint explains any more: deletions a crash or a
-// Close kept from reaching etcd (the lease, taken back, would keep them
-// forever). They are the keys etcd keeps with the lease: no listing of
-// every host's endpoints.
+// sweepOwn deletes, in the background, what this host's last run left in
+// etcd under its lease, taken back: records of endpoints that no endpoint
+// explains any more (deletions a crash or a Close kept from reaching
+// etcd; the lease would keep them forever), and fences (unanswered.go: no
+// request of that run can be in flight any more). They are read from the
+// keys etcd keeps with the lease, in one request: no listing of every
+// host's records.
 func (g *globalPlane) sweepOwn(ctx context.Context) error {
-	keys, err := g.currentLease().Keys(ctx, gEndpoints)
+	keys, err := g.currentLease().Keys(ctx, "")
 	if errors.Is(err, etcdstore.ErrLeaseLost) {
-		return nil // its records went with it
+		return nil // they went with it
 	}
 	if err != nil {
-		return fmt.Errorf("global store: this host's endpoint records: %w", err)
+		return fmt.Errorf("global store: this host's records: %w", err)
 	}
 	for _, key := range keys {
-		nid, eid, ok := splitEndpointKey(key)
-		if !ok {
-			continue
+		if strings.HasPrefix(key, gFences) || g.unexplained(key) {
+			g.outbox.post(key, nil)
 		}
-		if n := g.network(nid); n != nil {
-			if _, err := n.EndpointByID(eid); err == nil {
-				continue
-			}
-		}
-		g.outbox.post(key, nil)
 	}
 	return nil
+}
+
+// unexplained reports whether key is an endpoint record no endpoint of
+// this host explains.
+func (g *globalPlane) unexplained(key string) bool {
+	nid, eid, ok := splitEndpointKey(key)
+	if !strings.HasPrefix(key, gEndpoints) || !ok {
+		return false
+	}
+	if n := g.network(nid); n != nil {
+		if _, err := n.EndpointByID(eid); err == nil {
+			return false
+		}
+	}
+	return true
 }
 
 // sweepReservations releases the pools and VXLAN IDs this host reserved

@@ -17,8 +17,8 @@ import (
 // fence is written only if the network's record does not exist. Once one
 // of the two transactions succeeded, the other never can: the network is
 // made, or it never will be. Fences are written under the host's lease and
-// deleted at its next start (sweepFences), when no request of the last run
-// can be in flight any more.
+// deleted at its next start (sweepOwn), when no request of the last run can
+// be in flight any more.
 
 // errCommitUnknown: etcd did not answer a global network's commit, nor the
 // fence that would have settled it. The network's subnets and VXLAN ID
@@ -135,20 +135,4 @@ func (g *globalPlane) retractLater(name, id string) bool {
 		g.retract(name, id)
 	}()
 	return true
-}
-
-// sweepFences deletes, in the background, the fences this host's last run
-// left: no request of that run is in flight any more.
-func (g *globalPlane) sweepFences(ctx context.Context) error {
-	keys, err := g.currentLease().Keys(ctx, gFences)
-	if errors.Is(err, etcdstore.ErrLeaseLost) {
-		return nil // they went with it
-	}
-	if err != nil {
-		return fmt.Errorf("global store: this host's fences: %w", err)
-	}
-	for _, key := range keys {
-		g.outbox.post(key, nil)
-	}
-	return nil
 }

@@ -441,14 +441,11 @@ func (a *Allocator) ReleaseAddress(ctx context.Context, poolID string, addr neti
 // every address the controller's records hold has been asked for again;
 // otherwise another host could hand those addresses out.
 func (a *Allocator) ReturnEmptyBlocks(ctx context.Context) error {
-	if a.cfg.Lease.Err() != nil {
-		return nil // etcd drops every block with the lease
-	}
 	// Load the pools where the previous run left blocks: the blocks are
 	// the keys etcd keeps with the lease (no listing of every host's).
 	blocks, err := a.cfg.Lease.Keys(ctx, blocksPrefix)
 	if errors.Is(err, etcdstore.ErrLeaseLost) {
-		return nil
+		return nil // etcd drops every block with the lease
 	}
 	if err != nil {
 		return fmt.Errorf("return empty blocks: this host's blocks: %w", err)

@@ -616,7 +616,6 @@ func (b *block) free(sp *space) (uint64, bool) {
 	return 0, false
 }
 
-// setReserved marks ord, free in b, as reserved.
 // setOther marks ord taken by another host's record.
 func (b *block) setOther(sp *space, ord uint64) {
 	b.set(sp, ord, true)
@@ -626,6 +625,7 @@ func (b *block) setOther(sp *space, ord uint64) {
 	b.other[ord] = true
 }
 
+// setReserved marks ord, free in b, as reserved.
 func (b *block) setReserved(sp *space, ord uint64) {
 	b.set(sp, ord, true)
 	if b.reserved == nil {
