@@ -62,6 +62,14 @@ func PeerWatches(c *Controller) (running int, started int64) {
 	return len(t.watches), t.started.Load()
 }
 
+// PendingGlobalNetworks returns how many global networks the controller
+// has seen and not taken yet. Tests only.
+func PendingGlobalNetworks(c *Controller) int {
+	c.global.pendingMu.Lock()
+	defer c.global.pendingMu.Unlock()
+	return len(c.global.pending)
+}
+
 // WrapStores replaces the controller's stores with wrap(store). Tests only.
 func WrapStores(c *Controller, wrap func(store.Store) store.Store) {
 	c.store, c.runtime = wrap(c.store), wrap(c.runtime)

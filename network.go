@@ -162,10 +162,10 @@ func (c *Controller) newNetwork(ctx context.Context, drv driverapi.Driver, name 
 			c.mu.Lock()
 			delete(c.networkNames, name)
 			c.mu.Unlock()
-			if isGlobal && c.global != nil {
-				// Another host's network of this name, seen meanwhile
-				// (or this one, if its commit was not answered and it
-				// landed), is taken now.
+			if c.global != nil {
+				// A global network of this name seen meanwhile (another
+				// host's, or this one's if its commit was not answered
+				// and landed) waited for the name: it is taken now.
 				c.global.retryPending()
 			}
 		}

@@ -1195,7 +1195,8 @@ func TestOverlayEgressNameTaken(t *testing.T) {
 }
 
 // A global network whose name a local network of this host holds is not
-// taken here until that network goes; then it is, without a restart.
+// taken here until that network goes, or its creation fails; then it is,
+// without a restart.
 func TestOverlayNameTakenLocally(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{})
@@ -1214,4 +1215,31 @@ func TestOverlayNameTakenLocally(t *testing.T) {
 	assert.Equal(t, ov.ID(), n.ID(), "the overlay network is taken once the name is free")
 	c := ovRun(t, h2, "shared", "c")
 	assert.True(t, netip.MustParsePrefix("10.63.0.0/24").Contains(c.addr))
+
+	// The name held by a local network being made when the overlay network
+	// arrives, whose creation then fails: the overlay network, which
+	// waited for the name, is taken then.
+	var racy *cnm.Network
+	fired := false
+	cnm.SetFaultHook(h2.Ctrl, func(s string) error {
+		if s != "network:driver" || fired {
+			return nil
+		}
+		fired = true
+		var err error
+		if racy, err = h1.Ctrl.NewNetwork(ctx, "overlay", "racy", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.65.0.0/24")})); err != nil {
+			return err
+		}
+		for start := time.Now(); cnm.PendingGlobalNetworks(h2.Ctrl) == 0; time.Sleep(time.Millisecond) {
+			if time.Since(start) > 5*time.Second {
+				return errors.New("host 2 never saw the overlay network")
+			}
+		}
+		return errors.New("injected fault")
+	})
+	_, err = h2.Ctrl.NewNetwork(ctx, "bridge", "racy", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.64.0.0/24")}))
+	require.ErrorContains(t, err, "injected fault")
+	cnm.SetFaultHook(h2.Ctrl, nil)
+	n = waitNetwork(t, h2.Ctrl, "racy")
+	assert.Equal(t, racy.ID(), n.ID())
 }
