@@ -502,25 +502,10 @@ func (t *peerTable) apply(g *globalPlane, kv store.KV, program bool) {
 // them first) until ctx ends.
 func (g *globalPlane) watchPeers(ctx context.Context, nid string, rev uint64) {
 	prefix := gEndpoints + nid + "/"
-	for rev == 0 && ctx.Err() == nil {
-		kvs, r, err := g.kv.Snapshot(ctx, prefix)
-		if err != nil {
-			if ctx.Err() == nil {
-				g.c.log.Warn("cnm: global store: list peers: retrying", "prefix", prefix, "err", err)
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-			continue
-		}
-		g.peers.resync(g, nid, kvs)
-		rev = r
-	}
 	failed := func(err error) {
 		g.c.log.Warn("cnm: watch of the peer table ended: restarting", "prefix", prefix, "err", err)
 	}
-	etcdstore.Follow(ctx, g.kv, prefix, rev, time.Second, failed, func(b etcdstore.WatchBatch) bool {
+	etcdstore.ListAndFollow(ctx, g.kv, prefix, rev, time.Second, failed, func(b etcdstore.WatchBatch) bool {
 		if b.Resync {
 			g.peers.resync(g, nid, b.Snapshot)
 		}

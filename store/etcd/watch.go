@@ -9,6 +9,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/seed53641549/cnm/errdefs"
 	"github.com/seed53641549/cnm/store"
 )
 
@@ -115,6 +116,43 @@ func Follow(ctx context.Context, w Watcher, prefix string, after uint64, retry t
 		case <-time.After(retry):
 		}
 	}
+}
+
+// Lister is what [ListAndFollow] needs of a store: [Store.Snapshot] and
+// [Store.Watch].
+type Lister interface {
+	Watcher
+	Snapshot(ctx context.Context, prefix string) ([]store.KV, uint64, error)
+}
+
+// ListAndFollow is [Follow] from a listing: with after 0 it first lists
+// prefix (again every retry while that fails, each failure reported to
+// failed) and hands the listing to apply as a batch with Resync set and no
+// CompactRevision, then follows from the listing's revision. It also ends
+// when the store closes before a listing works.
+func ListAndFollow(ctx context.Context, s Lister, prefix string, after uint64, retry time.Duration, failed func(error), apply func(WatchBatch) bool) {
+	for after == 0 {
+		kvs, rev, err := s.Snapshot(ctx, prefix)
+		if err == nil {
+			if !apply(WatchBatch{Resync: true, Snapshot: kvs, Revision: rev}) {
+				return
+			}
+			after = rev
+			break
+		}
+		if ctx.Err() != nil || errors.Is(err, ErrClosed) || errors.Is(err, errdefs.ErrClosed) {
+			return
+		}
+		if failed != nil {
+			failed(err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(retry):
+		}
+	}
+	Follow(ctx, s, prefix, after, retry, failed, apply)
 }
 
 func (s *Store) watch(ctx context.Context, prefix string, after uint64, out chan<- WatchBatch) {

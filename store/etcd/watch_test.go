@@ -387,6 +387,55 @@ func TestFollow(t *testing.T) {
 	}
 }
 
+// scriptedLister is a scriptedWatcher whose listings fail with the errors
+// of fails first, then answer kvs at revision rev.
+type scriptedLister struct {
+	scriptedWatcher
+	fails []error
+	kvs   []store.KV
+	rev   uint64
+	lists int
+}
+
+func (l *scriptedLister) Snapshot(context.Context, string) ([]store.KV, uint64, error) {
+	l.lists++
+	if l.lists <= len(l.fails) {
+		return nil, 0, l.fails[l.lists-1]
+	}
+	return l.kvs, l.rev, nil
+}
+
+// TestListAndFollow: with after 0 the prefix is listed, again while that
+// fails (each failure reported), the listing applied as a Resync batch,
+// and the watch started after its revision; with an after, nothing is
+// listed; a store closed before a listing works ends it.
+func TestListAndFollow(t *testing.T) {
+	l := &scriptedLister{scriptedWatcher: scriptedWatcher{script: [][]WatchBatch{{{Revision: 9}}}},
+		fails: []error{errors.New("down"), errors.New("still down")}, kvs: []store.KV{{Key: "p/a"}}, rev: 8}
+	var applied []WatchBatch
+	var failures []error
+	ListAndFollow(t.Context(), l, "p/", 0, time.Millisecond, func(err error) { failures = append(failures, err) },
+		func(b WatchBatch) bool { applied = append(applied, b); return true })
+	if l.lists != 3 || len(failures) != 2 || fmt.Sprint(l.afters) != "[8]" || len(applied) != 2 ||
+		!applied[0].Resync || applied[0].CompactRevision != 0 || applied[0].Revision != 8 || len(applied[0].Snapshot) != 1 ||
+		applied[1].Revision != 9 {
+		t.Fatalf("lists %d, failures %v, watches after %v, applied %+v", l.lists, failures, l.afters, applied)
+	}
+
+	l = &scriptedLister{scriptedWatcher: scriptedWatcher{script: [][]WatchBatch{{{Revision: 9}}}}}
+	ListAndFollow(t.Context(), l, "p/", 7, time.Millisecond, nil, func(WatchBatch) bool { return true })
+	if l.lists != 0 || fmt.Sprint(l.afters) != "[7]" {
+		t.Fatalf("with an after: lists %d, watches after %v", l.lists, l.afters)
+	}
+
+	l = &scriptedLister{fails: []error{ErrClosed}}
+	ListAndFollow(t.Context(), l, "p/", 0, time.Millisecond, func(err error) { t.Errorf("reported: %v", err) },
+		func(WatchBatch) bool { t.Error("applied"); return true })
+	if l.lists != 1 || len(l.afters) != 0 {
+		t.Fatalf("store closed: lists %d, watches %d", l.lists, len(l.afters))
+	}
+}
+
 // TestLeaseKeys: a lease's keys under a prefix, without the store's prefix,
 // whatever other keys and other leases' keys there are; none once deleted;
 // an ended lease is ErrLeaseLost.

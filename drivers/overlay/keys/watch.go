@@ -2,12 +2,10 @@ package keys
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
 
-	"github.com/seed53641549/cnm/errdefs"
 	"github.com/seed53641549/cnm/store"
 	etcdstore "github.com/seed53641549/cnm/store/etcd"
 )
@@ -90,19 +88,17 @@ func (r *Ring) watch(ctx context.Context, out chan<- Update) {
 		return true
 	}
 
-	kvs, rev, ok := r.list(ctx)
-	if !ok || !sync(kvs) {
-		return
-	}
 	failed := func(err error) {
-		r.cfg.Logger.Warn("encryption keys: watch failed; resuming it", "prefix", Prefix, "retry", watchRetry, "error", err)
+		r.cfg.Logger.Warn("encryption keys: listing or watch failed; retrying", "prefix", Prefix, "retry", watchRetry, "error", err)
 	}
-	// Follow ends when ctx ends, the store closes (its watch then ends
-	// without an error) or apply returns false (ctx ended while sending).
-	etcdstore.Follow(ctx, r.cfg.Store, Prefix, rev, watchRetry, failed, func(b etcdstore.WatchBatch) bool {
+	// It ends when ctx ends, the store closes (its watch then ends without
+	// an error) or apply returns false (ctx ended while sending).
+	etcdstore.ListAndFollow(ctx, r.cfg.Store, Prefix, 0, watchRetry, failed, func(b etcdstore.WatchBatch) bool {
 		if b.Resync {
-			r.cfg.Logger.Info("encryption keys: watch resynced after compaction",
-				"compacted", b.CompactRevision, "revision", b.Revision)
+			if b.CompactRevision != 0 {
+				r.cfg.Logger.Info("encryption keys: watch resynced after compaction",
+					"compacted", b.CompactRevision, "revision", b.Revision)
+			}
 			return sync(b.Snapshot)
 		}
 		for _, ev := range b.Events {
@@ -123,27 +119,6 @@ func (r *Ring) watch(ctx context.Context, out chan<- Update) {
 		}
 		return true
 	})
-}
-
-// list lists the sets and returns them with the store revision of the
-// listing, retrying every watchRetry while it fails; false when ctx ended
-// or the store closed first.
-func (r *Ring) list(ctx context.Context) ([]store.KV, uint64, bool) {
-	for {
-		kvs, rev, err := r.cfg.Store.Snapshot(ctx, Prefix)
-		if err == nil {
-			return kvs, rev, true
-		}
-		if ctx.Err() != nil || errors.Is(err, etcdstore.ErrClosed) || errors.Is(err, errdefs.ErrClosed) {
-			return nil, 0, false
-		}
-		r.cfg.Logger.Warn("encryption keys: listing the sets failed; listing again", "prefix", Prefix, "retry", watchRetry, "error", err)
-		select {
-		case <-time.After(watchRetry):
-		case <-ctx.Done():
-			return nil, 0, false
-		}
-	}
 }
 
 // update is the Update of a record read from the store.
