@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/seed53641549/cnm/internal/acceptloop"
 	"github.com/seed53641549/cnm/osl"
 )
 
@@ -60,20 +61,7 @@ func Serve(t testing.TB, path string, addr netip.AddrPort, handle func(net.Conn)
 		t.Fatalf("cnmtest: listen on %s in %s: %v", addr, path, err)
 	}
 	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if handle != nil {
-					handle(c)
-				}
-			}()
-		}
-	}()
+	go acceptloop.Run(l, handle)
 }
 
 // Echo is [Serve] with a handler that sends every byte back.

@@ -25,6 +25,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/seed53641549/cnm/internal/acceptloop"
 )
 
 // This file holds the test helpers: throwaway namespaces, running code inside
@@ -476,14 +478,14 @@ func ipnet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-// serve listens on addr:port inside namespace fd and answers every connection
-// with the remote address it sees, until the test ends.
-func serve(t testing.TB, fd int, addr netip.Addr, port uint16) {
+// serveConns listens on addr inside namespace fd and serves every
+// connection with handle (acceptloop.Run) until the test ends.
+func serveConns(t testing.TB, fd int, addr string, handle func(net.Conn)) {
 	t.Helper()
 	var l net.Listener
 	require.NoError(t, inNS(fd, func() error {
 		var err error
-		l, err = net.Listen("tcp", netip.AddrPortFrom(addr, port).String())
+		l, err = net.Listen("tcp", addr)
 		return err
 	}))
 	done := make(chan struct{})
@@ -493,16 +495,23 @@ func serve(t testing.TB, fd int, addr netip.Addr, port uint16) {
 	})
 	go func() {
 		defer close(done)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-			_, _ = io.WriteString(c, c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap().String())
-			_ = c.Close()
-		}
+		acceptloop.Run(l, handle)
 	}()
+}
+
+// remoteAddr is the address a connection comes from, as the server sees it.
+func remoteAddr(c net.Conn) string {
+	return c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap().String()
+}
+
+// serve listens on addr:port inside namespace fd and answers every connection
+// with the remote address it sees, until the test ends.
+func serve(t testing.TB, fd int, addr netip.Addr, port uint16) {
+	t.Helper()
+	serveConns(t, fd, netip.AddrPortFrom(addr, port).String(), func(c net.Conn) {
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = io.WriteString(c, remoteAddr(c))
+	})
 }
 
 // serveEcho listens on addr:echoPort inside namespace fd and answers every
@@ -510,31 +519,12 @@ func serve(t testing.TB, fd int, addr netip.Addr, port uint16) {
 // it sees, a space, and what the client sent, until the test ends.
 func serveEcho(t testing.TB, fd int, addr netip.Addr) {
 	t.Helper()
-	var l net.Listener
-	require.NoError(t, inNS(fd, func() error {
-		var err error
-		l, err = net.Listen("tcp", netip.AddrPortFrom(addr, echoPort).String())
-		return err
-	}))
-	done := make(chan struct{})
-	t.Cleanup(func() {
-		_ = l.Close()
-		<-done
-	})
-	go func() {
-		defer close(done)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-			if b, err := io.ReadAll(c); err == nil {
-				_, _ = io.WriteString(c, c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap().String()+" "+string(b))
-			}
-			_ = c.Close()
+	serveConns(t, fd, netip.AddrPortFrom(addr, echoPort).String(), func(c net.Conn) {
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if b, err := io.ReadAll(c); err == nil {
+			_, _ = io.WriteString(c, remoteAddr(c)+" "+string(b))
 		}
-	}()
+	})
 }
 
 // echo sends msg on c, a connection to a server of serveEcho, closes its

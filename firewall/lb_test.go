@@ -75,31 +75,10 @@ func newLBTopology(t testing.TB) *lbTopology {
 // echoes every line back until the client closes.
 func serveTagged(t testing.TB, fd int, name string) {
 	t.Helper()
-	var l net.Listener
-	require.NoError(t, inNS(fd, func() error {
-		var err error
-		l, err = net.Listen("tcp", fmt.Sprintf("[::]:%d", svcPort))
-		return err
-	}))
-	done := make(chan struct{})
-	t.Cleanup(func() {
-		_ = l.Close()
-		<-done
+	serveConns(t, fd, fmt.Sprintf("[::]:%d", svcPort), func(c net.Conn) {
+		_, _ = fmt.Fprintf(c, "%s %s\n", name, remoteAddr(c))
+		_, _ = io.Copy(c, c)
 	})
-	go func() {
-		defer close(done)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
 }
 
 // lbConn is a connection to a service: the backend that took it and the

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/seed53641549/cnm/driverapi"
+	"github.com/seed53641549/cnm/internal/acceptloop"
 	"github.com/seed53641549/cnm/osl"
 )
 
@@ -159,10 +160,10 @@ func serve(t testing.TB, ns *osl.Namespace, port int, name string) {
 	serveConns(t, ns, port, func(c net.Conn) { _, _ = c.Write([]byte(name)) })
 }
 
-// serveConns listens on port inside ns until the test ends and hands each
-// connection to handle in a goroutine of its own, closing it afterwards.
-// (cnmtest.Serve does this for the root package; it cannot be imported
-// here: cnmtest imports cnm, which imports this driver.)
+// serveConns listens on port inside ns until the test ends and serves each
+// connection with handle (acceptloop.Run). (cnmtest.Serve does this for
+// the root package; it cannot be imported here: cnmtest imports cnm, which
+// imports this driver.)
 func serveConns(t testing.TB, ns *osl.Namespace, port int, handle func(net.Conn)) {
 	t.Helper()
 	var l net.Listener
@@ -171,18 +172,7 @@ func serveConns(t testing.TB, ns *osl.Namespace, port int, handle func(net.Conn)
 		return err
 	}))
 	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				handle(c)
-			}()
-		}
-	}()
+	go acceptloop.Run(l, handle)
 }
 
 // ask connects from ns to to and returns what the server said.
