@@ -2,6 +2,7 @@ package cnm_test
 
 import (
 	"context"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -29,4 +30,9 @@ func deleteAll(t testing.TB, ctrl *cnm.Controller) {
 		}
 		require.NoError(t, nw.Delete(ctx))
 	}
+}
+
+// ipv4Subnet is the option of a network with the IPv4 subnet p.
+func ipv4Subnet(p string) cnm.NetworkOption {
+	return cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix(p)})
 }

@@ -323,7 +323,7 @@ func BenchmarkOverlayThroughput(b *testing.B) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(b, 2, cnmtest.ClusterOptions{LeaseTTL: 10 * time.Second})
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
-	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "tp", cnm.WithInternal(), cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.204.0.0/24")}))
+	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "tp", cnm.WithInternal(), ipv4Subnet("10.204.0.0/24"))
 	if err != nil {
 		b.Fatal(err)
 	}

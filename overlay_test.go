@@ -126,7 +126,7 @@ func TestOverlayIPv6Underlay(t *testing.T) {
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
 	require.True(t, h1.VTEP.Is6())
 	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov6",
-		cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.56.0.0/24")}),
+		ipv4Subnet("10.56.0.0/24"),
 		cnm.WithIPv6(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("fd56::/64")}))
 	require.NoError(t, err)
 	a, b := ovRun(t, h1, "ov6", "a"), ovRun(t, h2, "ov6", "b")
@@ -191,7 +191,7 @@ func TestOverlayAcrossHosts(t *testing.T) {
 	cl := cnmtest.NewCluster(t, 3, cnmtest.ClusterOptions{})
 	h1, h2, h3 := cl.Hosts[0], cl.Hosts[1], cl.Hosts[2]
 
-	ov, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov1", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.50.0.0/24")}))
+	ov, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov1", ipv4Subnet("10.50.0.0/24"))
 	require.NoError(t, err)
 	assert.Equal(t, "overlay", ov.Type())
 	for _, h := range cl.Hosts[1:] {
@@ -202,7 +202,7 @@ func TestOverlayAcrossHosts(t *testing.T) {
 		assert.Equal(t, netip.MustParsePrefix("10.50.0.0/24"), cfg.Subnet)
 		assert.Equal(t, netip.MustParseAddr("10.50.0.1"), cfg.Gateway)
 	}
-	_, err = h2.Ctrl.NewNetwork(ctx, "overlay", "ov1", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.51.0.0/24")}))
+	_, err = h2.Ctrl.NewNetwork(ctx, "overlay", "ov1", ipv4Subnet("10.51.0.0/24"))
 	require.ErrorIs(t, err, cnm.ErrExists, "the name is taken in the cluster")
 
 	cs := []ovContainer{ovRun(t, h1, "ov1", "c1"), ovRun(t, h2, "ov1", "c2"), ovRun(t, h3, "ov1", "c3")}
@@ -232,7 +232,7 @@ func TestOverlayAcrossHosts(t *testing.T) {
 	})
 
 	t.Run("second network with the same subnet is isolated", func(t *testing.T) {
-		ov2, err := h2.Ctrl.NewNetwork(ctx, "overlay", "ov2", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.50.0.0/24")}))
+		ov2, err := h2.Ctrl.NewNetwork(ctx, "overlay", "ov2", ipv4Subnet("10.50.0.0/24"))
 		require.NoError(t, err)
 		assert.NotEqual(t, ov.DriverOptions()["com.docker.network.driver.overlay.vxlanid_list"], ov2.DriverOptions()["com.docker.network.driver.overlay.vxlanid_list"])
 		d1, d3 := ovRun(t, h1, "ov2", "d1"), ovRun(t, h3, "ov2", "d3")
@@ -379,7 +379,7 @@ func TestOverlayEtcdDown(t *testing.T) {
 
 	cl.Etcd.Stop()
 	start := time.Now()
-	_, err = h1.Ctrl.NewNetwork(ctx, "overlay", "ov-down", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.91.0.0/24")}))
+	_, err = h1.Ctrl.NewNetwork(ctx, "overlay", "ov-down", ipv4Subnet("10.91.0.0/24"))
 	require.Error(t, err, "a global operation with etcd down")
 	assert.Less(t, time.Since(start), 6*time.Second, "fails within its timeout")
 	t.Logf("with etcd down: %v (%s)", err, time.Since(start).Round(time.Millisecond))
@@ -388,7 +388,7 @@ func TestOverlayEtcdDown(t *testing.T) {
 	require.Error(t, err)
 
 	// Local networks keep working.
-	br, err := h1.Ctrl.NewNetwork(ctx, "bridge", "local", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.92.0.0/24")}))
+	br, err := h1.Ctrl.NewNetwork(ctx, "bridge", "local", ipv4Subnet("10.92.0.0/24"))
 	require.NoError(t, err)
 	lsb, err := h1.Ctrl.NewSandbox(ctx, "local")
 	require.NoError(t, err)
@@ -430,7 +430,7 @@ func TestOverlayEtcdDown(t *testing.T) {
 func TestOverlayConcurrentAllocation(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{LeaseTTL: 10 * time.Second})
-	_, err := cl.Hosts[0].Ctrl.NewNetwork(ctx, "overlay", "big", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.100.0.0/21")}))
+	_, err := cl.Hosts[0].Ctrl.NewNetwork(ctx, "overlay", "big", ipv4Subnet("10.100.0.0/21"))
 	require.NoError(t, err)
 	const each = 500
 	var wg sync.WaitGroup
@@ -469,7 +469,7 @@ func TestOverlayBadInput(t *testing.T) {
 	ctx := context.Background()
 	t.Run("no global store", func(t *testing.T) {
 		c, _ := cnmtest.NewController(t)
-		_, err := c.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.110.0.0/24")}))
+		_, err := c.NewNetwork(ctx, "overlay", "ov", ipv4Subnet("10.110.0.0/24"))
 		require.ErrorIs(t, err, cnm.ErrInvalid)
 		assert.Contains(t, err.Error(), "WithGlobalStore")
 		assert.Contains(t, err.Error(), "WithAdvertiseAddress")
@@ -510,9 +510,9 @@ func TestOverlayBadInput(t *testing.T) {
 			want string
 		}{
 			{nil, "ipv4 subnet: required"},
-			{[]cnm.NetworkOption{cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.111.0.0/24")}), cnm.WithIPAMDriver("default", nil)}, `ipam driver "default"`},
-			{[]cnm.NetworkOption{cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.111.0.0/24")}), cnm.WithDriverOptions(map[string]string{"bogus": "1"})}, "bogus"},
-			{[]cnm.NetworkOption{cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.111.0.0/24")}), cnm.WithDriverOptions(map[string]string{"com.docker.network.driver.overlay.vxlanid_list": "0"})}, "vxlanid_list"},
+			{[]cnm.NetworkOption{ipv4Subnet("10.111.0.0/24"), cnm.WithIPAMDriver("default", nil)}, `ipam driver "default"`},
+			{[]cnm.NetworkOption{ipv4Subnet("10.111.0.0/24"), cnm.WithDriverOptions(map[string]string{"bogus": "1"})}, "bogus"},
+			{[]cnm.NetworkOption{ipv4Subnet("10.111.0.0/24"), cnm.WithDriverOptions(map[string]string{"com.docker.network.driver.overlay.vxlanid_list": "0"})}, "vxlanid_list"},
 		} {
 			_, err := c.NewNetwork(ctx, "overlay", "bad", tc.opts...)
 			require.ErrorIs(t, err, cnm.ErrInvalid)
@@ -520,7 +520,7 @@ func TestOverlayBadInput(t *testing.T) {
 			_, err = c.NetworkByName("bad")
 			require.ErrorIs(t, err, cnm.ErrNotFound)
 		}
-		_, err := c.NewNetwork(ctx, "overlay", "enc", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.113.0.0/24")}),
+		_, err := c.NewNetwork(ctx, "overlay", "enc", ipv4Subnet("10.113.0.0/24"),
 			cnm.WithDriverOptions(map[string]string{"encrypted": ""}))
 		require.ErrorIs(t, err, cnm.ErrNotSupported, "this kernel has no ESP")
 		assert.Contains(t, err.Error(), "encrypted")
@@ -528,10 +528,10 @@ func TestOverlayBadInput(t *testing.T) {
 		require.ErrorIs(t, err, cnm.ErrNotFound)
 
 		// Nothing stayed reserved: the subnet and name are free.
-		n, err := c.NewNetwork(ctx, "overlay", "bad", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.111.0.0/24")}))
+		n, err := c.NewNetwork(ctx, "overlay", "bad", ipv4Subnet("10.111.0.0/24"))
 		require.NoError(t, err)
 		require.NoError(t, n.Delete(ctx))
-		_, err = c.NewNetwork(ctx, "overlay", "bad", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.111.0.0/24")}))
+		_, err = c.NewNetwork(ctx, "overlay", "bad", ipv4Subnet("10.111.0.0/24"))
 		require.NoError(t, err, "a deleted global network's subnet and name are free again")
 	})
 }
@@ -540,9 +540,9 @@ func TestOverlayEgress(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{})
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
-	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.120.0.0/24")}))
+	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov", ipv4Subnet("10.120.0.0/24"))
 	require.NoError(t, err)
-	_, err = h1.Ctrl.NewNetwork(ctx, "overlay", "ovi", cnm.WithInternal(), cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.121.0.0/24")}))
+	_, err = h1.Ctrl.NewNetwork(ctx, "overlay", "ovi", cnm.WithInternal(), ipv4Subnet("10.121.0.0/24"))
 	require.NoError(t, err)
 
 	// "The outside world": a server on the other host's underlay address,
@@ -587,7 +587,7 @@ func TestOverlayEgress(t *testing.T) {
 	// A sandbox on a bridge network already has a way out: its overlay
 	// join adds no gateway endpoint; when it leaves the bridge network, the
 	// overlay endpoint gets one.
-	br, err := h1.Ctrl.NewNetwork(ctx, "bridge", "br", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.122.0.0/24")}))
+	br, err := h1.Ctrl.NewNetwork(ctx, "bridge", "br", ipv4Subnet("10.122.0.0/24"))
 	require.NoError(t, err)
 	sb, err := h1.Ctrl.NewSandbox(ctx, "both")
 	require.NoError(t, err)
@@ -616,7 +616,7 @@ func TestOverlayDeleteRightAfterContainers(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{})
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
-	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.123.0.0/24")}))
+	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov", ipv4Subnet("10.123.0.0/24"))
 	require.NoError(t, err)
 	var cs []ovContainer
 	for i := range 5 {
@@ -629,7 +629,7 @@ func TestOverlayDeleteRightAfterContainers(t *testing.T) {
 	require.Eventually(t, func() bool { _, err := h2.Ctrl.NetworkByName("ov"); return err != nil }, 5*time.Second, 10*time.Millisecond,
 		"the other host still has the deleted network")
 	// Its VXLAN ID and subnet are free: the same network can be made again.
-	_, err = h2.Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.123.0.0/24")}),
+	_, err = h2.Ctrl.NewNetwork(ctx, "overlay", "ov", ipv4Subnet("10.123.0.0/24"),
 		cnm.WithDriverOptions(map[string]string{"com.docker.network.driver.overlay.vxlanid_list": nw.DriverOptions()["com.docker.network.driver.overlay.vxlanid_list"]}))
 	require.NoError(t, err)
 }
@@ -638,7 +638,7 @@ func TestOverlayResyncAfterCompaction(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{LeaseTTL: 10 * time.Second, Proxied: true})
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
-	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.130.0.0/24")}))
+	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "ov", ipv4Subnet("10.130.0.0/24"))
 	require.NoError(t, err)
 	a, x := ovRun(t, h1, "ov", "a"), ovRun(t, h1, "ov", "x")
 	b := ovRun(t, h2, "ov", "b")
@@ -700,7 +700,7 @@ func TestOverlayRollback(t *testing.T) {
 		})
 		return &hit
 	}
-	subnet := cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.140.0.0/24")})
+	subnet := ipv4Subnet("10.140.0.0/24")
 
 	for _, step := range []string{"network:ipam", "network:driver", "network:global", "network:commit"} {
 		hit := fail(h1.Ctrl, step)
@@ -831,7 +831,7 @@ func TestOverlayStaleRecordSwept(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{LeaseTTL: 30 * time.Second, Proxied: true})
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
-	_, err := h2.Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.150.0.0/24")}))
+	_, err := h2.Ctrl.NewNetwork(ctx, "overlay", "ov", ipv4Subnet("10.150.0.0/24"))
 	require.NoError(t, err)
 	x := ovRun(t, h1, "ov", "x")
 
@@ -894,9 +894,6 @@ func TestOverlayCommitAnswerLost(t *testing.T) {
 			return errors.New("injected: answer lost")
 		})
 	}
-	subnet := func(p string) cnm.NetworkOption {
-		return cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix(p)})
-	}
 
 	// The request is lost on its way: the fence goes in, so it can never
 	// be applied, and the network fails for good, leaving nothing but the
@@ -907,7 +904,7 @@ func TestOverlayCommitAnswerLost(t *testing.T) {
 		}
 		return nil
 	})
-	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "lost", subnet("10.140.0.0/24"))
+	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "lost", ipv4Subnet("10.140.0.0/24"))
 	require.ErrorContains(t, err, "request lost")
 	require.NotContains(t, err.Error(), "not known")
 	for _, p := range []string{"networks/", "network-names/", "vxlan/ids/", "ipam/global/"} {
@@ -916,7 +913,7 @@ func TestOverlayCommitAnswerLost(t *testing.T) {
 	assert.Equal(t, 1, count("network-fences/"))
 
 	loseAnswer(false)
-	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "landed", subnet("10.141.0.0/24"))
+	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "landed", ipv4Subnet("10.141.0.0/24"))
 	require.NoError(t, err, "the record is read back")
 	cnm.SetFaultHook(h1.Ctrl, nil)
 	a, b := ovRun(t, h1, "landed", "a"), ovRun(t, h2, "landed", "b")
@@ -929,7 +926,7 @@ func TestOverlayCommitAnswerLost(t *testing.T) {
 	require.NoError(t, nw.Delete(ctx))
 
 	loseAnswer(true)
-	_, err = h1.Ctrl.NewNetwork(ctx, "overlay", "unknown", subnet("10.142.0.0/24"))
+	_, err = h1.Ctrl.NewNetwork(ctx, "overlay", "unknown", ipv4Subnet("10.142.0.0/24"))
 	require.ErrorContains(t, err, "whether it was recorded is not known")
 	cnm.SetFaultHook(h1.Ctrl, nil)
 	_, err = h1.Ctrl.NetworkByName("unknown")
@@ -950,7 +947,7 @@ func TestOverlayCommitAnswerLost(t *testing.T) {
 	// Unknown again, and while host 1 is cut off, host 2 takes the network
 	// and runs a container on it: it stays, on every host, host 1 too.
 	loseAnswer(true)
-	_, err = h1.Ctrl.NewNetwork(ctx, "overlay", "used", subnet("10.144.0.0/24"))
+	_, err = h1.Ctrl.NewNetwork(ctx, "overlay", "used", ipv4Subnet("10.144.0.0/24"))
 	require.ErrorContains(t, err, "whether it was recorded is not known")
 	cnm.SetFaultHook(h1.Ctrl, nil)
 	c := ovRun(t, h2, "used", "c")
@@ -966,7 +963,7 @@ func TestOverlayCommitAnswerLost(t *testing.T) {
 	assert.Equal(t, 1, count("vxlan/ids/"), "only the first unknown network's VXLAN ID")
 
 	// The name is free again; host 1's next start releases what it kept.
-	again, err := h2.Ctrl.NewNetwork(ctx, "overlay", "unknown", subnet("10.143.0.0/24"))
+	again, err := h2.Ctrl.NewNetwork(ctx, "overlay", "unknown", ipv4Subnet("10.143.0.0/24"))
 	require.NoError(t, err)
 	h1.Kill(t)
 	h1.Start(t)
@@ -1005,7 +1002,7 @@ func TestOverlayVNIReusedAtOnce(t *testing.T) {
 func TestOverlaySmallSubnetManyHosts(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 6, cnmtest.ClusterOptions{LeaseTTL: 10 * time.Second})
-	_, err := cl.Hosts[0].Ctrl.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.180.0.0/24")}))
+	_, err := cl.Hosts[0].Ctrl.NewNetwork(ctx, "overlay", "ov", ipv4Subnet("10.180.0.0/24"))
 	require.NoError(t, err)
 	var cs []ovContainer
 	for i, h := range cl.Hosts {
@@ -1031,7 +1028,7 @@ func TestOverlayCrashLeftReservations(t *testing.T) {
 	h := cl.Hosts[0]
 	kv := cl.Store(t)
 	count := func(prefix string) int { return countKeys(t, kv, prefix) }
-	_, err := h.Ctrl.NewNetwork(ctx, "overlay", "kept", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.190.0.0/24")}))
+	_, err := h.Ctrl.NewNetwork(ctx, "overlay", "kept", ipv4Subnet("10.190.0.0/24"))
 	require.NoError(t, err)
 	require.NoError(t, cnm.LeakGlobalReservations(h.Ctrl, netip.MustParsePrefix("10.191.0.0/24")))
 	require.Equal(t, 2, count("ipam/global/pools/"))
@@ -1058,7 +1055,7 @@ func TestOverlayServiceRoundRobin(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 3, cnmtest.ClusterOptions{})
 	h1, h2, h3 := cl.Hosts[0], cl.Hosts[1], cl.Hosts[2]
-	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "svc", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.57.0.0/24")}),
+	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "svc", ipv4Subnet("10.57.0.0/24"),
 		cnm.WithIPv6(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("fd57::/64")}))
 	require.NoError(t, err)
 	tags := map[netip.Addr]string{} // backend address (either family) → name
@@ -1173,13 +1170,13 @@ func TestOverlayEgressNameTaken(t *testing.T) {
 	cl := cnmtest.NewCluster(t, 1, cnmtest.ClusterOptions{})
 	c := cl.Hosts[0].Ctrl
 	_, err := c.NewNetwork(ctx, "bridge", "mine", cnm.WithLabels(map[string]string{"cnm.egress": "true"}),
-		cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.58.0.0/24")}))
+		ipv4Subnet("10.58.0.0/24"))
 	require.ErrorIs(t, err, cnm.ErrInvalid)
 	assert.ErrorContains(t, err, `label "cnm.egress"`)
 
-	_, err = c.NewNetwork(ctx, "bridge", cnm.GatewayBridgeNetwork, cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.58.0.0/24")}))
+	_, err = c.NewNetwork(ctx, "bridge", cnm.GatewayBridgeNetwork, ipv4Subnet("10.58.0.0/24"))
 	require.NoError(t, err)
-	ov, err := c.NewNetwork(ctx, "overlay", "ov", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.59.0.0/24")}))
+	ov, err := c.NewNetwork(ctx, "overlay", "ov", ipv4Subnet("10.59.0.0/24"))
 	require.NoError(t, err)
 	sb, err := c.NewSandbox(ctx, "c")
 	require.NoError(t, err)
@@ -1201,9 +1198,9 @@ func TestOverlayNameTakenLocally(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{})
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
-	local, err := h2.Ctrl.NewNetwork(ctx, "bridge", "shared", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.62.0.0/24")}))
+	local, err := h2.Ctrl.NewNetwork(ctx, "bridge", "shared", ipv4Subnet("10.62.0.0/24"))
 	require.NoError(t, err)
-	ov, err := h1.Ctrl.NewNetwork(ctx, "overlay", "shared", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.63.0.0/24")}))
+	ov, err := h1.Ctrl.NewNetwork(ctx, "overlay", "shared", ipv4Subnet("10.63.0.0/24"))
 	require.NoError(t, err, "the name is free in the cluster: host 2's network is local")
 	time.Sleep(200 * time.Millisecond) // the watch has seen it by now
 	n, err := h2.Ctrl.NetworkByName("shared")
@@ -1227,7 +1224,7 @@ func TestOverlayNameTakenLocally(t *testing.T) {
 		}
 		fired = true
 		var err error
-		if racy, err = h1.Ctrl.NewNetwork(ctx, "overlay", "racy", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.65.0.0/24")})); err != nil {
+		if racy, err = h1.Ctrl.NewNetwork(ctx, "overlay", "racy", ipv4Subnet("10.65.0.0/24")); err != nil {
 			return err
 		}
 		for start := time.Now(); cnm.PendingGlobalNetworks(h2.Ctrl) == 0; time.Sleep(time.Millisecond) {
@@ -1237,7 +1234,7 @@ func TestOverlayNameTakenLocally(t *testing.T) {
 		}
 		return errors.New("injected fault")
 	})
-	_, err = h2.Ctrl.NewNetwork(ctx, "bridge", "racy", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.64.0.0/24")}))
+	_, err = h2.Ctrl.NewNetwork(ctx, "bridge", "racy", ipv4Subnet("10.64.0.0/24"))
 	require.ErrorContains(t, err, "injected fault")
 	cnm.SetFaultHook(h2.Ctrl, nil)
 	n = waitNetwork(t, h2.Ctrl, "racy")

@@ -45,7 +45,7 @@ func TestOverlayCrashChild(t *testing.T) {
 	ctrl, err := cnm.New(opts...)
 	require.NoError(t, err)
 	killAt(ctrl, step)
-	crashScenario(t, ctrl, step, "overlay", "ov", []cnm.NetworkOption{cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.93.0.0/24")})})
+	crashScenario(t, ctrl, step, "overlay", "ov", []cnm.NetworkOption{ipv4Subnet("10.93.0.0/24")})
 }
 
 // TestOverlayCrashRecovery kills host 1's controller process (SIGKILL) at

@@ -5,7 +5,6 @@ package cnm_test
 import (
 	"context"
 	"errors"
-	"net/netip"
 	"path/filepath"
 	"testing"
 	"time"
@@ -34,7 +33,7 @@ func TestOverlayEgressFaults(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 1, cnmtest.ClusterOptions{})
 	h := cl.Hosts[0]
-	nw, err := h.Ctrl.NewNetwork(ctx, "overlay", "eg", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.145.0.0/24")}))
+	nw, err := h.Ctrl.NewNetwork(ctx, "overlay", "eg", ipv4Subnet("10.145.0.0/24"))
 	require.NoError(t, err)
 	sb, err := h.Ctrl.NewSandbox(ctx, "eg")
 	require.NoError(t, err)
@@ -112,7 +111,7 @@ func TestOverlayDeletedWhileCreatingEndpoint(t *testing.T) {
 	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{})
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
 	kv := cl.Store(t)
-	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "gone", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.146.0.0/24")}))
+	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "gone", ipv4Subnet("10.146.0.0/24"))
 	require.NoError(t, err)
 	other := waitNetwork(t, h2.Ctrl, "gone")
 
@@ -147,7 +146,7 @@ func TestOverlayDeletedWhileCreatingEndpoint(t *testing.T) {
 		assert.Zero(t, countKeys(t, kv, p), p)
 	}
 	// The name and the subnet are free again.
-	_, err = h1.Ctrl.NewNetwork(ctx, "overlay", "gone", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.146.0.0/24")}))
+	_, err = h1.Ctrl.NewNetwork(ctx, "overlay", "gone", ipv4Subnet("10.146.0.0/24"))
 	require.NoError(t, err)
 }
 
@@ -160,7 +159,7 @@ func TestOverlayPeerRecordUnreadable(t *testing.T) {
 	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{})
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
 	kv := cl.Store(t)
-	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "pr", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.147.0.0/24")}))
+	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "pr", ipv4Subnet("10.147.0.0/24"))
 	require.NoError(t, err)
 	a, b := ovRun(t, h1, "pr", "a"), ovRun(t, h2, "pr", "b")
 	echoServer(t, b)
@@ -203,7 +202,7 @@ func TestOverlayRestoreLostJoin(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{LeaseTTL: 10 * time.Second})
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
-	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "lost", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.148.0.0/24")}))
+	_, err := h1.Ctrl.NewNetwork(ctx, "overlay", "lost", ipv4Subnet("10.148.0.0/24"))
 	require.NoError(t, err)
 	a, b := ovRun(t, h1, "lost", "a"), ovRun(t, h2, "lost", "b")
 	echoServer(t, b)
@@ -259,7 +258,7 @@ func TestOverlayPeerWatchIdle(t *testing.T) {
 	ctx := context.Background()
 	cl := cnmtest.NewCluster(t, 2, cnmtest.ClusterOptions{})
 	h1, h2 := cl.Hosts[0], cl.Hosts[1]
-	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "pw", cnm.WithIPv4(cnm.IPAMConfig{Subnet: netip.MustParsePrefix("10.149.0.0/24")}))
+	nw, err := h1.Ctrl.NewNetwork(ctx, "overlay", "pw", ipv4Subnet("10.149.0.0/24"))
 	require.NoError(t, err)
 	b := ovRun(t, h2, "pw", "b")
 	echoServer(t, b)
