@@ -34,7 +34,7 @@ func Start(cfg Config, out func(Change)) (*Watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("watch links: %w", err)
 	}
-	if err := dropDeviceNetconf(route); err != nil {
+	if err := attachFilter(route); err != nil {
 		route.Close()
 		return nil, fmt.Errorf("watch links: %w", err)
 	}
@@ -80,35 +80,46 @@ func dial(cfg Config, family int, groups uint32) (*netlink.Conn, error) {
 	return c, nil
 }
 
-// dropDeviceNetconf attaches a socket filter that drops the netconf
-// announcements of single devices (every new link makes one per family),
-// keeping those of the host-wide switches (NETCONFA_IFINDEX_ALL), which
-// the kernel puts first, and drops new addresses (only a deleted one can
-// be damage): the watcher never wakes up for the others.
-func dropDeviceNetconf(c *netlink.Conn) error {
+// attachFilter attaches a socket filter that drops, in the kernel, what
+// can be no damage, so that the watcher never wakes up for it:
+//   - the netconf announcements of single devices (every new link makes
+//     one per family), keeping those of the host-wide switches
+//     (NETCONFA_IFINDEX_ALL), which the kernel puts first;
+//   - new addresses (only a deleted one can be damage);
+//   - the bridge family's view of a port (its STP state, announced at every
+//     join; a deletion when the port leaves its bridge, though the link
+//     stays): the link's own announcements say what matters.
+func attachFilter(c *netlink.Conn) error {
 	// BPF loads are big endian; netlink fields are in host order.
 	be16 := func(v uint16) uint32 {
 		return uint32(binary.BigEndian.Uint16(binary.NativeEndian.AppendUint16(nil, v)))
 	}
 	be32 := func(v uint32) uint32 { return binary.BigEndian.Uint32(binary.NativeEndian.AppendUint32(nil, v)) }
 	const (
-		ldh    = unix.BPF_LD | unix.BPF_H | unix.BPF_ABS
-		ldw    = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
-		jeq    = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
-		ret    = unix.BPF_RET | unix.BPF_K
-		offTyp = 4                     // nlmsghdr.nlmsg_type
-		offAtt = unix.NLMSG_HDRLEN + 4 // first attribute, after the netconfmsg
+		ldb       = unix.BPF_LD | unix.BPF_B | unix.BPF_ABS
+		ldh       = unix.BPF_LD | unix.BPF_H | unix.BPF_ABS
+		ldw       = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
+		jeq       = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
+		ret       = unix.BPF_RET | unix.BPF_K
+		offTyp    = 4                     // nlmsghdr.nlmsg_type
+		offAtt    = unix.NLMSG_HDRLEN + 4 // first attribute, after the netconfmsg
+		offFamily = unix.NLMSG_HDRLEN     // ifinfomsg.ifi_family
 	)
+	// Jumps count the instructions to skip: the comments name the target.
 	filter := []unix.SockFilter{
-		{Code: ldh, K: offTyp},
-		{Code: jeq, K: be16(unix.RTM_NEWADDR), Jt: 6, Jf: 0},    // a new address: drop
-		{Code: jeq, K: be16(unix.RTM_NEWNETCONF), Jt: 0, Jf: 4}, // not netconf: keep
-		{Code: ldh, K: offAtt + 2},                              // the attribute's type
-		{Code: jeq, K: be16(netconfaIfindex), Jt: 0, Jf: 2},     // not the index first: keep
-		{Code: ldw, K: offAtt + 4},                              // the index
-		{Code: jeq, K: be32(uint32(0xffffffff)), Jt: 0, Jf: 1},  // NETCONFA_IFINDEX_ALL: keep
-		{Code: ret, K: 0xffffffff},
-		{Code: ret, K: 0},
+		/* 0 */ {Code: ldh, K: offTyp},
+		/* 1 */ {Code: jeq, K: be16(unix.RTM_NEWADDR), Jt: 10, Jf: 0}, // a new address: drop (12)
+		/* 2 */ {Code: jeq, K: be16(unix.RTM_NEWNETCONF), Jt: 0, Jf: 4}, // not netconf: a link? (7)
+		/* 3 */ {Code: ldh, K: offAtt + 2}, // the attribute's type
+		/* 4 */ {Code: jeq, K: be16(netconfaIfindex), Jt: 0, Jf: 6}, // not the index first: keep (11)
+		/* 5 */ {Code: ldw, K: offAtt + 4}, // the index
+		/* 6 */ {Code: jeq, K: be32(uint32(0xffffffff)), Jt: 4, Jf: 5}, // NETCONFA_IFINDEX_ALL: keep (11), else drop (12)
+		/* 7 */ {Code: jeq, K: be16(unix.RTM_NEWLINK), Jt: 1, Jf: 0}, // a link: its family (9)
+		/* 8 */ {Code: jeq, K: be16(unix.RTM_DELLINK), Jt: 0, Jf: 2}, // anything else: keep (11)
+		/* 9 */ {Code: ldb, K: offFamily},
+		/* 10 */ {Code: jeq, K: unix.AF_BRIDGE, Jt: 1, Jf: 0}, // the bridge's view: drop (12)
+		/* 11 */ {Code: ret, K: 0xffffffff},
+		/* 12 */ {Code: ret, K: 0},
 	}
 	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
 	raw, err := c.SyscallConn()
@@ -191,12 +202,6 @@ func parseRoute(typ uint16, data []byte) (Change, bool) {
 	case unix.RTM_NEWLINK, unix.RTM_DELLINK:
 		const ifinfomsgLen = 16
 		if len(data) < ifinfomsgLen {
-			return Change{}, false
-		}
-		if data[0] == unix.AF_BRIDGE {
-			// The bridge's view of a port (its STP state; a deletion
-			// when the port leaves its bridge, though the link stays):
-			// the link's own announcement says what matters.
 			return Change{}, false
 		}
 		ch := Change{
